@@ -1,0 +1,66 @@
+//! The contract between the leader and its followers: how a SQLite table becomes
+//! Avro schemas, what a change event looks like on the wire, and the names of
+//! topics, subjects and headers. Both the producer and the consumers depend on
+//! this crate and nothing else of each other.
+
+/// Topic, subject and header names: every name that crosses a process boundary.
+pub mod contract;
+/// A captured table's shape, read from SQLite (`PRAGMA table_xinfo`).
+pub mod table;
+/// Avro schemas derived from a table shape, with Avro-legal names.
+pub mod avro_schema;
+/// SQLite values and their exact round trip through Avro unions.
+pub mod value;
+/// The change-event envelope (`before`, `after`, `op`, `source`, `ts_ms`).
+pub mod envelope;
+/// Commit groups and heartbeats on the commits topic.
+pub mod commit;
+
+pub use avro_schema::{key_schema_json, value_schema_json, TableSchemas};
+pub use commit::{Commit, PartitionTail};
+pub use envelope::{ChangeEvent, Op, Source};
+pub use table::{Affinity, Column, TableShape};
+pub use value::SqlValue;
+
+/// A leader position: the change sequence number assigned by the changelog.
+/// Strictly increasing and never reused, even after the changelog is pruned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Position(pub i64);
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Errors that cross the contract: a caller branches on them (poison vs. retry).
+#[derive(Debug, thiserror::Error)]
+pub enum ContractError {
+    /// The bytes or the decoded Avro value do not have the envelope's shape.
+    #[error("not a barista change event: {0}")]
+    Malformed(String),
+    /// SQLite could not describe the table.
+    #[error("reading the shape of table {table:?}: {source}")]
+    Sqlite {
+        /// The table being inspected.
+        table: String,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// The table cannot be captured safely; the message says why and what to do.
+    #[error("table {table:?} cannot be captured: {why}")]
+    NotCapturable {
+        /// The refused table.
+        table: String,
+        /// Why, and what to do about it.
+        why: String,
+    },
+    /// An Avro schema could not be built or parsed.
+    #[error("avro schema for {subject}: {source}")]
+    Avro {
+        /// The subject or table the schema is for.
+        subject: String,
+        /// apache-avro's error.
+        source: Box<apache_avro::Error>,
+    },
+}
