@@ -1,0 +1,371 @@
+//! Capture, the leader side: installs the changelog and its triggers in the
+//! leader database, publishes existing rows as a snapshot, reads committed
+//! changes by position, and prunes what Kafka has acknowledged.
+//!
+//! Reads: the captured tables (via `_barista_changelog`). Writes: barista's own
+//! `_barista_*` tables only.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use barista_schemas::{Op, SqlValue, TableSchemas, TableShape};
+use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+
+const SCHEMA_SQL: &str = include_str!("sql/changelog.sql");
+
+/// Errors of the capture stage.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// SQLite failed (busy beyond the timeout, I/O, corrupt file…).
+    #[error("leader database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A table cannot be captured, or its schema no longer matches.
+    #[error(transparent)]
+    Contract(#[from] barista_schemas::ContractError),
+    /// A captured table's columns changed without the migration command.
+    #[error(
+        "table {table:?} changed behind barista's back: capture triggers were made for columns {was:?}, \
+         the table now has {now:?}. Changes to the new columns would not be captured. Run the change through \
+         `producer migrate`, or restart the producer with --repair-triggers after checking that the new schema \
+         is compatible"
+    )]
+    Drift {
+        /// The table.
+        table: String,
+        /// Columns the triggers know.
+        was: Vec<String>,
+        /// Columns the table has now.
+        now: Vec<String>,
+    },
+}
+
+/// Opens the leader database for capture: WAL (so the producer's reads never
+/// block writers) and a busy timeout (so barista's own short writes wait for
+/// the application's instead of failing).
+pub fn open_leader(path: &Path) -> Result<Connection, CaptureError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    Ok(conn)
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// One change read back from the changelog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeRow {
+    /// Leader position.
+    pub position: i64,
+    /// `_barista_tables.id` of the table.
+    pub table_id: i64,
+    /// What happened.
+    pub op: Op,
+    /// Row before.
+    pub before: Option<Vec<SqlValue>>,
+    /// Row after.
+    pub after: Option<Vec<SqlValue>>,
+}
+
+/// A captured table.
+#[derive(Debug, Clone)]
+pub struct CapturedTable {
+    /// `_barista_tables.id`.
+    pub id: i64,
+    /// Derived schemas and codecs.
+    pub schemas: Arc<TableSchemas>,
+}
+
+/// The capture side of one leader database.
+pub struct Capture {
+    conn: Connection,
+    tables: HashMap<i64, CapturedTable>,
+}
+
+/// The trigger bodies for a table: only column references, no functions, so
+/// their cost is one extra row insert per change.
+fn trigger_sql(id: i64, table: &str, columns: &[String]) -> String {
+    let t = quote(table);
+    let a: Vec<String> = (0..columns.len()).map(|i| format!("a{i}")).collect();
+    let b: Vec<String> = (0..columns.len()).map(|i| format!("b{i}")).collect();
+    let new: Vec<String> = columns.iter().map(|c| format!("NEW.{}", quote(c))).collect();
+    let old: Vec<String> = columns.iter().map(|c| format!("OLD.{}", quote(c))).collect();
+    format!(
+        "CREATE TRIGGER \"_barista_{id}_ins\" AFTER INSERT ON {t} BEGIN \
+           INSERT INTO _barista_changelog(tbl, op, {a}) VALUES ({id}, 1, {new}); END;\n\
+         CREATE TRIGGER \"_barista_{id}_upd\" AFTER UPDATE ON {t} BEGIN \
+           INSERT INTO _barista_changelog(tbl, op, {b}, {a}) VALUES ({id}, 2, {old}, {new}); END;\n\
+         CREATE TRIGGER \"_barista_{id}_del\" AFTER DELETE ON {t} BEGIN \
+           INSERT INTO _barista_changelog(tbl, op, {b}) VALUES ({id}, 3, {old}); END;",
+        a = a.join(", "),
+        b = b.join(", "),
+        new = new.join(", "),
+        old = old.join(", "),
+    )
+}
+
+fn drop_triggers_sql(id: i64) -> String {
+    format!(
+        "DROP TRIGGER IF EXISTS \"_barista_{id}_ins\"; DROP TRIGGER IF EXISTS \"_barista_{id}_upd\"; \
+         DROP TRIGGER IF EXISTS \"_barista_{id}_del\";"
+    )
+}
+
+/// Makes the changelog wide enough for `width` columns.
+fn widen_changelog(conn: &Connection, width: usize) -> rusqlite::Result<()> {
+    let have: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('_barista_changelog')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for i in 0..width {
+        for side in ["a", "b"] {
+            let col = format!("{side}{i}");
+            if !have.contains(&col) {
+                conn.execute_batch(&format!("ALTER TABLE _barista_changelog ADD COLUMN {col}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Capture {
+    /// Installs capture on `tables` (every table with a primary key when
+    /// empty) in ONE write transaction: bookkeeping tables, triggers, and a
+    /// snapshot of the existing rows appended to the changelog as `op = r`.
+    /// Because the snapshot and the trigger installation commit together, no
+    /// write can fall between them: nothing is lost or duplicated across the
+    /// snapshot/stream boundary. Tables already captured keep their state;
+    /// their triggers are checked against the table (see [`CaptureError::Drift`]).
+    pub fn install(mut conn: Connection, tables: &[String], repair: bool) -> Result<Self, CaptureError> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(SCHEMA_SQL)?;
+        let names = if tables.is_empty() { TableShape::list_tables(&tx)? } else { tables.to_vec() };
+        let mut captured = HashMap::new();
+        for name in &names {
+            let shape = TableShape::read(&tx, name)?;
+            let columns = shape.column_names();
+            let existing: Option<(i64, String)> = tx
+                .query_row("SELECT id, columns FROM _barista_tables WHERE name = ?1", [name], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .map(Some)
+                .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+            widen_changelog(&tx, columns.len())?;
+            let id = match existing {
+                Some((id, was)) => {
+                    let was: Vec<String> = serde_json::from_str(&was).unwrap_or_default();
+                    if was != columns {
+                        if !repair {
+                            return Err(CaptureError::Drift { table: name.clone(), was, now: columns });
+                        }
+                        tracing::warn!(table = %name, ?was, now = ?columns, "re-creating capture triggers for the new columns");
+                        tx.execute(
+                            "UPDATE _barista_tables SET columns = ?1 WHERE id = ?2",
+                            params![serde_json::to_string(&columns).unwrap_or_default(), id],
+                        )?;
+                    }
+                    id
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO _barista_tables(name, columns) VALUES (?1, ?2)",
+                        params![name, serde_json::to_string(&columns).unwrap_or_default()],
+                    )?;
+                    let id = tx.last_insert_rowid();
+                    let a: Vec<String> = (0..columns.len()).map(|i| format!("a{i}")).collect();
+                    let cols: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+                    let n = tx.execute(
+                        &format!(
+                            "INSERT INTO _barista_changelog(tbl, op, {}) SELECT {id}, 4, {} FROM {}",
+                            a.join(", "),
+                            cols.join(", "),
+                            quote(name)
+                        ),
+                        [],
+                    )?;
+                    tracing::info!(table = %name, rows = n, "snapshot taken");
+                    id
+                }
+            };
+            tx.execute_batch(&drop_triggers_sql(id))?;
+            tx.execute_batch(&trigger_sql(id, name, &columns))?;
+            captured.insert(id, CapturedTable { id, schemas: Arc::new(TableSchemas::derive(shape)?) });
+        }
+        tx.commit()?;
+        tracing::info!(tables = ?names, "capture installed");
+        Ok(Capture { conn, tables: captured })
+    }
+
+    /// The captured tables by id.
+    pub fn tables(&self) -> &HashMap<i64, CapturedTable> {
+        &self.tables
+    }
+
+    /// `PRAGMA data_version`: changes when another connection commits. Cheap
+    /// enough to poll every millisecond.
+    pub fn data_version(&self) -> Result<i64, CaptureError> {
+        Ok(self.conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    }
+
+    /// The newest committed position (0 when nothing was ever captured).
+    pub fn head(&self) -> Result<i64, CaptureError> {
+        let max: Option<i64> = self.conn.query_row("SELECT max(position) FROM _barista_changelog", [], |r| r.get(0))?;
+        Ok(max.unwrap_or(0).max(self.acked()?))
+    }
+
+    /// Every change up to this position is acknowledged by Kafka.
+    pub fn acked(&self) -> Result<i64, CaptureError> {
+        let v: Option<i64> = self
+            .conn
+            .query_row("SELECT value FROM _barista_state WHERE key = 'acked'", [], |r| r.get(0))
+            .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Last acknowledged position per (topic, partition).
+    pub fn acked_partitions(&self) -> Result<HashMap<(String, i32), i64>, CaptureError> {
+        let mut stmt = self.conn.prepare("SELECT topic, partition, last_position FROM _barista_partitions")?;
+        let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Reads up to `limit` changelog rows with `after < position <= upto`, in
+    /// order. Returns the changes and the last position scanned (rows of
+    /// tables not captured now are scanned but not returned).
+    pub fn read(&self, after: i64, upto: i64, limit: usize) -> Result<(Vec<ChangeRow>, Option<i64>), CaptureError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT * FROM _barista_changelog WHERE position > ?1 AND position <= ?2 ORDER BY position LIMIT ?3",
+        )?;
+        let names: Vec<String> = stmt.column_names().into_iter().map(|s| s.to_string()).collect();
+        let idx = |n: &str| names.iter().position(|c| c == n);
+        let mut out = Vec::new();
+        let mut scanned = None;
+        let mut rows = stmt.query(params![after, upto, limit as i64])?;
+        while let Some(r) = rows.next()? {
+            let position: i64 = r.get(0)?;
+            scanned = Some(position);
+            let table_id: i64 = r.get(1)?;
+            let op_code: i64 = r.get(2)?;
+            let Some(table) = self.tables.get(&table_id) else {
+                // A table captured by an earlier configuration but not now: its
+                // changes are skipped on purpose, and said so.
+                tracing::debug!(position, table_id, "change of a table not captured now, skipped");
+                continue;
+            };
+            let width = table.schemas.shape.columns.len();
+            let image = |side: &str| -> rusqlite::Result<Vec<SqlValue>> {
+                (0..width)
+                    .map(|i| match idx(&format!("{side}{i}")) {
+                        Some(c) => r.get_ref(c).map(SqlValue::from),
+                        None => Ok(SqlValue::Null),
+                    })
+                    .collect()
+            };
+            let (op, before, after) = match op_code {
+                1 => (Op::Create, None, Some(image("a")?)),
+                2 => (Op::Update, Some(image("b")?), Some(image("a")?)),
+                3 => (Op::Delete, Some(image("b")?), None),
+                _ => (Op::Read, None, Some(image("a")?)),
+            };
+            out.push(ChangeRow { position, table_id, op, before, after });
+        }
+        Ok((out, scanned))
+    }
+
+    /// Records that everything up to `acked` is in Kafka and deletes the
+    /// shipped changelog rows, keeping the newest row (see changelog.sql).
+    pub fn prune(&mut self, acked: i64, partitions: &HashMap<(String, i32), i64>) -> Result<usize, CaptureError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO _barista_state(key, value) VALUES ('acked', ?1) \
+             ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+            [acked],
+        )?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO _barista_partitions(topic, partition, last_position) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(topic, partition) DO UPDATE SET last_position = max(last_position, excluded.last_position)",
+            )?;
+            for ((topic, partition), last) in partitions {
+                stmt.execute(params![topic, partition, last])?;
+            }
+        }
+        let n = tx.execute(
+            "DELETE FROM _barista_changelog WHERE position <= ?1 \
+             AND position < (SELECT max(position) FROM _barista_changelog)",
+            [acked],
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Number of rows still in the changelog.
+    pub fn backlog(&self) -> Result<i64, CaptureError> {
+        Ok(self.conn.query_row("SELECT count(*) FROM _barista_changelog", [], |r| r.get(0))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leader() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_leader(&dir.path().join("leader.db")).unwrap();
+        conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v)").unwrap();
+        (dir, conn)
+    }
+
+    #[test]
+    fn snapshot_then_stream_with_every_storage_class() {
+        let (dir, conn) = leader();
+        conn.execute("INSERT INTO t VALUES (1, 'before capture')", []).unwrap();
+        let cap = Capture::install(conn, &[], false).unwrap();
+        let app = open_leader(&dir.path().join("leader.db")).unwrap();
+        app.execute_batch(
+            "BEGIN; INSERT INTO t VALUES (2, x'00ff'); UPDATE t SET v = 9223372036854775807 WHERE id = 1;
+             INSERT INTO t VALUES (3, 1.5); DELETE FROM t WHERE id = 2; COMMIT;",
+        )
+        .unwrap();
+        let (rows, _) = cap.read(0, cap.head().unwrap(), 100).unwrap();
+        let ops: Vec<_> = rows.iter().map(|r| (r.position, r.op)).collect();
+        assert_eq!(ops, [(1, Op::Read), (2, Op::Create), (3, Op::Update), (4, Op::Create), (5, Op::Delete)]);
+        assert_eq!(rows[1].after.as_ref().unwrap()[1], SqlValue::Blob(vec![0, 255]));
+        assert_eq!(rows[2].after.as_ref().unwrap()[1], SqlValue::Integer(i64::MAX));
+        assert_eq!(rows[2].before.as_ref().unwrap()[1], SqlValue::Text("before capture".into()));
+    }
+
+    #[test]
+    fn positions_are_never_reused_after_pruning() {
+        let (dir, conn) = leader();
+        let mut cap = Capture::install(conn, &[], false).unwrap();
+        let app = open_leader(&dir.path().join("leader.db")).unwrap();
+        app.execute_batch("INSERT INTO t VALUES (1, 'a'); INSERT INTO t VALUES (2, 'b');").unwrap();
+        assert_eq!(cap.head().unwrap(), 2);
+        cap.prune(2, &HashMap::new()).unwrap();
+        assert_eq!(cap.backlog().unwrap(), 1, "the newest row is kept so its number is never handed out again");
+        app.execute_batch("VACUUM; INSERT INTO t VALUES (3, 'c');").unwrap();
+        let (rows, _) = cap.read(2, cap.head().unwrap(), 10).unwrap();
+        assert_eq!(rows.iter().map(|r| r.position).collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
+    fn refuses_tables_without_key_and_detects_drift() {
+        let (dir, conn) = leader();
+        conn.execute_batch("CREATE TABLE loose(a, b)").unwrap();
+        let err = Capture::install(conn, &["loose".into()], false).err().unwrap().to_string();
+        assert!(err.contains("no PRIMARY KEY"), "{err}");
+        let conn = open_leader(&dir.path().join("leader.db")).unwrap();
+        drop(Capture::install(conn, &["t".into()], false).unwrap());
+        let conn = open_leader(&dir.path().join("leader.db")).unwrap();
+        conn.execute_batch("ALTER TABLE t ADD COLUMN w").unwrap();
+        let err = Capture::install(conn, &["t".into()], false).err().unwrap().to_string();
+        assert!(err.contains("changed behind barista's back"), "{err}");
+    }
+}

@@ -1,0 +1,68 @@
+//! The producer's configuration: parsed once from flags or `BARISTA_*`
+//! environment variables into a validated [`ProducerConfig`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use barista_schemas::contract::DEFAULT_TOPIC_PREFIX;
+
+/// Validated producer configuration.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// The leader SQLite file.
+    pub leader: PathBuf,
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// Schema registry URL.
+    pub registry_url: String,
+    /// Topics are `<prefix>.<table>`.
+    pub topic_prefix: String,
+    /// Tables to capture; empty = every table with a primary key.
+    pub tables: Vec<String>,
+    /// Partitions for topics barista creates.
+    pub partitions: i32,
+    /// Replication factor for topics barista creates.
+    pub replication_factor: i32,
+    /// `source.db` in events.
+    pub db_name: String,
+    /// How often to look for new commits.
+    pub poll_interval: Duration,
+    /// Heartbeat interval when the leader is idle.
+    pub heartbeat_interval: Duration,
+    /// Extra librdkafka properties.
+    pub kafka_options: Vec<(String, String)>,
+    /// Re-create triggers of tables whose columns changed behind our back.
+    pub repair_triggers: bool,
+    /// Changelog rows read per chunk.
+    pub chunk_size: usize,
+}
+
+impl ProducerConfig {
+    /// A configuration with local defaults for `leader`.
+    pub fn new(leader: impl Into<PathBuf>, brokers: &str, registry_url: &str) -> Self {
+        let leader = leader.into();
+        ProducerConfig {
+            db_name: leader.file_stem().and_then(|s| s.to_str()).unwrap_or("leader").to_owned(),
+            leader,
+            brokers: brokers.to_owned(),
+            registry_url: registry_url.to_owned(),
+            topic_prefix: DEFAULT_TOPIC_PREFIX.to_owned(),
+            tables: Vec::new(),
+            partitions: 3,
+            replication_factor: 1,
+            poll_interval: Duration::from_millis(2),
+            heartbeat_interval: Duration::from_millis(1000),
+            kafka_options: Vec::new(),
+            repair_triggers: false,
+            chunk_size: 5000,
+        }
+    }
+}
+
+/// Parses `key=value`.
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}

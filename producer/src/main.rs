@@ -1,0 +1,128 @@
+//! `producer`: capture a leader SQLite database into Kafka. Thin: parse
+//! flags, start tracing, run until SIGINT/SIGTERM, map errors to exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use barista_producer::config::parse_kv;
+use barista_producer::ProducerConfig;
+use clap::Parser;
+
+/// Capture every write to a leader SQLite database and publish it to Kafka as
+/// Avro change events registered in a schema registry.
+#[derive(Debug, Parser)]
+#[command(
+    name = "producer",
+    version,
+    after_help = "Example:\n  producer --leader shop.db --brokers localhost:9092 --registry http://localhost:8081\n\n\
+Capture installs triggers and bookkeeping tables (_barista_*) in the leader database, publishes the\n\
+existing rows as a snapshot (op = r), then streams every insert, update and delete from any writer.\n\
+Topics: <prefix>.<table> (key = primary key) and <prefix>.__commits (commit groups, heartbeats)."
+)]
+struct Args {
+    /// Leader SQLite database file.
+    #[arg(long, env = "BARISTA_LEADER", default_value = "leader.db")]
+    leader: PathBuf,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "BARISTA_BROKERS", default_value = "localhost:9092")]
+    brokers: String,
+    /// Schema registry URL (Confluent API).
+    #[arg(long = "registry", env = "BARISTA_REGISTRY_URL", default_value = "http://localhost:8081")]
+    registry_url: String,
+    /// Topic prefix: topics are <prefix>.<table>.
+    #[arg(long, env = "BARISTA_TOPIC_PREFIX", default_value = "barista")]
+    topic_prefix: String,
+    /// Tables to capture, comma-separated (default: every table with a primary key).
+    #[arg(long, env = "BARISTA_TABLES", value_delimiter = ',')]
+    tables: Vec<String>,
+    /// Partitions of the topics barista creates.
+    #[arg(long, env = "BARISTA_PARTITIONS", default_value_t = 3)]
+    partitions: i32,
+    /// Replication factor of the topics barista creates.
+    #[arg(long, env = "BARISTA_REPLICATION_FACTOR", default_value_t = 1)]
+    replication_factor: i32,
+    /// Logical database name in events (default: the leader file's stem).
+    #[arg(long, env = "BARISTA_DB_NAME")]
+    db_name: Option<String>,
+    /// How often to look for new commits, in milliseconds.
+    #[arg(long, env = "BARISTA_POLL_INTERVAL_MS", default_value_t = 2)]
+    poll_interval_ms: u64,
+    /// Heartbeat interval when the leader is idle, in milliseconds.
+    #[arg(long, env = "BARISTA_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
+    heartbeat_interval_ms: u64,
+    /// Extra librdkafka property, key=value (repeatable; comma-separated in the env var).
+    #[arg(short = 'X', long = "kafka-option", env = "BARISTA_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_kv)]
+    kafka_options: Vec<(String, String)>,
+    /// Re-create the triggers of tables whose columns changed behind barista's back.
+    #[arg(long, env = "BARISTA_REPAIR_TRIGGERS")]
+    repair_triggers: bool,
+}
+
+impl Args {
+    fn into_config(self) -> Result<ProducerConfig, String> {
+        if self.partitions < 1 {
+            return Err("--partitions must be at least 1".into());
+        }
+        let mut c = ProducerConfig::new(self.leader, &self.brokers, &self.registry_url);
+        c.topic_prefix = self.topic_prefix;
+        c.tables = self.tables.into_iter().filter(|t| !t.is_empty()).collect();
+        c.partitions = self.partitions;
+        c.replication_factor = self.replication_factor;
+        if let Some(n) = self.db_name {
+            c.db_name = n;
+        }
+        c.poll_interval = Duration::from_millis(self.poll_interval_ms.max(1));
+        c.heartbeat_interval = Duration::from_millis(self.heartbeat_interval_ms.max(10));
+        c.kafka_options = self.kafka_options;
+        c.repair_triggers = self.repair_triggers;
+        Ok(c)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rdkafka=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("producer: bad configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("producer: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(barista_producer::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "producer failed");
+            eprintln!("producer: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or(());
+    tracing::info!("shutdown requested; draining");
+}
