@@ -1,0 +1,171 @@
+//! Lag, in three units, and the follower's status: offsets behind the high
+//! watermark (per partition), positions behind the leader, and seconds behind
+//! the leader on the leader's own clock. Shared by the follower loop (writer)
+//! and the HTTP endpoints (readers).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+/// Labels of a per-partition metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: String,
+}
+
+/// The follower's Prometheus metrics.
+pub struct Metrics {
+    /// Registry to encode from.
+    pub registry: Registry,
+    /// Offsets behind the high watermark, per partition.
+    pub offset_lag: Family<PartitionLabels, Gauge>,
+    /// Positions behind the leader.
+    pub position_lag: Gauge,
+    /// Seconds behind the leader (leader clock).
+    pub seconds_lag: Gauge<f64, AtomicU64>,
+    /// The replica's position.
+    pub applied_position: Gauge,
+    /// The leader's newest known position.
+    pub leader_position: Gauge,
+    /// Changes applied.
+    pub changes_applied: Counter,
+    /// Duplicates skipped (same position seen again).
+    pub duplicates: Counter,
+    /// Messages sent to the dead-letter topic.
+    pub dead_letters: Counter,
+    /// Replica transactions committed.
+    pub batches: Counter,
+}
+
+impl Metrics {
+    /// Registers every metric under `barista_follower_*`.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("barista_follower");
+        let m = Metrics {
+            offset_lag: Family::default(),
+            position_lag: Gauge::default(),
+            seconds_lag: Gauge::default(),
+            applied_position: Gauge::default(),
+            leader_position: Gauge::default(),
+            changes_applied: Counter::default(),
+            duplicates: Counter::default(),
+            dead_letters: Counter::default(),
+            batches: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("offset_lag", "Offsets behind the partition's high watermark", m.offset_lag.clone());
+        registry.register("position_lag", "Leader positions not yet applied", m.position_lag.clone());
+        registry.register("seconds_lag", "Seconds behind the leader, on the leader's clock", m.seconds_lag.clone());
+        registry.register("applied_position", "Leader position the replica is at", m.applied_position.clone());
+        registry.register("leader_position", "Newest leader position known", m.leader_position.clone());
+        registry.register("changes_applied", "Changes applied to the replica", m.changes_applied.clone());
+        registry.register("duplicates", "Duplicate changes skipped by position", m.duplicates.clone());
+        registry.register("dead_letters", "Messages sent to the dead-letter topic", m.dead_letters.clone());
+        registry.register("batches", "Replica transactions committed", m.batches.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Per-partition status.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct PartitionStatus {
+    /// Next offset the replica will read.
+    pub next_offset: i64,
+    /// High watermark last seen.
+    pub high_watermark: i64,
+    /// high_watermark - next_offset.
+    pub offset_lag: i64,
+    /// Last leader position applied from this partition.
+    pub applied_position: i64,
+    /// Why this partition is blocked, if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
+}
+
+/// The follower's status, as `/status` shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    /// Follower id (consumer group).
+    pub follower: String,
+    /// The replica's position.
+    pub applied_position: i64,
+    /// The leader's newest known position.
+    pub leader_position: i64,
+    /// leader_position - applied_position.
+    pub position_lag: i64,
+    /// Seconds behind the leader on the leader's clock; 0 when caught up.
+    pub seconds_lag: f64,
+    /// Sum of per-partition offset lag.
+    pub offset_lag: i64,
+    /// Per "topic/partition".
+    pub partitions: BTreeMap<String, PartitionStatus>,
+    /// Changes applied since start.
+    pub changes_applied: u64,
+    /// Duplicates skipped since start.
+    pub duplicates: u64,
+    /// Dead letters since start.
+    pub dead_letters: u64,
+    /// Applying is paused by an operator.
+    pub paused: bool,
+    /// The follower stopped applying: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub halted: Option<String>,
+}
+
+/// The leader clock as last heard from, so "now on the leader" can be
+/// estimated with this machine's monotonic clock (never its wall clock).
+#[derive(Debug, Clone, Copy)]
+pub struct LeaderClock {
+    /// Leader time of the newest commit record or heartbeat.
+    pub ts_ms: i64,
+    /// When it was received here.
+    pub received: Instant,
+}
+
+impl LeaderClock {
+    /// Estimated leader time now.
+    pub fn now_ms(&self) -> i64 {
+        self.ts_ms + self.received.elapsed().as_millis() as i64
+    }
+}
+
+/// Seconds behind: zero when the replica holds everything the leader has;
+/// otherwise how long ago (leader clock) the leader was where the replica is.
+pub fn seconds_behind(applied: i64, applied_ts_ms: i64, leader: i64, clock: Option<LeaderClock>) -> f64 {
+    if applied >= leader {
+        return 0.0;
+    }
+    match clock {
+        Some(c) => ((c.now_ms() - applied_ts_ms).max(0)) as f64 / 1000.0,
+        None => 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_lag_is_zero_when_caught_up_and_grows_on_the_leader_clock() {
+        let clock = LeaderClock { ts_ms: 10_000, received: Instant::now() };
+        assert_eq!(seconds_behind(5, 1_000, 5, Some(clock)), 0.0);
+        let behind = seconds_behind(4, 7_000, 5, Some(clock));
+        assert!((3.0..3.5).contains(&behind), "{behind}");
+    }
+}

@@ -1,0 +1,112 @@
+//! `consumer`: a follower that keeps a SQLite replica of the leader. Thin:
+//! parse flags, start tracing, run until SIGINT/SIGTERM, map errors to exit codes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use barista_consumer::FollowerConfig;
+use clap::Parser;
+
+/// Keep a SQLite read replica of a barista leader up to date from Kafka, and
+/// report how far behind it is.
+#[derive(Debug, Parser)]
+#[command(
+    name = "consumer",
+    version,
+    after_help = "Example:\n  consumer --replica replica-1.db --follower-id follower-1 --brokers localhost:9092 \\\n    --registry http://localhost:8081 --http-listen 127.0.0.1:8091\n\n\
+Then: curl localhost:8091/status (JSON lag), /metrics (Prometheus), /ready (503 above --max-lag-seconds).\n\
+Each follower is its own consumer group and reads every partition. The replica can be opened\n\
+read-only by any SQLite client; its position is in the table _barista_position."
+)]
+struct Args {
+    /// Replica SQLite file (created if missing).
+    #[arg(long, env = "BARISTA_REPLICA", default_value = "replica.db")]
+    replica: PathBuf,
+    /// Follower id; also its Kafka consumer group.
+    #[arg(long, env = "BARISTA_FOLLOWER_ID", default_value = "follower-1")]
+    follower_id: String,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "BARISTA_BROKERS", default_value = "localhost:9092")]
+    brokers: String,
+    /// Schema registry URL (Confluent API).
+    #[arg(long = "registry", env = "BARISTA_REGISTRY_URL", default_value = "http://localhost:8081")]
+    registry_url: String,
+    /// Topic prefix used by the producer.
+    #[arg(long, env = "BARISTA_TOPIC_PREFIX", default_value = "barista")]
+    topic_prefix: String,
+    /// Tables to follow, comma-separated (default: all the producer publishes).
+    #[arg(long, env = "BARISTA_TABLES", value_delimiter = ',')]
+    tables: Vec<String>,
+    /// Address for /metrics, /status, /ready.
+    #[arg(long, env = "BARISTA_HTTP_LISTEN", default_value = "127.0.0.1:8090")]
+    http_listen: SocketAddr,
+    /// /ready answers 503 above this lag, in seconds on the leader's clock.
+    #[arg(long, env = "BARISTA_MAX_LAG_SECONDS", default_value_t = 10.0)]
+    max_lag_seconds: f64,
+    /// How long a gap in the change chain may wait for a resend before the follower halts (ms).
+    #[arg(long, env = "BARISTA_GAP_TIMEOUT_MS", default_value_t = 30_000)]
+    gap_timeout_ms: u64,
+    /// Extra librdkafka property, key=value (repeatable; comma-separated in the env var).
+    #[arg(short = 'X', long = "kafka-option", env = "BARISTA_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_kv)]
+    kafka_options: Vec<(String, String)>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+fn main() -> ExitCode {
+    let a = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rdkafka=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if a.follower_id.trim().is_empty() {
+        eprintln!("consumer: bad configuration: --follower-id must not be empty");
+        return ExitCode::from(2);
+    }
+    let mut c = FollowerConfig::new(a.replica, &a.follower_id, &a.brokers, &a.registry_url);
+    c.topic_prefix = a.topic_prefix;
+    c.tables = a.tables.into_iter().filter(|t| !t.is_empty()).collect();
+    c.http_listen = Some(a.http_listen);
+    c.max_lag_seconds = a.max_lag_seconds;
+    c.gap_timeout = Duration::from_millis(a.gap_timeout_ms);
+    c.kafka_options = a.kafka_options;
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("consumer: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(barista_consumer::run(c, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "consumer failed");
+            eprintln!("consumer: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or(());
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,205 @@
+//! Apply, the last stage: writes decoded changes to the replica SQLite file,
+//! together with the Kafka offsets and the leader position they bring the
+//! replica to, in ONE transaction. A crash either keeps all of it or none of
+//! it, and the follower restarts from the stored offsets: exactly-once in effect.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use barista_schemas::envelope::{DecodedChange, RowShape};
+use barista_schemas::{Op, SqlValue};
+use rusqlite::{params, params_from_iter, Connection, TransactionBehavior};
+
+const REPLICA_SQL: &str = include_str!("sql/replica.sql");
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// Stored progress of a replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// (topic, partition) → (next offset, last applied position).
+    pub offsets: HashMap<(String, i32), (i64, i64)>,
+    /// Every leader change up to here is applied.
+    pub position: i64,
+    /// Leader clock at `position`.
+    pub leader_ts_ms: i64,
+}
+
+/// One transaction's worth of work.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Changes in leader position order.
+    pub changes: Vec<DecodedChange>,
+    /// Offsets and applied positions to store.
+    pub offsets: Vec<((String, i32), (i64, i64))>,
+    /// The replica's new position and its leader time.
+    pub position: Option<(i64, i64)>,
+}
+
+/// Statements prepared for one table under one writer shape.
+struct TableSql {
+    upsert: String,
+    delete: String,
+    pk: Vec<usize>,
+}
+
+/// A follower's replica database.
+pub struct Replica {
+    conn: Connection,
+    /// Writer shapes already reconciled with the replica table.
+    known: HashMap<usize, Arc<TableSql>>,
+    /// Keeps the shapes alive so their addresses (the keys above) stay unique.
+    shapes: Vec<Arc<RowShape>>,
+}
+
+impl Replica {
+    /// Opens (creating if needed) a replica file in WAL mode, so readers never
+    /// block the applier and always see a committed snapshot.
+    pub fn open(path: &Path) -> rusqlite::Result<Replica> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(REPLICA_SQL)?;
+        Ok(Replica { conn, known: HashMap::new(), shapes: Vec::new() })
+    }
+
+    /// Reads the stored progress.
+    pub fn progress(&self) -> rusqlite::Result<Progress> {
+        let mut p = Progress::default();
+        let mut stmt = self.conn.prepare("SELECT topic, partition, next_offset, applied_position FROM _barista_offsets")?;
+        let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?))))?;
+        for row in rows {
+            let (k, v) = row?;
+            p.offsets.insert(k, v);
+        }
+        if let Some((pos, ts)) = self
+            .conn
+            .query_row("SELECT position, leader_ts_ms FROM _barista_position WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map(Some)
+            .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?
+        {
+            p.position = pos;
+            p.leader_ts_ms = ts;
+        }
+        Ok(p)
+    }
+
+    /// Creates the table of a writer shape, or adds the columns it lacks.
+    /// A column the writer no longer has stays in the replica and keeps its
+    /// last values; new rows leave it NULL.
+    fn reconcile(&mut self, shape: &Arc<RowShape>) -> rusqlite::Result<Arc<TableSql>> {
+        let key = Arc::as_ptr(shape) as usize;
+        if let Some(sql) = self.known.get(&key) {
+            return Ok(sql.clone());
+        }
+        let t = quote(&shape.table);
+        let existing: Vec<String> = self
+            .conn
+            .prepare("SELECT name FROM pragma_table_info(?1)")?
+            .query_map([&shape.table], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let pk = shape.pk_indexes();
+        if existing.is_empty() {
+            let cols: Vec<String> =
+                shape.columns.iter().map(|c| format!("{} {}", quote(&c.name), c.decl_type)).collect();
+            let pkc: Vec<String> = pk.iter().map(|&i| quote(&shape.columns[i].name)).collect();
+            self.conn.execute_batch(&format!("CREATE TABLE {t} ({}, PRIMARY KEY ({}))", cols.join(", "), pkc.join(", ")))?;
+            tracing::info!(table = %shape.table, "replica table created");
+        } else {
+            for c in &shape.columns {
+                if !existing.iter().any(|e| e.eq_ignore_ascii_case(&c.name)) {
+                    self.conn.execute_batch(&format!("ALTER TABLE {t} ADD COLUMN {} {}", quote(&c.name), c.decl_type))?;
+                    tracing::info!(table = %shape.table, column = %c.name, "replica column added");
+                }
+            }
+        }
+        let names: Vec<String> = shape.columns.iter().map(|c| quote(&c.name)).collect();
+        let marks: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+        let pk_names: Vec<String> = pk.iter().map(|&i| names[i].clone()).collect();
+        let set: Vec<String> = (0..names.len())
+            .filter(|i| !pk.contains(i))
+            .map(|i| format!("{n} = excluded.{n}", n = names[i]))
+            .collect();
+        let action = if set.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {}", set.join(", ")) };
+        let upsert = format!(
+            "INSERT INTO {t} ({}) VALUES ({}) ON CONFLICT ({}) DO {action}",
+            names.join(", "),
+            marks.join(", "),
+            pk_names.join(", ")
+        );
+        let where_: Vec<String> = pk_names.iter().enumerate().map(|(i, n)| format!("{n} IS ?{}", i + 1)).collect();
+        let delete = format!("DELETE FROM {t} WHERE {}", where_.join(" AND "));
+        let sql = Arc::new(TableSql { upsert, delete, pk });
+        self.known.insert(key, sql.clone());
+        self.shapes.push(shape.clone());
+        Ok(sql)
+    }
+
+    fn delete(&self, sql: &TableSql, row: &[SqlValue]) -> rusqlite::Result<()> {
+        let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &row[i]).collect();
+        self.conn.prepare_cached(&sql.delete)?.execute(params_from_iter(key))?;
+        Ok(())
+    }
+
+    /// Applies a batch in one transaction: rows, offsets and position.
+    /// Upserts use `INSERT … ON CONFLICT DO UPDATE` (never `INSERT OR
+    /// REPLACE`, which would delete and re-insert the row).
+    pub fn apply(&mut self, batch: &Batch) -> rusqlite::Result<()> {
+        let mut sqls = Vec::with_capacity(batch.changes.len());
+        for c in &batch.changes {
+            sqls.push(self.reconcile(&c.shape)?);
+        }
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (c, sql) in batch.changes.iter().zip(&sqls) {
+            match c.op {
+                Op::Create | Op::Read | Op::Update => {
+                    let Some(after) = &c.after else { continue };
+                    if let Some(before) = &c.before {
+                        // The key itself changed: the old row goes.
+                        if sql.pk.iter().any(|&i| before.get(i) != after.get(i)) {
+                            let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &before[i]).collect();
+                            tx.prepare_cached(&sql.delete)?.execute(params_from_iter(key))?;
+                        }
+                    }
+                    tx.prepare_cached(&sql.upsert)?.execute(params_from_iter(after.iter()))?;
+                }
+                Op::Delete => {
+                    let Some(before) = &c.before else { continue };
+                    let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &before[i]).collect();
+                    tx.prepare_cached(&sql.delete)?.execute(params_from_iter(key))?;
+                }
+            }
+        }
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO _barista_offsets(topic, partition, next_offset, applied_position) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT(topic, partition) DO UPDATE SET next_offset = excluded.next_offset, \
+                 applied_position = excluded.applied_position",
+            )?;
+            for ((topic, partition), (next, applied)) in &batch.offsets {
+                stmt.execute(params![topic, partition, next, applied])?;
+            }
+        }
+        if let Some((position, ts)) = batch.position {
+            tx.prepare_cached(
+                "INSERT INTO _barista_position(id, position, leader_ts_ms, applied_at_ms) VALUES (1, ?1, ?2, \
+                 CAST(unixepoch('subsec') * 1000 AS INTEGER)) ON CONFLICT(id) DO UPDATE SET position = excluded.position, \
+                 leader_ts_ms = excluded.leader_ts_ms, applied_at_ms = excluded.applied_at_ms",
+            )?
+            .execute(params![position, ts])?;
+        }
+        tx.commit()
+    }
+
+    /// Deletes by key outside a batch (tests).
+    #[doc(hidden)]
+    pub fn delete_row(&mut self, shape: &Arc<RowShape>, row: &[SqlValue]) -> rusqlite::Result<()> {
+        let sql = self.reconcile(shape)?;
+        self.delete(&sql, row)
+    }
+}
