@@ -152,7 +152,9 @@ struct Follower {
     position_ts: i64,
     leader_head: i64,
     clock: Option<LeaderClock>,
-    replica: Option<Replica>,
+    /// The replica moves into a blocking task for each apply; the mutex makes
+    /// the follower `Sync` (it is never contended).
+    replica: Mutex<Option<Replica>>,
     dlq: FutureProducer,
     dlq_topic: String,
 }
@@ -208,6 +210,7 @@ pub async fn run(config: FollowerConfig, shared: Arc<Shared>, shutdown: impl Fut
         }
         tokio::select! { _ = &mut shutdown => return Ok(()), _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
     };
+    let all_topics = topics.clone();
     let data: Vec<(String, i32)> = topics
         .into_iter()
         .filter(|(t, _)| t.starts_with(&prefix) && *t != commits && *t != dlq_topic && !t.ends_with(".__dead_letters"))
@@ -217,14 +220,17 @@ pub async fn run(config: FollowerConfig, shared: Arc<Shared>, shutdown: impl Fut
         })
         .collect();
 
-    // Ensure the dead-letter topic exists.
-    let admin: AdminClient<DefaultClientContext> = client_config(&config).create()?;
-    let _ = admin
-        .create_topics(
-            &[NewTopic::new(&dlq_topic, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))),
-        )
-        .await;
+    // Ensure the dead-letter topic exists (best effort: a broker that
+    // auto-creates topics, or an operator, may have made it already).
+    if !all_topics.iter().any(|(t, _)| *t == dlq_topic) {
+        let admin: AdminClient<DefaultClientContext> = client_config(&config).create()?;
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(5)))
+            .request_timeout(Some(Duration::from_secs(5)));
+        if let Err(e) = admin.create_topics(&[NewTopic::new(&dlq_topic, 1, TopicReplication::Fixed(1))], &opts).await {
+            tracing::warn!(topic = %dlq_topic, error = %e, "could not create the dead-letter topic");
+        }
+    }
 
     let mut tpl = TopicPartitionList::new();
     let mut parts = HashMap::new();
@@ -252,7 +258,7 @@ pub async fn run(config: FollowerConfig, shared: Arc<Shared>, shutdown: impl Fut
         position_ts: progress.leader_ts_ms,
         leader_head: progress.position,
         clock: None,
-        replica: Some(replica),
+        replica: Mutex::new(Some(replica)),
         dlq,
         dlq_topic,
         config,
@@ -537,13 +543,15 @@ impl Follower {
         offsets.push(((self.commits_topic.clone(), 0), (commits_next, position)));
         let n = changes.len() as u64;
         let batch = Batch { changes, offsets, position: Some((position, ts)) };
-        let mut replica = self.replica.take().context("replica in use")?;
+        let mut replica = self.replica.lock().ok().and_then(|mut r| r.take()).context("replica in use")?;
         let (replica, r) = tokio::task::spawn_blocking(move || {
             let r = replica.apply(&batch);
             (replica, r.map(|()| batch.offsets))
         })
         .await?;
-        self.replica = Some(replica);
+        if let Ok(mut slot) = self.replica.lock() {
+            *slot = Some(replica);
+        }
         let offsets = r.context("applying to the replica")?;
         self.position = position;
         self.position_ts = ts;

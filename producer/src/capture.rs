@@ -50,8 +50,21 @@ pub fn open_leader(path: &Path) -> Result<Connection, CaptureError> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    Ok(conn)
+    // Switching to WAL needs a moment with no other connection inside a
+    // transaction, and SQLite answers BUSY at once instead of waiting: retry.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Ok(()) => return Ok(conn),
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                && std::time::Instant::now() < deadline =>
+            {
+                tracing::debug!("leader busy while switching to WAL; retrying");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn quote(ident: &str) -> String {

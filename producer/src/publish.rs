@@ -56,35 +56,45 @@ impl KafkaSettings {
         topics: &[(String, i32)],
         replication: i32,
     ) -> anyhow::Result<HashMap<String, i32>> {
-        let mut c = self.base();
-        self.apply_options(&mut c);
-        let admin: AdminClient<DefaultClientContext> = c.create().context("creating the Kafka admin client")?;
-        let new: Vec<NewTopic> =
-            topics.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(replication))).collect();
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let results = admin.create_topics(&new, &opts).await.context("creating topics")?;
-        for r in results {
-            match r {
-                Ok(t) => tracing::info!(topic = %t, "topic created"),
-                Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => tracing::debug!(topic = %t, "topic exists"),
-                Err((t, code)) => anyhow::bail!("creating topic {t}: {code}"),
+        let producer = self.producer()?;
+        let counts = |p: FutureProducer, wanted: Vec<String>| async move {
+            tokio::task::spawn_blocking(move || -> anyhow::Result<HashMap<String, i32>> {
+                let md = p.client().fetch_metadata(None, Duration::from_secs(10)).context("fetching Kafka metadata")?;
+                Ok(md
+                    .topics()
+                    .iter()
+                    .filter(|t| wanted.iter().any(|w| w == t.name()) && t.error().is_none() && !t.partitions().is_empty())
+                    .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+                    .collect())
+            })
+            .await?
+        };
+        let names: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
+        let have = counts(producer.clone(), names.clone()).await?;
+        let missing: Vec<&(String, i32)> = topics.iter().filter(|(t, _)| !have.contains_key(t)).collect();
+        if !missing.is_empty() {
+            let mut c = self.base();
+            self.apply_options(&mut c);
+            let admin: AdminClient<DefaultClientContext> = c.create().context("creating the Kafka admin client")?;
+            let new: Vec<NewTopic> =
+                missing.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(replication))).collect();
+            let opts = AdminOptions::new()
+                .operation_timeout(Some(Duration::from_secs(10)))
+                .request_timeout(Some(Duration::from_secs(15)));
+            let results = admin.create_topics(&new, &opts).await.context("creating topics")?;
+            for r in results {
+                match r {
+                    Ok(t) => tracing::info!(topic = %t, "topic created"),
+                    Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => tracing::debug!(topic = %t, "topic exists"),
+                    Err((t, code)) => anyhow::bail!("creating topic {t}: {code}"),
+                }
             }
         }
-        let producer = self.producer()?;
-        let mut counts = HashMap::new();
+        let all = counts(producer, names).await?;
         for (t, _) in topics {
-            let t = t.clone();
-            let p = producer.clone();
-            let md = tokio::task::spawn_blocking(move || {
-                p.client().fetch_metadata(Some(&t), Duration::from_secs(10)).map(|m| (t, m))
-            })
-            .await??;
-            let (t, md) = md;
-            let n = md.topics().first().map(|m| m.partitions().len() as i32).unwrap_or(0);
-            anyhow::ensure!(n > 0, "topic {t} has no partitions in the broker's metadata");
-            counts.insert(t, n);
+            anyhow::ensure!(all.contains_key(t), "topic {t} is not in the broker's metadata yet");
         }
-        Ok(counts)
+        Ok(all)
     }
 }
 

@@ -450,14 +450,12 @@ impl Walk {
                     let index = i.to_string();
                     self.fields.push(r_field.name.clone());
                     match w_field {
-                        Some(w_field) => {
-                            if !fully_readable(&w_field.schema, &r_field.schema) {
-                                self.descend(
-                                    &["fields", &index, "type"],
-                                    &w_field.schema,
-                                    &r_field.schema,
-                                );
-                            }
+                        Some(w_field) if !fully_readable(&w_field.schema, &r_field.schema) => {
+                            self.descend(
+                                &["fields", &index, "type"],
+                                &w_field.schema,
+                                &r_field.schema,
+                            );
                         }
                         None if r_field.default.is_none() => {
                             self.path.extend(["fields".to_owned(), index]);
@@ -469,7 +467,7 @@ impl Walk {
                             );
                             self.path.truncate(self.path.len() - 2);
                         }
-                        None => {}
+                        Some(_) | None => {}
                     }
                     self.fields.pop();
                 }
@@ -479,8 +477,12 @@ impl Walk {
                 Schema::Array(ArraySchema { items: r_items, .. }),
             ) => self.descend(&["items"], w_items, r_items),
             (
-                Schema::Map(MapSchema { types: w_values, .. }),
-                Schema::Map(MapSchema { types: r_values, .. }),
+                Schema::Map(MapSchema {
+                    types: w_values, ..
+                }),
+                Schema::Map(MapSchema {
+                    types: r_values, ..
+                }),
             ) => self.descend(&["values"], w_values, r_values),
             (
                 Schema::Enum(EnumSchema {
@@ -690,7 +692,11 @@ mod tests {
         let v1 = order(CUSTOMER);
         let v2 = order(&format!("{CUSTOMER},{PRICE_DEFAULT}"));
         for level in CompatibilityLevel::ALL {
-            assert_eq!(check(level, &v2, std::slice::from_ref(&v1)), Ok(()), "{level}");
+            assert_eq!(
+                check(level, &v2, std::slice::from_ref(&v1)),
+                Ok(()),
+                "{level}"
+            );
         }
     }
 
@@ -698,7 +704,10 @@ mod tests {
     fn removed_field_without_default_breaks_forward() {
         let v1 = order(&format!("{CUSTOMER},{PRICE}"));
         let v2 = order(CUSTOMER);
-        assert_eq!(check(CompatibilityLevel::Backward, &v2, std::slice::from_ref(&v1)), Ok(()));
+        assert_eq!(
+            check(CompatibilityLevel::Backward, &v2, std::slice::from_ref(&v1)),
+            Ok(())
+        );
         let err = check(CompatibilityLevel::Forward, &v2, &[v1]).unwrap_err();
         assert_eq!(err.direction, Direction::Forward);
         assert_eq!(err.reasons[0].rule, Rule::ReaderFieldMissingDefaultValue);

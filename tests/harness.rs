@@ -1,0 +1,268 @@
+//! Test harness: a leader file, an in-process Kafka (librdkafka's mock
+//! cluster, real Kafka protocol over loopback), the embedded registry over
+//! real HTTP, and the real producer and followers, each test with its own
+//! temp directory, topic prefix and ports.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use barista_consumer::{FollowerConfig, Shared};
+use barista_producer::ProducerConfig;
+use barista_registry::{CompatibilityLevel, RegistryConfig, RunningRegistry};
+use barista_schemas::SqlValue;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rusqlite::Connection;
+use tokio_util::sync::CancellationToken;
+
+/// Polls `cond` until it returns `Ok`, or panics after `timeout` with the
+/// last reason it gave. Never a bare sleep.
+#[track_caller]
+pub fn wait_until_blocking(timeout: Duration, mut cond: impl FnMut() -> Result<(), String>) {
+    let start = Instant::now();
+    loop {
+        match cond() {
+            Ok(()) => return,
+            Err(why) if start.elapsed() > timeout => panic!("condition not met after {timeout:?}: {why}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Async version of [`wait_until_blocking`].
+pub async fn wait_until<F>(timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Result<(), String>,
+{
+    let start = Instant::now();
+    loop {
+        match cond() {
+            Ok(()) => return,
+            Err(why) if start.elapsed() > timeout => panic!("condition not met after {timeout:?}: {why}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// A random-enough unique name for topics and groups.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", rand::random::<u32>())
+}
+
+/// The embedded registry on a free loopback port.
+pub async fn start_registry(dir: &Path) -> RunningRegistry {
+    start_registry_at(dir, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// The embedded registry on a given address.
+pub async fn start_registry_at(dir: &Path, addr: std::net::SocketAddr) -> RunningRegistry {
+    barista_registry::spawn(
+        RegistryConfig { db_path: dir.join("registry.db"), default_level: CompatibilityLevel::Backward },
+        addr,
+    )
+    .await
+    .expect("registry starts")
+}
+
+/// A running producer task.
+pub struct RunningProducer {
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningProducer {
+    /// Starts `barista_producer::run` in the background.
+    pub fn start(config: ProducerConfig) -> Self {
+        let token = CancellationToken::new();
+        let t = token.clone();
+        let handle = tokio::spawn(async move {
+            let r = barista_producer::run(config, t.cancelled_owned()).await;
+            if let Err(e) = &r {
+                eprintln!("producer failed: {e:#}");
+            }
+            r
+        });
+        RunningProducer { token, handle }
+    }
+
+    /// Asks it to drain and stop; returns its result.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.token.cancel();
+        self.handle.await?
+    }
+
+    /// True once it returned (for example with an error).
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+}
+
+/// A running follower task and its shared state.
+pub struct RunningFollower {
+    /// Status, metrics, pause switch.
+    pub shared: Arc<Shared>,
+    /// The replica file.
+    pub replica: PathBuf,
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningFollower {
+    /// Starts `barista_consumer::run_with` in the background.
+    pub fn start(config: FollowerConfig) -> Self {
+        let shared = Shared::new(&config);
+        let token = CancellationToken::new();
+        let (t, s, replica) = (token.clone(), shared.clone(), config.replica.clone());
+        let handle = tokio::spawn(async move {
+            let r = barista_consumer::run_with(config, s, t.cancelled_owned()).await;
+            if let Err(e) = &r {
+                eprintln!("follower failed: {e:#}");
+            }
+            r
+        });
+        RunningFollower { shared, replica, token, handle }
+    }
+
+    /// Stops it; returns its result.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.token.cancel();
+        self.handle.await?
+    }
+
+    /// The follower's current status.
+    pub fn status(&self) -> barista_consumer::lag::Status {
+        self.shared.status.lock().unwrap().clone()
+    }
+
+    /// True once it returned.
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+}
+
+/// Every row of every user table, by table then primary key order, as exact
+/// SQLite values (storage class included).
+pub fn dump(path: &Path) -> BTreeMap<String, Vec<Vec<SqlValue>>> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let tables: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '\\_barista\\_%' ESCAPE '\\'",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for t in tables {
+        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{t}\" ORDER BY 1, 2")).unwrap();
+        let n = stmt.column_count();
+        let rows = stmt
+            .query_map([], |r| (0..n).map(|i| r.get_ref(i).map(SqlValue::from)).collect::<Result<Vec<_>, _>>())
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        out.insert(t, rows);
+    }
+    out
+}
+
+/// Ok when the replica holds exactly the leader's rows, else a short diff.
+pub fn same_rows(leader: &Path, replica: &Path) -> Result<(), String> {
+    if !replica.exists() {
+        return Err("replica file not created yet".into());
+    }
+    let (l, r) = (dump(leader), dump(replica));
+    if l == r {
+        return Ok(());
+    }
+    for (t, rows) in &l {
+        match r.get(t) {
+            None => return Err(format!("replica lacks table {t}")),
+            Some(rr) if rr != rows => {
+                return Err(format!("table {t}: leader has {} rows, replica {}; first difference: {:?}", rows.len(), rr.len(),
+                    rows.iter().zip(rr).find(|(a, b)| a != b).or(None)));
+            }
+            _ => {}
+        }
+    }
+    Err("replica has extra tables".into())
+}
+
+/// Creates a prefix's topics on the mock cluster, which does not answer
+/// CreateTopics (a real broker does; the producer creates them there).
+pub fn create_topics<C: rdkafka::ClientContext>(cluster: &rdkafka::mocking::MockCluster<'_, C>, prefix: &str, tables: &[&str]) {
+    for t in tables {
+        cluster.create_topic(&format!("{prefix}.{t}"), 3, 1).unwrap();
+    }
+    cluster.create_topic(&format!("{prefix}.__commits"), 1, 1).unwrap();
+    cluster.create_topic(&format!("{prefix}.__dead_letters"), 1, 1).unwrap();
+}
+
+/// Producer settings for tests: fast polling and heartbeats.
+pub fn producer_config(leader: &Path, brokers: &str, registry: &str, prefix: &str) -> ProducerConfig {
+    let mut c = ProducerConfig::new(leader, brokers, registry);
+    c.topic_prefix = prefix.to_owned();
+    c.heartbeat_interval = Duration::from_millis(200);
+    c
+}
+
+/// Follower settings for tests.
+pub fn follower_config(replica: &Path, id: &str, brokers: &str, registry: &str, prefix: &str) -> FollowerConfig {
+    let mut c = FollowerConfig::new(replica, id, brokers, registry);
+    c.topic_prefix = prefix.to_owned();
+    c.gap_timeout = Duration::from_secs(20);
+    c
+}
+
+/// Reads every message of `topic` from the beginning up to the high
+/// watermark: (partition, offset, key, payload, headers).
+pub type RawMessage = (i32, i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>);
+
+/// See [`RawMessage`].
+pub fn read_topic(brokers: &str, topic: &str) -> Vec<RawMessage> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader-"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(5)).unwrap();
+    let parts = md.topics()[0].partitions().len() as i32;
+    let mut tpl = TopicPartitionList::new();
+    let mut highs = BTreeMap::new();
+    for p in 0..parts {
+        let (_, h) = c.fetch_watermarks(topic, p, Duration::from_secs(5)).unwrap();
+        highs.insert(p, h);
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut pos: BTreeMap<i32, i64> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while highs.iter().any(|(p, h)| pos.get(p).copied().unwrap_or(0) < *h) {
+        assert!(Instant::now() < deadline, "reading {topic} timed out at {pos:?} of {highs:?}");
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            use rdkafka::message::Headers;
+            let headers = m
+                .headers()
+                .map(|h| h.iter().map(|x| (x.key.to_owned(), x.value.unwrap_or_default().to_vec())).collect())
+                .unwrap_or_default();
+            pos.insert(m.partition(), m.offset() + 1);
+            out.push((m.partition(), m.offset(), m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec), headers));
+        }
+    }
+    out
+}

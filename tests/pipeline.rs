@@ -1,0 +1,209 @@
+//! The whole pipeline on the mock cluster: every storage class, multi-row
+//! transactions from a writer that is not the producer, two followers.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use barista_schemas::envelope::{decode_envelope, RowShape};
+use barista_schemas::{Op, SqlValue};
+use barista_tests::*;
+use rand::{Rng, SeedableRng};
+use rdkafka::mocking::MockCluster;
+use rusqlite::{params, Connection};
+use schema_registry_converter::async_impl::avro::AvroDecoder;
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+
+pub const SCHEMA: &str = "
+    CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT NOT NULL, coffee TEXT);
+    CREATE TABLE everything(id INTEGER PRIMARY KEY, i INTEGER, r REAL, t TEXT, b BLOB, a);";
+
+/// What the writer did to one key, in order: (op, row after as stored).
+pub type Expected = BTreeMap<(String, i64), Vec<(Op, Option<Vec<SqlValue>>)>>;
+
+fn any_value(rng: &mut impl Rng) -> SqlValue {
+    match rng.random_range(0..9) {
+        0 => SqlValue::Null,
+        1 => SqlValue::Integer(i64::MAX),
+        2 => SqlValue::Integer(i64::MIN),
+        3 => SqlValue::Integer(rng.random()),
+        4 => SqlValue::Real(rng.random::<f64>() * 1e6 - 5e5),
+        5 => SqlValue::Text("héllo ☕ 世界 \u{1F600}".into()),
+        6 => SqlValue::Text(format!("t{}", rng.random::<u16>())),
+        7 => SqlValue::Blob((0..rng.random_range(0..40)).map(|_| rng.random()).collect()),
+        _ => SqlValue::Blob(vec![0, 255, 0]),
+    }
+}
+
+fn stored(conn: &Connection, table: &str, id: i64) -> Vec<SqlValue> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT * FROM {table} WHERE id = ?1")).unwrap();
+    let n = stmt.column_count();
+    stmt.query_row([id], |r| (0..n).map(|i| r.get_ref(i).map(SqlValue::from)).collect::<Result<Vec<_>, _>>()).unwrap()
+}
+
+/// Seeds rows before capture starts (they must arrive as op = r).
+pub fn seed(leader: &Path, expected: &mut Expected) {
+    let conn = Connection::open(leader).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.execute_batch(SCHEMA).unwrap();
+    for id in 1..=20 {
+        conn.execute("INSERT INTO customers VALUES (?1, ?2, 'espresso')", params![id, format!("c{id}")]).unwrap();
+        expected.entry(("customers".into(), id)).or_default().push((Op::Read, Some(stored(&conn, "customers", id))));
+    }
+}
+
+/// Waits until the producer has installed capture (its triggers exist), so
+/// the writes that follow are streamed rather than folded into the snapshot.
+pub async fn wait_for_capture(leader: &Path) {
+    let l = leader.to_owned();
+    wait_until(Duration::from_secs(30), move || {
+        let n: i64 = Connection::open(&l)
+            .and_then(|c| c.query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND name LIKE '_barista_%'", [], |r| r.get(0)))
+            .unwrap_or(0);
+        (n >= 6).then_some(()).ok_or(format!("{n} capture triggers"))
+    })
+    .await;
+}
+
+/// A random workload from a separate connection: inserts, updates and
+/// deletes of single rows inside multi-row transactions.
+pub fn write_workload(leader: &Path, seed: u64, txns: usize, expected: &mut Expected) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut conn = Connection::open(leader).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let mut live: BTreeMap<&str, HashSet<i64>> = BTreeMap::new();
+    for t in ["customers", "everything"] {
+        let ids: Vec<i64> = conn.prepare(&format!("SELECT id FROM {t}")).unwrap().query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap();
+        live.entry(t).or_default().extend(ids);
+    }
+    for _ in 0..txns {
+        let tx = conn.transaction().unwrap();
+        for _ in 0..rng.random_range(1..6) {
+            let table = if rng.random_bool(0.5) { "customers" } else { "everything" };
+            let set = live.entry(table).or_default();
+            let id = rng.random_range(1..60i64);
+            let op = if set.contains(&id) { if rng.random_bool(0.7) { Op::Update } else { Op::Delete } } else { Op::Create };
+            match (table, op) {
+                ("customers", Op::Create) => {
+                    tx.execute("INSERT INTO customers VALUES (?1, ?2, ?3)", params![id, format!("n{id}"), any_value(&mut rng)]).unwrap();
+                }
+                ("customers", Op::Update) => {
+                    tx.execute("UPDATE customers SET coffee = ?2 WHERE id = ?1", params![id, any_value(&mut rng)]).unwrap();
+                }
+                (_, Op::Create) => {
+                    let v: Vec<SqlValue> = (0..5).map(|_| any_value(&mut rng)).collect();
+                    tx.execute("INSERT INTO everything VALUES (?1, ?2, ?3, ?4, ?5, ?6)", params![id, v[0], v[1], v[2], v[3], v[4]]).unwrap();
+                }
+                (_, Op::Update) => {
+                    let v: Vec<SqlValue> = (0..5).map(|_| any_value(&mut rng)).collect();
+                    tx.execute("UPDATE everything SET i = ?2, r = ?3, t = ?4, b = ?5, a = ?6 WHERE id = ?1", params![id, v[0], v[1], v[2], v[3], v[4]]).unwrap();
+                }
+                (_, _) => {
+                    tx.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id]).unwrap();
+                }
+            }
+            let after = (op != Op::Delete).then(|| stored(&tx, table, id));
+            if op == Op::Delete { set.remove(&id); } else { set.insert(id); }
+            expected.entry((table.into(), id)).or_default().push((op, after));
+        }
+        tx.commit().unwrap();
+    }
+}
+
+/// Reads a table's topic back through the registry and checks it against
+/// what the writer did: per key, the same ops and after-images in order;
+/// per partition, positions strictly increasing once Kafka-level duplicates
+/// (same position again) are dropped.
+pub async fn check_events(brokers: &str, registry: &str, prefix: &str, table: &str, expected: &Expected) {
+    let topic = format!("{prefix}.{table}");
+    let msgs = read_topic(brokers, &topic);
+    let decoder = AvroDecoder::new(SrSettings::new(registry.to_owned()));
+    let mut per_key: BTreeMap<i64, Vec<(Op, Option<Vec<SqlValue>>)>> = BTreeMap::new();
+    let mut last_pos: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut seen = HashSet::new();
+    let mut duplicates = 0;
+    for (partition, offset, _key, payload, _) in msgs {
+        let Some(payload) = payload else { continue }; // tombstone
+        let r = decoder.decode_with_schema(Some(&payload)).await.unwrap().unwrap();
+        let shape = Arc::new(RowShape::from_value_schema(&r.schema.raw).unwrap());
+        let ev = decode_envelope(shape, &r.value).unwrap();
+        if !seen.insert(ev.source.position) {
+            duplicates += 1;
+            continue;
+        }
+        let prev = last_pos.insert(partition, ev.source.position).unwrap_or(0);
+        assert!(ev.source.position > prev, "{topic}/{partition} offset {offset}: position {} after {prev}", ev.source.position);
+        let key_row = ev.after.as_ref().or(ev.before.as_ref()).unwrap();
+        let SqlValue::Integer(id) = key_row[0] else { panic!("key {:?}", key_row[0]) };
+        per_key.entry(id).or_default().push((ev.op, ev.after));
+    }
+    let want: BTreeMap<i64, Vec<_>> =
+        expected.iter().filter(|((t, _), _)| t == table).map(|((_, id), v)| (*id, v.clone())).collect();
+    for (id, w) in &want {
+        let got = per_key.get(id).cloned().unwrap_or_default();
+        assert_eq!(&got, w, "{table} key {id}: events in Kafka differ from what the writer did");
+    }
+    assert_eq!(per_key.len(), want.len(), "{table}: keys in Kafka that the writer never touched");
+    eprintln!("{table}: {} keys checked, {duplicates} Kafka-level duplicates dropped by position", want.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_write_reaches_kafka_and_two_replicas_row_for_row() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let leader = dir.path().join("leader.db");
+    let mut expected = Expected::new();
+    seed(&leader, &mut expected);
+    let cluster = MockCluster::new(3).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let registry = start_registry(dir.path()).await;
+    let prefix = unique("e2e");
+    create_topics(&cluster, &prefix, &["customers", "everything"]);
+    let producer = RunningProducer::start(producer_config(&leader, &brokers, registry.url(), &prefix));
+    let followers: Vec<RunningFollower> = (1..=2)
+        .map(|i| {
+            RunningFollower::start(follower_config(&dir.path().join(format!("r{i}.db")), &unique("f"), &brokers, registry.url(), &prefix))
+        })
+        .collect();
+
+    wait_for_capture(&leader).await;
+    let l = leader.clone();
+    let mut exp = expected.clone();
+    let exp = tokio::task::spawn_blocking(move || {
+        write_workload(&l, 7, 300, &mut exp);
+        exp
+    })
+    .await
+    .unwrap();
+
+    for f in &followers {
+        let r = f.replica.clone();
+        wait_until(Duration::from_secs(60), || same_rows(&leader, &r)).await;
+    }
+    for f in &followers {
+        wait_until(Duration::from_secs(10), || {
+            let s = f.status();
+            (s.position_lag == 0 && s.seconds_lag == 0.0 && s.offset_lag == 0 && s.applied_position > 0)
+                .then_some(())
+                .ok_or(format!("lag not zero: {s:?}"))
+        })
+        .await;
+        assert_eq!(f.status().dead_letters, 0);
+    }
+    check_events(&brokers, registry.url(), &prefix, "customers", &exp).await;
+    check_events(&brokers, registry.url(), &prefix, "everything", &exp).await;
+
+    // The changelog is pruned down to its newest row once Kafka acknowledged.
+    let l2 = leader.clone();
+    wait_until(Duration::from_secs(10), move || {
+        let n: i64 = Connection::open(&l2).unwrap().query_row("SELECT count(*) FROM _barista_changelog", [], |r| r.get(0)).unwrap();
+        (n == 1).then_some(()).ok_or(format!("{n} changelog rows left"))
+    })
+    .await;
+    for f in followers {
+        f.stop().await.unwrap();
+    }
+    producer.stop().await.unwrap();
+    registry.shutdown().await.unwrap();
+}
