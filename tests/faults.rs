@@ -19,17 +19,34 @@ async fn broker_down_mid_stream_loses_nothing() {
     let registry = start_registry(dir.path()).await;
     let prefix = unique("down");
     create_topics(&cluster, &prefix, &["customers", "everything"]);
-    let producer = RunningProducer::start(producer_config(&leader, &brokers, registry.url(), &prefix));
-    let follower = RunningFollower::start(follower_config(&dir.path().join("r.db"), &unique("f"), &brokers, registry.url(), &prefix));
+    let producer =
+        RunningProducer::start(producer_config(&leader, &brokers, registry.url(), &prefix));
+    let follower = RunningFollower::start(follower_config(
+        &dir.path().join("r.db"),
+        &unique("f"),
+        &brokers,
+        registry.url(),
+        &prefix,
+    ));
     wait_for_capture(&leader).await;
     let (l, mut exp) = (leader.clone(), expected.clone());
-    let mut exp = tokio::task::spawn_blocking(move || { write_workload(&l, 11, 50, &mut exp); exp }).await.unwrap();
+    let mut exp = tokio::task::spawn_blocking(move || {
+        write_workload(&l, 11, 50, &mut exp);
+        exp
+    })
+    .await
+    .unwrap();
     let r = follower.replica.clone();
     wait_until(Duration::from_secs(60), || same_rows(&leader, &r)).await;
 
     cluster.broker_down(1).unwrap();
     let l = leader.clone();
-    exp = tokio::task::spawn_blocking(move || { write_workload(&l, 12, 100, &mut exp); exp }).await.unwrap();
+    exp = tokio::task::spawn_blocking(move || {
+        write_workload(&l, 12, 100, &mut exp);
+        exp
+    })
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await; // the outage itself, not a wait for a condition
     cluster.broker_up(1).unwrap();
 
@@ -51,17 +68,34 @@ async fn registry_down_then_up_loses_nothing() {
     let cluster = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
     // Reserve a port, leave it closed: the registry is down.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let url = format!("http://{addr}");
     let prefix = unique("reg");
     create_topics(&cluster, &prefix, &["customers", "everything"]);
     let producer = RunningProducer::start(producer_config(&leader, &brokers, &url, &prefix));
-    let follower = RunningFollower::start(follower_config(&dir.path().join("r.db"), &unique("f"), &brokers, &url, &prefix));
+    let follower = RunningFollower::start(follower_config(
+        &dir.path().join("r.db"),
+        &unique("f"),
+        &brokers,
+        &url,
+        &prefix,
+    ));
     wait_for_capture(&leader).await;
     let (l, mut exp) = (leader.clone(), expected.clone());
-    exp = tokio::task::spawn_blocking(move || { write_workload(&l, 21, 60, &mut exp); exp }).await.unwrap();
+    exp = tokio::task::spawn_blocking(move || {
+        write_workload(&l, 21, 60, &mut exp);
+        exp
+    })
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await; // the outage itself
-    assert!(!producer.is_finished() && !follower.is_finished(), "both wait for the registry");
+    assert!(
+        !producer.is_finished() && !follower.is_finished(),
+        "both wait for the registry"
+    );
     let registry = start_registry_at(dir.path(), addr).await;
     let r = follower.replica.clone();
     wait_until(Duration::from_secs(60), || same_rows(&leader, &r)).await;

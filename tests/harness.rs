@@ -26,7 +26,9 @@ pub fn wait_until_blocking(timeout: Duration, mut cond: impl FnMut() -> Result<(
     loop {
         match cond() {
             Ok(()) => return,
-            Err(why) if start.elapsed() > timeout => panic!("condition not met after {timeout:?}: {why}"),
+            Err(why) if start.elapsed() > timeout => {
+                panic!("condition not met after {timeout:?}: {why}")
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
@@ -41,7 +43,9 @@ where
     loop {
         match cond() {
             Ok(()) => return,
-            Err(why) if start.elapsed() > timeout => panic!("condition not met after {timeout:?}: {why}"),
+            Err(why) if start.elapsed() > timeout => {
+                panic!("condition not met after {timeout:?}: {why}")
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
@@ -50,7 +54,9 @@ where
 /// Logs to the test output when `RUST_LOG` is set.
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_test_writer()
         .try_init();
 }
@@ -68,7 +74,10 @@ pub async fn start_registry(dir: &Path) -> RunningRegistry {
 /// The embedded registry on a given address.
 pub async fn start_registry_at(dir: &Path, addr: std::net::SocketAddr) -> RunningRegistry {
     barista_registry::spawn(
-        RegistryConfig { db_path: dir.join("registry.db"), default_level: CompatibilityLevel::Backward },
+        RegistryConfig {
+            db_path: dir.join("registry.db"),
+            default_level: CompatibilityLevel::Backward,
+        },
         addr,
     )
     .await
@@ -131,7 +140,12 @@ impl RunningFollower {
             }
             r
         });
-        RunningFollower { shared, replica, token, handle }
+        RunningFollower {
+            shared,
+            replica,
+            token,
+            handle,
+        }
     }
 
     /// Stops it; returns its result.
@@ -154,7 +168,8 @@ impl RunningFollower {
 /// Every row of every user table, by table then primary key order, as exact
 /// SQLite values (storage class included).
 pub fn dump(path: &Path) -> BTreeMap<String, Vec<Vec<SqlValue>>> {
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let conn =
+        Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let tables: Vec<String> = conn
         .prepare(
             "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '\\_barista\\_%' ESCAPE '\\'",
@@ -166,10 +181,16 @@ pub fn dump(path: &Path) -> BTreeMap<String, Vec<Vec<SqlValue>>> {
         .unwrap();
     let mut out = BTreeMap::new();
     for t in tables {
-        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{t}\" ORDER BY 1, 2")).unwrap();
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM \"{t}\" ORDER BY 1, 2"))
+            .unwrap();
         let n = stmt.column_count();
         let rows = stmt
-            .query_map([], |r| (0..n).map(|i| r.get_ref(i).map(SqlValue::from)).collect::<Result<Vec<_>, _>>())
+            .query_map([], |r| {
+                (0..n)
+                    .map(|i| r.get_ref(i).map(SqlValue::from))
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .unwrap()
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
@@ -191,8 +212,12 @@ pub fn same_rows(leader: &Path, replica: &Path) -> Result<(), String> {
         match r.get(t) {
             None => return Err(format!("replica lacks table {t}")),
             Some(rr) if rr != rows => {
-                return Err(format!("table {t}: leader has {} rows, replica {}; first difference: {:?}", rows.len(), rr.len(),
-                    rows.iter().zip(rr).find(|(a, b)| a != b).or(None)));
+                return Err(format!(
+                    "table {t}: leader has {} rows, replica {}; first difference: {:?}",
+                    rows.len(),
+                    rr.len(),
+                    rows.iter().zip(rr).find(|(a, b)| a != b).or(None)
+                ));
             }
             _ => {}
         }
@@ -202,16 +227,31 @@ pub fn same_rows(leader: &Path, replica: &Path) -> Result<(), String> {
 
 /// Creates a prefix's topics on the mock cluster, which does not answer
 /// CreateTopics (a real broker does; the producer creates them there).
-pub fn create_topics<C: rdkafka::ClientContext>(cluster: &rdkafka::mocking::MockCluster<'_, C>, prefix: &str, tables: &[&str]) {
+pub fn create_topics<C: rdkafka::ClientContext>(
+    cluster: &rdkafka::mocking::MockCluster<'_, C>,
+    prefix: &str,
+    tables: &[&str],
+) {
     for t in tables {
-        cluster.create_topic(&format!("{prefix}.{t}"), 3, 1).unwrap();
+        cluster
+            .create_topic(&format!("{prefix}.{t}"), 3, 1)
+            .unwrap();
     }
-    cluster.create_topic(&format!("{prefix}.__commits"), 1, 1).unwrap();
-    cluster.create_topic(&format!("{prefix}.__dead_letters"), 1, 1).unwrap();
+    cluster
+        .create_topic(&format!("{prefix}.__commits"), 1, 1)
+        .unwrap();
+    cluster
+        .create_topic(&format!("{prefix}.__dead_letters"), 1, 1)
+        .unwrap();
 }
 
 /// Producer settings for tests: fast polling and heartbeats.
-pub fn producer_config(leader: &Path, brokers: &str, registry: &str, prefix: &str) -> ProducerConfig {
+pub fn producer_config(
+    leader: &Path,
+    brokers: &str,
+    registry: &str,
+    prefix: &str,
+) -> ProducerConfig {
     let mut c = ProducerConfig::new(leader, brokers, registry);
     c.topic_prefix = prefix.to_owned();
     c.heartbeat_interval = Duration::from_millis(200);
@@ -219,7 +259,13 @@ pub fn producer_config(leader: &Path, brokers: &str, registry: &str, prefix: &st
 }
 
 /// Follower settings for tests.
-pub fn follower_config(replica: &Path, id: &str, brokers: &str, registry: &str, prefix: &str) -> FollowerConfig {
+pub fn follower_config(
+    replica: &Path,
+    id: &str,
+    brokers: &str,
+    registry: &str,
+    prefix: &str,
+) -> FollowerConfig {
     let mut c = FollowerConfig::new(replica, id, brokers, registry);
     c.topic_prefix = prefix.to_owned();
     c.gap_timeout = Duration::from_secs(20);
@@ -228,7 +274,13 @@ pub fn follower_config(replica: &Path, id: &str, brokers: &str, registry: &str, 
 
 /// Reads every message of `topic` from the beginning up to the high
 /// watermark: (partition, offset, key, payload, headers).
-pub type RawMessage = (i32, i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>);
+pub type RawMessage = (
+    i32,
+    i64,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(String, Vec<u8>)>,
+);
 
 /// See [`RawMessage`].
 pub fn read_topic(brokers: &str, topic: &str) -> Vec<RawMessage> {
@@ -238,30 +290,51 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<RawMessage> {
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(5)).unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap();
     let parts = md.topics()[0].partitions().len() as i32;
     let mut tpl = TopicPartitionList::new();
     let mut highs = BTreeMap::new();
     for p in 0..parts {
-        let (_, h) = c.fetch_watermarks(topic, p, Duration::from_secs(5)).unwrap();
+        let (_, h) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(5))
+            .unwrap();
         highs.insert(p, h);
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
     }
     c.assign(&tpl).unwrap();
     let mut out = Vec::new();
     let mut pos: BTreeMap<i32, i64> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while highs.iter().any(|(p, h)| pos.get(p).copied().unwrap_or(0) < *h) {
-        assert!(Instant::now() < deadline, "reading {topic} timed out at {pos:?} of {highs:?}");
+    while highs
+        .iter()
+        .any(|(p, h)| pos.get(p).copied().unwrap_or(0) < *h)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic} timed out at {pos:?} of {highs:?}"
+        );
         if let Some(m) = c.poll(Duration::from_millis(100)) {
             let m = m.unwrap();
             use rdkafka::message::Headers;
             let headers = m
                 .headers()
-                .map(|h| h.iter().map(|x| (x.key.to_owned(), x.value.unwrap_or_default().to_vec())).collect())
+                .map(|h| {
+                    h.iter()
+                        .map(|x| (x.key.to_owned(), x.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
                 .unwrap_or_default();
             pos.insert(m.partition(), m.offset() + 1);
-            out.push((m.partition(), m.offset(), m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec), headers));
+            out.push((
+                m.partition(),
+                m.offset(),
+                m.key().map(<[u8]>::to_vec),
+                m.payload().map(<[u8]>::to_vec),
+                headers,
+            ));
         }
     }
     out

@@ -1,4 +1,4 @@
 //! End-to-end tests, one module per scenario family.
 
-mod pipeline;
 mod faults;
+mod pipeline;

@@ -19,8 +19,10 @@ pub const SCHEMA: &str = "
     CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT NOT NULL, coffee TEXT);
     CREATE TABLE everything(id INTEGER PRIMARY KEY, i INTEGER, r REAL, t TEXT, b BLOB, a);";
 
-/// What the writer did to one key, in order: (op, row after as stored).
-pub type Expected = BTreeMap<(String, i64), Vec<(Op, Option<Vec<SqlValue>>)>>;
+/// What happened to one key, in order: (op, row after as stored).
+pub type KeyHistory = Vec<(Op, Option<Vec<SqlValue>>)>;
+/// What the writer did, per (table, key).
+pub type Expected = BTreeMap<(String, i64), KeyHistory>;
 
 fn any_value(rng: &mut impl Rng) -> SqlValue {
     match rng.random_range(0..9) {
@@ -37,9 +39,16 @@ fn any_value(rng: &mut impl Rng) -> SqlValue {
 }
 
 fn stored(conn: &Connection, table: &str, id: i64) -> Vec<SqlValue> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT * FROM {table} WHERE id = ?1")).unwrap();
+    let mut stmt = conn
+        .prepare_cached(&format!("SELECT * FROM {table} WHERE id = ?1"))
+        .unwrap();
     let n = stmt.column_count();
-    stmt.query_row([id], |r| (0..n).map(|i| r.get_ref(i).map(SqlValue::from)).collect::<Result<Vec<_>, _>>()).unwrap()
+    stmt.query_row([id], |r| {
+        (0..n)
+            .map(|i| r.get_ref(i).map(SqlValue::from))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .unwrap()
 }
 
 /// Seeds rows before capture starts (they must arrive as op = r).
@@ -48,8 +57,15 @@ pub fn seed(leader: &Path, expected: &mut Expected) {
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.execute_batch(SCHEMA).unwrap();
     for id in 1..=20 {
-        conn.execute("INSERT INTO customers VALUES (?1, ?2, 'espresso')", params![id, format!("c{id}")]).unwrap();
-        expected.entry(("customers".into(), id)).or_default().push((Op::Read, Some(stored(&conn, "customers", id))));
+        conn.execute(
+            "INSERT INTO customers VALUES (?1, ?2, 'espresso')",
+            params![id, format!("c{id}")],
+        )
+        .unwrap();
+        expected
+            .entry(("customers".into(), id))
+            .or_default()
+            .push((Op::Read, Some(stored(&conn, "customers", id))));
     }
 }
 
@@ -74,38 +90,76 @@ pub fn write_workload(leader: &Path, seed: u64, txns: usize, expected: &mut Expe
     conn.busy_timeout(Duration::from_secs(10)).unwrap();
     let mut live: BTreeMap<&str, HashSet<i64>> = BTreeMap::new();
     for t in ["customers", "everything"] {
-        let ids: Vec<i64> = conn.prepare(&format!("SELECT id FROM {t}")).unwrap().query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap();
+        let ids: Vec<i64> = conn
+            .prepare(&format!("SELECT id FROM {t}"))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
         live.entry(t).or_default().extend(ids);
     }
     for _ in 0..txns {
         let tx = conn.transaction().unwrap();
         for _ in 0..rng.random_range(1..6) {
-            let table = if rng.random_bool(0.5) { "customers" } else { "everything" };
+            let table = if rng.random_bool(0.5) {
+                "customers"
+            } else {
+                "everything"
+            };
             let set = live.entry(table).or_default();
             let id = rng.random_range(1..60i64);
-            let op = if set.contains(&id) { if rng.random_bool(0.7) { Op::Update } else { Op::Delete } } else { Op::Create };
+            let op = if set.contains(&id) {
+                if rng.random_bool(0.7) {
+                    Op::Update
+                } else {
+                    Op::Delete
+                }
+            } else {
+                Op::Create
+            };
             match (table, op) {
                 ("customers", Op::Create) => {
-                    tx.execute("INSERT INTO customers VALUES (?1, ?2, ?3)", params![id, format!("n{id}"), any_value(&mut rng)]).unwrap();
+                    tx.execute(
+                        "INSERT INTO customers VALUES (?1, ?2, ?3)",
+                        params![id, format!("n{id}"), any_value(&mut rng)],
+                    )
+                    .unwrap();
                 }
                 ("customers", Op::Update) => {
-                    tx.execute("UPDATE customers SET coffee = ?2 WHERE id = ?1", params![id, any_value(&mut rng)]).unwrap();
+                    tx.execute(
+                        "UPDATE customers SET coffee = ?2 WHERE id = ?1",
+                        params![id, any_value(&mut rng)],
+                    )
+                    .unwrap();
                 }
                 (_, Op::Create) => {
                     let v: Vec<SqlValue> = (0..5).map(|_| any_value(&mut rng)).collect();
-                    tx.execute("INSERT INTO everything VALUES (?1, ?2, ?3, ?4, ?5, ?6)", params![id, v[0], v[1], v[2], v[3], v[4]]).unwrap();
+                    tx.execute(
+                        "INSERT INTO everything VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![id, v[0], v[1], v[2], v[3], v[4]],
+                    )
+                    .unwrap();
                 }
                 (_, Op::Update) => {
                     let v: Vec<SqlValue> = (0..5).map(|_| any_value(&mut rng)).collect();
                     tx.execute("UPDATE everything SET i = ?2, r = ?3, t = ?4, b = ?5, a = ?6 WHERE id = ?1", params![id, v[0], v[1], v[2], v[3], v[4]]).unwrap();
                 }
                 (_, _) => {
-                    tx.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id]).unwrap();
+                    tx.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id])
+                        .unwrap();
                 }
             }
             let after = (op != Op::Delete).then(|| stored(&tx, table, id));
-            if op == Op::Delete { set.remove(&id); } else { set.insert(id); }
-            expected.entry((table.into(), id)).or_default().push((op, after));
+            if op == Op::Delete {
+                set.remove(&id);
+            } else {
+                set.insert(id);
+            }
+            expected
+                .entry((table.into(), id))
+                .or_default()
+                .push((op, after));
         }
         tx.commit().unwrap();
     }
@@ -115,17 +169,27 @@ pub fn write_workload(leader: &Path, seed: u64, txns: usize, expected: &mut Expe
 /// what the writer did: per key, the same ops and after-images in order;
 /// per partition, positions strictly increasing once Kafka-level duplicates
 /// (same position again) are dropped.
-pub async fn check_events(brokers: &str, registry: &str, prefix: &str, table: &str, expected: &Expected) {
+pub async fn check_events(
+    brokers: &str,
+    registry: &str,
+    prefix: &str,
+    table: &str,
+    expected: &Expected,
+) {
     let topic = format!("{prefix}.{table}");
     let msgs = read_topic(brokers, &topic);
     let decoder = AvroDecoder::new(SrSettings::new(registry.to_owned()));
-    let mut per_key: BTreeMap<i64, Vec<(Op, Option<Vec<SqlValue>>)>> = BTreeMap::new();
+    let mut per_key: BTreeMap<i64, KeyHistory> = BTreeMap::new();
     let mut last_pos: BTreeMap<i32, i64> = BTreeMap::new();
     let mut seen = HashSet::new();
     let mut duplicates = 0;
     for (partition, offset, _key, payload, _) in msgs {
         let Some(payload) = payload else { continue }; // tombstone
-        let r = decoder.decode_with_schema(Some(&payload)).await.unwrap().unwrap();
+        let r = decoder
+            .decode_with_schema(Some(&payload))
+            .await
+            .unwrap()
+            .unwrap();
         let shape = Arc::new(RowShape::from_value_schema(&r.schema.raw).unwrap());
         let ev = decode_envelope(shape, &r.value).unwrap();
         if !seen.insert(ev.source.position) {
@@ -133,19 +197,38 @@ pub async fn check_events(brokers: &str, registry: &str, prefix: &str, table: &s
             continue;
         }
         let prev = last_pos.insert(partition, ev.source.position).unwrap_or(0);
-        assert!(ev.source.position > prev, "{topic}/{partition} offset {offset}: position {} after {prev}", ev.source.position);
+        assert!(
+            ev.source.position > prev,
+            "{topic}/{partition} offset {offset}: position {} after {prev}",
+            ev.source.position
+        );
         let key_row = ev.after.as_ref().or(ev.before.as_ref()).unwrap();
-        let SqlValue::Integer(id) = key_row[0] else { panic!("key {:?}", key_row[0]) };
+        let SqlValue::Integer(id) = key_row[0] else {
+            panic!("key {:?}", key_row[0])
+        };
         per_key.entry(id).or_default().push((ev.op, ev.after));
     }
-    let want: BTreeMap<i64, Vec<_>> =
-        expected.iter().filter(|((t, _), _)| t == table).map(|((_, id), v)| (*id, v.clone())).collect();
+    let want: BTreeMap<i64, Vec<_>> = expected
+        .iter()
+        .filter(|((t, _), _)| t == table)
+        .map(|((_, id), v)| (*id, v.clone()))
+        .collect();
     for (id, w) in &want {
         let got = per_key.get(id).cloned().unwrap_or_default();
-        assert_eq!(&got, w, "{table} key {id}: events in Kafka differ from what the writer did");
+        assert_eq!(
+            &got, w,
+            "{table} key {id}: events in Kafka differ from what the writer did"
+        );
     }
-    assert_eq!(per_key.len(), want.len(), "{table}: keys in Kafka that the writer never touched");
-    eprintln!("{table}: {} keys checked, {duplicates} Kafka-level duplicates dropped by position", want.len());
+    assert_eq!(
+        per_key.len(),
+        want.len(),
+        "{table}: keys in Kafka that the writer never touched"
+    );
+    eprintln!(
+        "{table}: {} keys checked, {duplicates} Kafka-level duplicates dropped by position",
+        want.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -160,10 +243,17 @@ async fn every_write_reaches_kafka_and_two_replicas_row_for_row() {
     let registry = start_registry(dir.path()).await;
     let prefix = unique("e2e");
     create_topics(&cluster, &prefix, &["customers", "everything"]);
-    let producer = RunningProducer::start(producer_config(&leader, &brokers, registry.url(), &prefix));
+    let producer =
+        RunningProducer::start(producer_config(&leader, &brokers, registry.url(), &prefix));
     let followers: Vec<RunningFollower> = (1..=2)
         .map(|i| {
-            RunningFollower::start(follower_config(&dir.path().join(format!("r{i}.db")), &unique("f"), &brokers, registry.url(), &prefix))
+            RunningFollower::start(follower_config(
+                &dir.path().join(format!("r{i}.db")),
+                &unique("f"),
+                &brokers,
+                registry.url(),
+                &prefix,
+            ))
         })
         .collect();
 
@@ -184,7 +274,10 @@ async fn every_write_reaches_kafka_and_two_replicas_row_for_row() {
     for f in &followers {
         wait_until(Duration::from_secs(10), || {
             let s = f.status();
-            (s.position_lag == 0 && s.seconds_lag == 0.0 && s.offset_lag == 0 && s.applied_position > 0)
+            (s.position_lag == 0
+                && s.seconds_lag == 0.0
+                && s.offset_lag == 0
+                && s.applied_position > 0)
                 .then_some(())
                 .ok_or(format!("lag not zero: {s:?}"))
         })
@@ -197,8 +290,13 @@ async fn every_write_reaches_kafka_and_two_replicas_row_for_row() {
     // The changelog is pruned down to its newest row once Kafka acknowledged.
     let l2 = leader.clone();
     wait_until(Duration::from_secs(10), move || {
-        let n: i64 = Connection::open(&l2).unwrap().query_row("SELECT count(*) FROM _barista_changelog", [], |r| r.get(0)).unwrap();
-        (n == 1).then_some(()).ok_or(format!("{n} changelog rows left"))
+        let n: i64 = Connection::open(&l2)
+            .unwrap()
+            .query_row("SELECT count(*) FROM _barista_changelog", [], |r| r.get(0))
+            .unwrap();
+        (n == 1)
+            .then_some(())
+            .ok_or(format!("{n} changelog rows left"))
     })
     .await;
     for f in followers {

@@ -24,7 +24,8 @@ pub enum DecodeError {
 
 /// The schema id of a Confluent-framed payload, if it has the frame.
 pub fn schema_id(payload: &[u8]) -> Option<u32> {
-    (payload.len() >= 5 && payload[0] == 0).then(|| u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]))
+    (payload.len() >= 5 && payload[0] == 0)
+        .then(|| u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]))
 }
 
 /// Decodes barista messages.
@@ -40,7 +41,10 @@ impl Decoder {
             .set_timeout(std::time::Duration::from_secs(5))
             .build()
             .map_err(|e| anyhow::anyhow!("schema registry settings: {e}"))?;
-        Ok(Decoder { avro: AvroDecoder::new(sr), shapes: Mutex::new(HashMap::new()) })
+        Ok(Decoder {
+            avro: AvroDecoder::new(sr),
+            shapes: Mutex::new(HashMap::new()),
+        })
     }
 
     fn classify(e: schema_registry_converter::error::SRCError) -> DecodeError {
@@ -54,18 +58,27 @@ impl Decoder {
 
     /// Decodes a change-event value.
     pub async fn change(&self, payload: &[u8]) -> Result<DecodedChange, DecodeError> {
-        let id = schema_id(payload).ok_or_else(|| DecodeError::Poison("not Confluent-framed Avro (magic byte 0 + schema id)".into()))?;
-        let r = self.avro.decode_with_schema(Some(payload)).await.map_err(|e| {
-            self.avro.remove_errors_from_cache();
-            Self::classify(e)
+        let id = schema_id(payload).ok_or_else(|| {
+            DecodeError::Poison("not Confluent-framed Avro (magic byte 0 + schema id)".into())
         })?;
-        let Some(r) = r else { return Err(DecodeError::Poison("empty payload".into())) };
+        let r = self
+            .avro
+            .decode_with_schema(Some(payload))
+            .await
+            .map_err(|e| {
+                self.avro.remove_errors_from_cache();
+                Self::classify(e)
+            })?;
+        let Some(r) = r else {
+            return Err(DecodeError::Poison("empty payload".into()));
+        };
         let cached = self.shapes.lock().ok().and_then(|m| m.get(&id).cloned());
         let shape = match cached {
             Some(s) => s,
             None => {
                 let s = Arc::new(
-                    RowShape::from_value_schema(&r.schema.raw).map_err(|e| DecodeError::Poison(format!("schema {id}: {e}")))?,
+                    RowShape::from_value_schema(&r.schema.raw)
+                        .map_err(|e| DecodeError::Poison(format!("schema {id}: {e}")))?,
                 );
                 if let Ok(mut m) = self.shapes.lock() {
                     m.insert(id, s.clone());
@@ -73,7 +86,8 @@ impl Decoder {
                 s
             }
         };
-        decode_envelope(shape, &r.value).map_err(|e| DecodeError::Poison(format!("schema {id}: {e}")))
+        decode_envelope(shape, &r.value)
+            .map_err(|e| DecodeError::Poison(format!("schema {id}: {e}")))
     }
 
     /// Decodes a commit record.

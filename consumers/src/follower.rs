@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use barista_schemas::contract::{
     commits_topic, dead_letter_topic, HEADER_DLQ_ERROR, HEADER_DLQ_FOLLOWER, HEADER_DLQ_OFFSET,
-    HEADER_DLQ_PARTITION, HEADER_DLQ_SCHEMA_ID, HEADER_DLQ_TOPIC, HEADER_POSITION, HEADER_TOMBSTONE,
+    HEADER_DLQ_PARTITION, HEADER_DLQ_SCHEMA_ID, HEADER_DLQ_TOPIC, HEADER_POSITION,
+    HEADER_TOMBSTONE,
 };
 use barista_schemas::envelope::DecodedChange;
 use barista_schemas::Commit;
@@ -69,7 +70,12 @@ pub struct FollowerConfig {
 
 impl FollowerConfig {
     /// Local defaults.
-    pub fn new(replica: impl Into<PathBuf>, follower_id: &str, brokers: &str, registry_url: &str) -> Self {
+    pub fn new(
+        replica: impl Into<PathBuf>,
+        follower_id: &str,
+        brokers: &str,
+        registry_url: &str,
+    ) -> Self {
         FollowerConfig {
             replica: replica.into(),
             follower_id: follower_id.to_owned(),
@@ -129,14 +135,22 @@ impl Part {
         }
         self.contiguous = c;
         let waiting = self.buffered.range(c + 1..).next().is_some();
-        self.gap_since = if waiting { Some(self.gap_since.unwrap_or_else(Instant::now)) } else { None };
+        self.gap_since = if waiting {
+            Some(self.gap_since.unwrap_or_else(Instant::now))
+        } else {
+            None
+        };
     }
 
     /// The next offset that must be read again after a restart.
     fn next_offset(&self) -> i64 {
         let buffered = self.buffered.values().map(|(o, _)| *o).min();
         let blocked = self.blocked.as_ref().map(|(o, _)| *o);
-        [Some(self.consumed), buffered, blocked].into_iter().flatten().min().unwrap_or(self.consumed)
+        [Some(self.consumed), buffered, blocked]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.consumed)
     }
 }
 
@@ -170,7 +184,11 @@ fn client_config(config: &FollowerConfig) -> ClientConfig {
 
 /// Runs a follower until `shutdown` resolves or a fatal error (a gap, lost
 /// history, a replica that cannot be written).
-pub async fn run(config: FollowerConfig, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: FollowerConfig,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     let path = config.replica.clone();
     let replica = tokio::task::spawn_blocking(move || Replica::open(&path))
@@ -189,7 +207,8 @@ pub async fn run(config: FollowerConfig, shared: Arc<Shared>, shutdown: impl Fut
     for (k, v) in &config.kafka_options {
         cc.set(k, v);
     }
-    let consumer: Arc<StreamConsumer> = Arc::new(cc.create().context("creating the Kafka consumer")?);
+    let consumer: Arc<StreamConsumer> =
+        Arc::new(cc.create().context("creating the Kafka consumer")?);
     let commits = commits_topic(&config.topic_prefix);
     let dlq_topic = dead_letter_topic(&config.topic_prefix);
 
@@ -199,13 +218,18 @@ pub async fn run(config: FollowerConfig, shared: Arc<Shared>, shutdown: impl Fut
         let c = consumer.clone();
         let md = tokio::task::spawn_blocking(move || {
             c.fetch_metadata(None, Duration::from_secs(5)).map(|m| {
-                m.topics().iter().map(|t| (t.name().to_owned(), t.partitions().len() as i32)).collect::<Vec<_>>()
+                m.topics()
+                    .iter()
+                    .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+                    .collect::<Vec<_>>()
             })
         })
         .await?;
         match md {
             Ok(all) if all.iter().any(|(t, _)| *t == commits) => break all,
-            Ok(_) => tracing::info!(topic = %commits, "waiting for the producer to create its topics"),
+            Ok(_) => {
+                tracing::info!(topic = %commits, "waiting for the producer to create its topics")
+            }
             Err(e) => tracing::warn!(error = %e, "Kafka metadata unavailable; retrying"),
         }
         tokio::select! { _ = &mut shutdown => return Ok(()), _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
@@ -213,10 +237,17 @@ pub async fn run(config: FollowerConfig, shared: Arc<Shared>, shutdown: impl Fut
     let all_topics = topics.clone();
     let data: Vec<(String, i32)> = topics
         .into_iter()
-        .filter(|(t, _)| t.starts_with(&prefix) && *t != commits && *t != dlq_topic && !t.ends_with(".__dead_letters"))
+        .filter(|(t, _)| {
+            t.starts_with(&prefix)
+                && *t != commits
+                && *t != dlq_topic
+                && !t.ends_with(".__dead_letters")
+        })
         .filter(|(t, _)| {
             config.tables.is_empty()
-                || config.tables.iter().any(|tb| *t == barista_schemas::contract::table_topic(&config.topic_prefix, tb))
+                || config.tables.iter().any(|tb| {
+                    *t == barista_schemas::contract::table_topic(&config.topic_prefix, tb)
+                })
         })
         .collect();
 
@@ -227,7 +258,13 @@ pub async fn run(config: FollowerConfig, shared: Arc<Shared>, shutdown: impl Fut
         let opts = AdminOptions::new()
             .operation_timeout(Some(Duration::from_secs(5)))
             .request_timeout(Some(Duration::from_secs(5)));
-        if let Err(e) = admin.create_topics(&[NewTopic::new(&dlq_topic, 1, TopicReplication::Fixed(1))], &opts).await {
+        if let Err(e) = admin
+            .create_topics(
+                &[NewTopic::new(&dlq_topic, 1, TopicReplication::Fixed(1))],
+                &opts,
+            )
+            .await
+        {
             tracing::warn!(topic = %dlq_topic, error = %e, "could not create the dead-letter topic");
         }
     }
@@ -236,17 +273,51 @@ pub async fn run(config: FollowerConfig, shared: Arc<Shared>, shutdown: impl Fut
     let mut parts = HashMap::new();
     for (t, n) in &data {
         for p in 0..*n {
-            let (next, applied) = progress.offsets.get(&(t.clone(), p)).copied().unwrap_or((0, 0));
-            tpl.add_partition_offset(t, p, if next > 0 { Offset::Offset(next) } else { Offset::Beginning })?;
-            parts.insert((t.clone(), p), Part { consumed: next, applied, contiguous: applied, ..Part::default() });
+            let (next, applied) = progress
+                .offsets
+                .get(&(t.clone(), p))
+                .copied()
+                .unwrap_or((0, 0));
+            tpl.add_partition_offset(
+                t,
+                p,
+                if next > 0 {
+                    Offset::Offset(next)
+                } else {
+                    Offset::Beginning
+                },
+            )?;
+            parts.insert(
+                (t.clone(), p),
+                Part {
+                    consumed: next,
+                    applied,
+                    contiguous: applied,
+                    ..Part::default()
+                },
+            );
         }
     }
-    let commits_next = progress.offsets.get(&(commits.clone(), 0)).map(|v| v.0).unwrap_or(0);
-    tpl.add_partition_offset(&commits, 0, if commits_next > 0 { Offset::Offset(commits_next) } else { Offset::Beginning })?;
+    let commits_next = progress
+        .offsets
+        .get(&(commits.clone(), 0))
+        .map(|v| v.0)
+        .unwrap_or(0);
+    tpl.add_partition_offset(
+        &commits,
+        0,
+        if commits_next > 0 {
+            Offset::Offset(commits_next)
+        } else {
+            Offset::Beginning
+        },
+    )?;
     consumer.assign(&tpl).context("assigning partitions")?;
     tracing::info!(follower = %config.follower_id, position = progress.position, partitions = parts.len(), "follower started");
 
-    let dlq: FutureProducer = client_config(&config).set("message.timeout.ms", "30000").create()?;
+    let dlq: FutureProducer = client_config(&config)
+        .set("message.timeout.ms", "30000")
+        .create()?;
     let mut f = Follower {
         decoder: Decoder::new(&config.registry_url)?,
         shared: shared.clone(),
@@ -268,7 +339,11 @@ pub async fn run(config: FollowerConfig, shared: Arc<Shared>, shutdown: impl Fut
     // High watermarks, refreshed off the loop (a blocking network call).
     let hwms: Arc<Mutex<HashMap<Tp, i64>>> = Arc::default();
     let watcher = {
-        let (consumer, hwms, keys) = (consumer.clone(), hwms.clone(), f.parts.keys().cloned().collect::<Vec<_>>());
+        let (consumer, hwms, keys) = (
+            consumer.clone(),
+            hwms.clone(),
+            f.parts.keys().cloned().collect::<Vec<_>>(),
+        );
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -278,7 +353,11 @@ pub async fn run(config: FollowerConfig, shared: Arc<Shared>, shutdown: impl Fut
                 let got = tokio::task::spawn_blocking(move || {
                     keys2
                         .into_iter()
-                        .filter_map(|(t, p)| c.fetch_watermarks(&t, p, Duration::from_secs(2)).ok().map(|(_, h)| ((t, p), h)))
+                        .filter_map(|(t, p)| {
+                            c.fetch_watermarks(&t, p, Duration::from_secs(2))
+                                .ok()
+                                .map(|(_, h)| ((t, p), h))
+                        })
                         .collect::<Vec<_>>()
                 })
                 .await
@@ -360,16 +439,23 @@ pub async fn run(config: FollowerConfig, shared: Arc<Shared>, shutdown: impl Fut
 }
 
 fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a [u8]> {
-    m.headers().and_then(|h| h.iter().find(|h| h.key == key).and_then(|h| h.value))
+    m.headers()
+        .and_then(|h| h.iter().find(|h| h.key == key).and_then(|h| h.value))
 }
 
 impl Follower {
-    async fn handle(&mut self, m: OwnedMessage, shutdown: &mut (impl Future<Output = ()> + Unpin)) -> anyhow::Result<()> {
+    async fn handle(
+        &mut self,
+        m: OwnedMessage,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> anyhow::Result<()> {
         let tp = (m.topic().to_owned(), m.partition());
         let offset = m.offset();
         if tp.0 == self.commits_topic {
             self.commits_consumed = offset + 1;
-            let Some(payload) = m.payload() else { return Ok(()) };
+            let Some(payload) = m.payload() else {
+                return Ok(());
+            };
             match self.retry_decode(|d| d.commit(payload), shutdown).await {
                 Ok(Some(c)) => {
                     self.leader_head = self.leader_head.max(c.last_position);
@@ -387,14 +473,19 @@ impl Follower {
             }
             return Ok(());
         }
-        let Some(part) = self.parts.get_mut(&tp) else { return Ok(()) };
+        let Some(part) = self.parts.get_mut(&tp) else {
+            return Ok(());
+        };
         part.consumed = offset + 1;
-        let Some(payload) = m.payload() else { return Ok(()) }; // tombstone
+        let Some(payload) = m.payload() else {
+            return Ok(());
+        }; // tombstone
         if header(&m, HEADER_TOMBSTONE).is_some() {
             return Ok(());
         }
-        let position: Option<i64> =
-            header(&m, HEADER_POSITION).and_then(|v| std::str::from_utf8(v).ok()).and_then(|s| s.parse().ok());
+        let position: Option<i64> = header(&m, HEADER_POSITION)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|s| s.parse().ok());
         if let Some(p) = position {
             if p <= part.applied.max(self.position) {
                 self.shared.metrics.duplicates.inc();
@@ -463,11 +554,18 @@ impl Follower {
     async fn dead_letter(&self, m: &OwnedMessage, error: &str) {
         self.shared.metrics.dead_letters.inc();
         let (partition, offset) = (m.partition().to_string(), m.offset().to_string());
-        let id = m.payload().and_then(schema_id).map(|i| i.to_string()).unwrap_or_default();
+        let id = m
+            .payload()
+            .and_then(schema_id)
+            .map(|i| i.to_string())
+            .unwrap_or_default();
         let mut h = OwnedHeaders::new();
         if let Some(orig) = m.headers() {
             for x in orig.iter() {
-                h = h.insert(Header { key: x.key, value: x.value });
+                h = h.insert(Header {
+                    key: x.key,
+                    value: x.value,
+                });
             }
         }
         for (k, v) in [
@@ -478,7 +576,10 @@ impl Follower {
             (HEADER_DLQ_SCHEMA_ID, &id),
             (HEADER_DLQ_FOLLOWER, &self.config.follower_id),
         ] {
-            h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
         }
         let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.dlq_topic).headers(h);
         if let Some(k) = m.key() {
@@ -498,7 +599,9 @@ impl Follower {
     fn complete(&self, c: &Commit, current: i64) -> bool {
         c.first_position <= current + 1
             && c.partitions.iter().all(|t| {
-                self.parts.get(&(t.topic.clone(), t.partition)).is_none_or(|p| p.contiguous >= t.last_position)
+                self.parts
+                    .get(&(t.topic.clone(), t.partition))
+                    .is_none_or(|p| p.contiguous >= t.last_position)
             })
     }
 
@@ -515,7 +618,11 @@ impl Follower {
             if !self.complete(c, current) {
                 break;
             }
-            let pending: usize = self.parts.values().map(|p| p.buffered.range(..=c.last_position).count()).sum();
+            let pending: usize = self
+                .parts
+                .values()
+                .map(|p| p.buffered.range(..=c.last_position).count())
+                .sum();
             if count > 0 && count + pending > self.config.batch_max {
                 break;
             }
@@ -524,8 +631,11 @@ impl Follower {
         }
         // Heartbeats only move the clock; drop the ones already covered.
         let covered = target.map_or(self.position, |t| t.0);
-        self.queue.retain(|(_, c)| !(c.is_heartbeat() || c.last_position <= covered));
-        let Some((position, ts)) = target else { return Ok(()) };
+        self.queue
+            .retain(|(_, c)| !(c.is_heartbeat() || c.last_position <= covered));
+        let Some((position, ts)) = target else {
+            return Ok(());
+        };
 
         let mut changes: Vec<DecodedChange> = Vec::with_capacity(count);
         let mut offsets = Vec::new();
@@ -539,11 +649,25 @@ impl Follower {
             offsets.push((tp.clone(), (part.next_offset(), part.applied)));
         }
         changes.sort_by_key(|c| c.source.position);
-        let commits_next = self.queue.iter().map(|(o, _)| *o).min().unwrap_or(self.commits_consumed);
+        let commits_next = self
+            .queue
+            .iter()
+            .map(|(o, _)| *o)
+            .min()
+            .unwrap_or(self.commits_consumed);
         offsets.push(((self.commits_topic.clone(), 0), (commits_next, position)));
         let n = changes.len() as u64;
-        let batch = Batch { changes, offsets, position: Some((position, ts)) };
-        let mut replica = self.replica.lock().ok().and_then(|mut r| r.take()).context("replica in use")?;
+        let batch = Batch {
+            changes,
+            offsets,
+            position: Some((position, ts)),
+        };
+        let mut replica = self
+            .replica
+            .lock()
+            .ok()
+            .and_then(|mut r| r.take())
+            .context("replica in use")?;
         let (replica, r) = tokio::task::spawn_blocking(move || {
             let r = replica.apply(&batch);
             (replica, r.map(|()| batch.offsets))
@@ -580,7 +704,12 @@ impl Follower {
             }
             if let Some(since) = part.gap_since {
                 if since.elapsed() > self.config.gap_timeout {
-                    let (pos, (_, ch)) = part.buffered.range(part.contiguous + 1..).next().map(|(k, v)| (*k, v)).context("gap")?;
+                    let (pos, (_, ch)) = part
+                        .buffered
+                        .range(part.contiguous + 1..)
+                        .next()
+                        .map(|(k, v)| (*k, v))
+                        .context("gap")?;
                     anyhow::bail!(
                         "gap in {t}/{p}: change {pos} follows position {prev:?}, which this follower never received \
                          (it has up to {have}); waited {:?} for a resend. Changes were lost between the producer and \
@@ -596,7 +725,12 @@ impl Follower {
     }
 
     fn publish_status(&self) {
-        let seconds = seconds_behind(self.position, self.position_ts, self.leader_head, self.clock);
+        let seconds = seconds_behind(
+            self.position,
+            self.position_ts,
+            self.leader_head,
+            self.clock,
+        );
         let m = &self.shared.metrics;
         let mut partitions = std::collections::BTreeMap::new();
         let mut total = 0;
@@ -604,7 +738,12 @@ impl Follower {
             let next = part.next_offset();
             let lag = (part.hwm - next).max(0);
             total += lag;
-            m.offset_lag.get_or_create(&crate::lag::PartitionLabels { topic: t.clone(), partition: p.to_string() }).set(lag);
+            m.offset_lag
+                .get_or_create(&crate::lag::PartitionLabels {
+                    topic: t.clone(),
+                    partition: p.to_string(),
+                })
+                .set(lag);
             partitions.insert(
                 format!("{t}/{p}"),
                 PartitionStatus {
@@ -616,7 +755,8 @@ impl Follower {
                 },
             );
         }
-        m.position_lag.set((self.leader_head - self.position).max(0));
+        m.position_lag
+            .set((self.leader_head - self.position).max(0));
         m.seconds_lag.set(seconds);
         m.applied_position.set(self.position);
         m.leader_position.set(self.leader_head);
@@ -659,7 +799,10 @@ impl Shared {
     /// Fresh shared state for a follower.
     pub fn new(config: &FollowerConfig) -> Arc<Shared> {
         Arc::new(Shared {
-            status: Mutex::new(Status { follower: config.follower_id.clone(), ..Status::default() }),
+            status: Mutex::new(Status {
+                follower: config.follower_id.clone(),
+                ..Status::default()
+            }),
             metrics: Metrics::new(),
             paused: watch::channel(false).0,
             applied: watch::channel(0).0,

@@ -26,7 +26,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     let mut out = String::new();
     match prometheus_client::encoding::text::encode(&mut out, &s.metrics.registry) {
-        Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response(),
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            out,
+        )
+            .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
@@ -45,7 +52,11 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
         "position": st.applied_position,
         "halted": st.halted,
     });
-    let code = if body["ready"] == true { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if body["ready"] == true {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 

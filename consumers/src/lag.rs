@@ -63,15 +63,51 @@ impl Metrics {
             batches: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("offset_lag", "Offsets behind the partition's high watermark", m.offset_lag.clone());
-        registry.register("position_lag", "Leader positions not yet applied", m.position_lag.clone());
-        registry.register("seconds_lag", "Seconds behind the leader, on the leader's clock", m.seconds_lag.clone());
-        registry.register("applied_position", "Leader position the replica is at", m.applied_position.clone());
-        registry.register("leader_position", "Newest leader position known", m.leader_position.clone());
-        registry.register("changes_applied", "Changes applied to the replica", m.changes_applied.clone());
-        registry.register("duplicates", "Duplicate changes skipped by position", m.duplicates.clone());
-        registry.register("dead_letters", "Messages sent to the dead-letter topic", m.dead_letters.clone());
-        registry.register("batches", "Replica transactions committed", m.batches.clone());
+        registry.register(
+            "offset_lag",
+            "Offsets behind the partition's high watermark",
+            m.offset_lag.clone(),
+        );
+        registry.register(
+            "position_lag",
+            "Leader positions not yet applied",
+            m.position_lag.clone(),
+        );
+        registry.register(
+            "seconds_lag",
+            "Seconds behind the leader, on the leader's clock",
+            m.seconds_lag.clone(),
+        );
+        registry.register(
+            "applied_position",
+            "Leader position the replica is at",
+            m.applied_position.clone(),
+        );
+        registry.register(
+            "leader_position",
+            "Newest leader position known",
+            m.leader_position.clone(),
+        );
+        registry.register(
+            "changes_applied",
+            "Changes applied to the replica",
+            m.changes_applied.clone(),
+        );
+        registry.register(
+            "duplicates",
+            "Duplicate changes skipped by position",
+            m.duplicates.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Messages sent to the dead-letter topic",
+            m.dead_letters.clone(),
+        );
+        registry.register(
+            "batches",
+            "Replica transactions committed",
+            m.batches.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -147,7 +183,12 @@ impl LeaderClock {
 
 /// Seconds behind: zero when the replica holds everything the leader has;
 /// otherwise how long ago (leader clock) the leader was where the replica is.
-pub fn seconds_behind(applied: i64, applied_ts_ms: i64, leader: i64, clock: Option<LeaderClock>) -> f64 {
+pub fn seconds_behind(
+    applied: i64,
+    applied_ts_ms: i64,
+    leader: i64,
+    clock: Option<LeaderClock>,
+) -> f64 {
     if applied >= leader {
         return 0.0;
     }
@@ -163,7 +204,10 @@ mod tests {
 
     #[test]
     fn seconds_lag_is_zero_when_caught_up_and_grows_on_the_leader_clock() {
-        let clock = LeaderClock { ts_ms: 10_000, received: Instant::now() };
+        let clock = LeaderClock {
+            ts_ms: 10_000,
+            received: Instant::now(),
+        };
         assert_eq!(seconds_behind(5, 1_000, 5, Some(clock)), 0.0);
         let behind = seconds_behind(4, 7_000, 5, Some(clock));
         assert!((3.0..3.5).contains(&behind), "{behind}");

@@ -6,14 +6,14 @@
 
 /// Confluent-framed Avro → changes and commit records.
 pub mod decode;
-/// The replica file and the apply transaction.
-pub mod replica;
-/// Lag in offsets, positions and seconds; metrics.
-pub mod lag;
 /// The consume → apply loop.
 pub mod follower;
 /// Metrics, status, readiness and admin endpoints.
 pub mod http;
+/// Lag in offsets, positions and seconds; metrics.
+pub mod lag;
+/// The replica file and the apply transaction.
+pub mod replica;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,7 +21,10 @@ use std::sync::Arc;
 pub use follower::{FollowerConfig, Shared};
 
 /// Runs a follower with its HTTP endpoints until `shutdown` resolves.
-pub async fn run(config: FollowerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: FollowerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let shared = Shared::new(&config);
     run_with(config, shared, shutdown).await
 }
@@ -35,12 +38,16 @@ pub async fn run_with(
     let token = tokio_util::sync::CancellationToken::new();
     let server = match config.http_listen {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
             tracing::info!(addr = %listener.local_addr()?, "follower HTTP listening");
             let app = http::router(shared.clone());
             let t = token.clone();
             Some(tokio::spawn(async move {
-                axum::serve(listener, app).with_graceful_shutdown(async move { t.cancelled().await }).await
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { t.cancelled().await })
+                    .await
             }))
         }
         None => None,

@@ -65,13 +65,19 @@ impl Replica {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(REPLICA_SQL)?;
-        Ok(Replica { conn, known: HashMap::new(), shapes: Vec::new() })
+        Ok(Replica {
+            conn,
+            known: HashMap::new(),
+            shapes: Vec::new(),
+        })
     }
 
     /// Reads the stored progress.
     pub fn progress(&self) -> rusqlite::Result<Progress> {
         let mut p = Progress::default();
-        let mut stmt = self.conn.prepare("SELECT topic, partition, next_offset, applied_position FROM _barista_offsets")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT topic, partition, next_offset, applied_position FROM _barista_offsets",
+        )?;
         let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?))))?;
         for row in rows {
             let (k, v) = row?;
@@ -79,9 +85,19 @@ impl Replica {
         }
         if let Some((pos, ts)) = self
             .conn
-            .query_row("SELECT position, leader_ts_ms FROM _barista_position WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                "SELECT position, leader_ts_ms FROM _barista_position WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .map(Some)
-            .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?
+            .or_else(|e| {
+                if e == rusqlite::Error::QueryReturnedNoRows {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            })?
         {
             p.position = pos;
             p.leader_ts_ms = ts;
@@ -105,15 +121,26 @@ impl Replica {
             .collect::<Result<_, _>>()?;
         let pk = shape.pk_indexes();
         if existing.is_empty() {
-            let cols: Vec<String> =
-                shape.columns.iter().map(|c| format!("{} {}", quote(&c.name), c.decl_type)).collect();
+            let cols: Vec<String> = shape
+                .columns
+                .iter()
+                .map(|c| format!("{} {}", quote(&c.name), c.decl_type))
+                .collect();
             let pkc: Vec<String> = pk.iter().map(|&i| quote(&shape.columns[i].name)).collect();
-            self.conn.execute_batch(&format!("CREATE TABLE {t} ({}, PRIMARY KEY ({}))", cols.join(", "), pkc.join(", ")))?;
+            self.conn.execute_batch(&format!(
+                "CREATE TABLE {t} ({}, PRIMARY KEY ({}))",
+                cols.join(", "),
+                pkc.join(", ")
+            ))?;
             tracing::info!(table = %shape.table, "replica table created");
         } else {
             for c in &shape.columns {
                 if !existing.iter().any(|e| e.eq_ignore_ascii_case(&c.name)) {
-                    self.conn.execute_batch(&format!("ALTER TABLE {t} ADD COLUMN {} {}", quote(&c.name), c.decl_type))?;
+                    self.conn.execute_batch(&format!(
+                        "ALTER TABLE {t} ADD COLUMN {} {}",
+                        quote(&c.name),
+                        c.decl_type
+                    ))?;
                     tracing::info!(table = %shape.table, column = %c.name, "replica column added");
                 }
             }
@@ -125,14 +152,22 @@ impl Replica {
             .filter(|i| !pk.contains(i))
             .map(|i| format!("{n} = excluded.{n}", n = names[i]))
             .collect();
-        let action = if set.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {}", set.join(", ")) };
+        let action = if set.is_empty() {
+            "NOTHING".to_owned()
+        } else {
+            format!("UPDATE SET {}", set.join(", "))
+        };
         let upsert = format!(
             "INSERT INTO {t} ({}) VALUES ({}) ON CONFLICT ({}) DO {action}",
             names.join(", "),
             marks.join(", "),
             pk_names.join(", ")
         );
-        let where_: Vec<String> = pk_names.iter().enumerate().map(|(i, n)| format!("{n} IS ?{}", i + 1)).collect();
+        let where_: Vec<String> = pk_names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{n} IS ?{}", i + 1))
+            .collect();
         let delete = format!("DELETE FROM {t} WHERE {}", where_.join(" AND "));
         let sql = Arc::new(TableSql { upsert, delete, pk });
         self.known.insert(key, sql.clone());
@@ -142,7 +177,9 @@ impl Replica {
 
     fn delete(&self, sql: &TableSql, row: &[SqlValue]) -> rusqlite::Result<()> {
         let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &row[i]).collect();
-        self.conn.prepare_cached(&sql.delete)?.execute(params_from_iter(key))?;
+        self.conn
+            .prepare_cached(&sql.delete)?
+            .execute(params_from_iter(key))?;
         Ok(())
     }
 
@@ -154,7 +191,9 @@ impl Replica {
         for c in &batch.changes {
             sqls.push(self.reconcile(&c.shape)?);
         }
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         for (c, sql) in batch.changes.iter().zip(&sqls) {
             match c.op {
                 Op::Create | Op::Read | Op::Update => {
@@ -163,15 +202,18 @@ impl Replica {
                         // The key itself changed: the old row goes.
                         if sql.pk.iter().any(|&i| before.get(i) != after.get(i)) {
                             let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &before[i]).collect();
-                            tx.prepare_cached(&sql.delete)?.execute(params_from_iter(key))?;
+                            tx.prepare_cached(&sql.delete)?
+                                .execute(params_from_iter(key))?;
                         }
                     }
-                    tx.prepare_cached(&sql.upsert)?.execute(params_from_iter(after.iter()))?;
+                    tx.prepare_cached(&sql.upsert)?
+                        .execute(params_from_iter(after.iter()))?;
                 }
                 Op::Delete => {
                     let Some(before) = &c.before else { continue };
                     let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &before[i]).collect();
-                    tx.prepare_cached(&sql.delete)?.execute(params_from_iter(key))?;
+                    tx.prepare_cached(&sql.delete)?
+                        .execute(params_from_iter(key))?;
                 }
             }
         }

@@ -47,7 +47,9 @@ pub enum CaptureError {
 pub fn open_leader(path: &Path) -> Result<Connection, CaptureError> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(10))?;
     // Switching to WAL needs a moment with no other connection inside a
@@ -56,8 +58,9 @@ pub fn open_leader(path: &Path) -> Result<Connection, CaptureError> {
     loop {
         match conn.pragma_update(None, "journal_mode", "WAL") {
             Ok(()) => return Ok(conn),
-            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
-                && std::time::Instant::now() < deadline =>
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < deadline =>
             {
                 tracing::debug!("leader busy while switching to WAL; retrying");
                 std::thread::sleep(Duration::from_millis(20));
@@ -107,8 +110,14 @@ fn trigger_sql(id: i64, table: &str, columns: &[String]) -> String {
     let t = quote(table);
     let a: Vec<String> = (0..columns.len()).map(|i| format!("a{i}")).collect();
     let b: Vec<String> = (0..columns.len()).map(|i| format!("b{i}")).collect();
-    let new: Vec<String> = columns.iter().map(|c| format!("NEW.{}", quote(c))).collect();
-    let old: Vec<String> = columns.iter().map(|c| format!("OLD.{}", quote(c))).collect();
+    let new: Vec<String> = columns
+        .iter()
+        .map(|c| format!("NEW.{}", quote(c)))
+        .collect();
+    let old: Vec<String> = columns
+        .iter()
+        .map(|c| format!("OLD.{}", quote(c)))
+        .collect();
     format!(
         "CREATE TRIGGER \"_barista_{id}_ins\" AFTER INSERT ON {t} BEGIN \
            INSERT INTO _barista_changelog(tbl, op, {a}) VALUES ({id}, 1, {new}); END;\n\
@@ -155,27 +164,47 @@ impl Capture {
     /// write can fall between them: nothing is lost or duplicated across the
     /// snapshot/stream boundary. Tables already captured keep their state;
     /// their triggers are checked against the table (see [`CaptureError::Drift`]).
-    pub fn install(mut conn: Connection, tables: &[String], repair: bool) -> Result<Self, CaptureError> {
+    pub fn install(
+        mut conn: Connection,
+        tables: &[String],
+        repair: bool,
+    ) -> Result<Self, CaptureError> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(SCHEMA_SQL)?;
-        let names = if tables.is_empty() { TableShape::list_tables(&tx)? } else { tables.to_vec() };
+        let names = if tables.is_empty() {
+            TableShape::list_tables(&tx)?
+        } else {
+            tables.to_vec()
+        };
         let mut captured = HashMap::new();
         for name in &names {
             let shape = TableShape::read(&tx, name)?;
             let columns = shape.column_names();
             let existing: Option<(i64, String)> = tx
-                .query_row("SELECT id, columns FROM _barista_tables WHERE name = ?1", [name], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
+                .query_row(
+                    "SELECT id, columns FROM _barista_tables WHERE name = ?1",
+                    [name],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .map(Some)
-                .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+                .or_else(|e| {
+                    if e == rusqlite::Error::QueryReturnedNoRows {
+                        Ok(None)
+                    } else {
+                        Err(e)
+                    }
+                })?;
             widen_changelog(&tx, columns.len())?;
             let id = match existing {
                 Some((id, was)) => {
                     let was: Vec<String> = serde_json::from_str(&was).unwrap_or_default();
                     if was != columns {
                         if !repair {
-                            return Err(CaptureError::Drift { table: name.clone(), was, now: columns });
+                            return Err(CaptureError::Drift {
+                                table: name.clone(),
+                                was,
+                                now: columns,
+                            });
                         }
                         tracing::warn!(table = %name, ?was, now = ?columns, "re-creating capture triggers for the new columns");
                         tx.execute(
@@ -208,11 +237,20 @@ impl Capture {
             };
             tx.execute_batch(&drop_triggers_sql(id))?;
             tx.execute_batch(&trigger_sql(id, name, &columns))?;
-            captured.insert(id, CapturedTable { id, schemas: Arc::new(TableSchemas::derive(shape)?) });
+            captured.insert(
+                id,
+                CapturedTable {
+                    id,
+                    schemas: Arc::new(TableSchemas::derive(shape)?),
+                },
+            );
         }
         tx.commit()?;
         tracing::info!(tables = ?names, "capture installed");
-        Ok(Capture { conn, tables: captured })
+        Ok(Capture {
+            conn,
+            tables: captured,
+        })
     }
 
     /// The captured tables by id.
@@ -223,12 +261,18 @@ impl Capture {
     /// `PRAGMA data_version`: changes when another connection commits. Cheap
     /// enough to poll every millisecond.
     pub fn data_version(&self) -> Result<i64, CaptureError> {
-        Ok(self.conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
     }
 
     /// The newest committed position (0 when nothing was ever captured).
     pub fn head(&self) -> Result<i64, CaptureError> {
-        let max: Option<i64> = self.conn.query_row("SELECT max(position) FROM _barista_changelog", [], |r| r.get(0))?;
+        let max: Option<i64> =
+            self.conn
+                .query_row("SELECT max(position) FROM _barista_changelog", [], |r| {
+                    r.get(0)
+                })?;
         Ok(max.unwrap_or(0).max(self.acked()?))
     }
 
@@ -236,26 +280,45 @@ impl Capture {
     pub fn acked(&self) -> Result<i64, CaptureError> {
         let v: Option<i64> = self
             .conn
-            .query_row("SELECT value FROM _barista_state WHERE key = 'acked'", [], |r| r.get(0))
-            .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+            .query_row(
+                "SELECT value FROM _barista_state WHERE key = 'acked'",
+                [],
+                |r| r.get(0),
+            )
+            .or_else(|e| {
+                if e == rusqlite::Error::QueryReturnedNoRows {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            })?;
         Ok(v.unwrap_or(0))
     }
 
     /// Last acknowledged position per (topic, partition).
     pub fn acked_partitions(&self) -> Result<HashMap<(String, i32), i64>, CaptureError> {
-        let mut stmt = self.conn.prepare("SELECT topic, partition, last_position FROM _barista_partitions")?;
-        let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?.collect::<Result<_, _>>()?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT topic, partition, last_position FROM _barista_partitions")?;
+        let rows = stmt
+            .query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
         Ok(rows)
     }
 
     /// Reads up to `limit` changelog rows with `after < position <= upto`, in
     /// order. Returns the changes and the last position scanned (rows of
     /// tables not captured now are scanned but not returned).
-    pub fn read(&self, after: i64, upto: i64, limit: usize) -> Result<(Vec<ChangeRow>, Option<i64>), CaptureError> {
+    pub fn read(
+        &self,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> Result<(Vec<ChangeRow>, Option<i64>), CaptureError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT * FROM _barista_changelog WHERE position > ?1 AND position <= ?2 ORDER BY position LIMIT ?3",
         )?;
-        let names: Vec<String> = stmt.column_names().into_iter().map(|s| s.to_string()).collect();
+        let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
         let idx = |n: &str| names.iter().position(|c| c == n);
         let mut out = Vec::new();
         let mut scanned = None;
@@ -268,7 +331,11 @@ impl Capture {
             let Some(table) = self.tables.get(&table_id) else {
                 // A table captured by an earlier configuration but not now: its
                 // changes are skipped on purpose, and said so.
-                tracing::debug!(position, table_id, "change of a table not captured now, skipped");
+                tracing::debug!(
+                    position,
+                    table_id,
+                    "change of a table not captured now, skipped"
+                );
                 continue;
             };
             let width = table.schemas.shape.columns.len();
@@ -286,15 +353,27 @@ impl Capture {
                 3 => (Op::Delete, Some(image("b")?), None),
                 _ => (Op::Read, None, Some(image("a")?)),
             };
-            out.push(ChangeRow { position, table_id, op, before, after });
+            out.push(ChangeRow {
+                position,
+                table_id,
+                op,
+                before,
+                after,
+            });
         }
         Ok((out, scanned))
     }
 
     /// Records that everything up to `acked` is in Kafka and deletes the
     /// shipped changelog rows, keeping the newest row (see changelog.sql).
-    pub fn prune(&mut self, acked: i64, partitions: &HashMap<(String, i32), i64>) -> Result<usize, CaptureError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    pub fn prune(
+        &mut self,
+        acked: i64,
+        partitions: &HashMap<(String, i32), i64>,
+    ) -> Result<usize, CaptureError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT INTO _barista_state(key, value) VALUES ('acked', ?1) \
              ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
@@ -320,7 +399,9 @@ impl Capture {
 
     /// Number of rows still in the changelog.
     pub fn backlog(&self) -> Result<i64, CaptureError> {
-        Ok(self.conn.query_row("SELECT count(*) FROM _barista_changelog", [], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM _barista_changelog", [], |r| r.get(0))?)
     }
 }
 
@@ -331,14 +412,16 @@ mod tests {
     fn leader() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
         let conn = open_leader(&dir.path().join("leader.db")).unwrap();
-        conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v)").unwrap();
+        conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+            .unwrap();
         (dir, conn)
     }
 
     #[test]
     fn snapshot_then_stream_with_every_storage_class() {
         let (dir, conn) = leader();
-        conn.execute("INSERT INTO t VALUES (1, 'before capture')", []).unwrap();
+        conn.execute("INSERT INTO t VALUES (1, 'before capture')", [])
+            .unwrap();
         let cap = Capture::install(conn, &[], false).unwrap();
         let app = open_leader(&dir.path().join("leader.db")).unwrap();
         app.execute_batch(
@@ -348,10 +431,28 @@ mod tests {
         .unwrap();
         let (rows, _) = cap.read(0, cap.head().unwrap(), 100).unwrap();
         let ops: Vec<_> = rows.iter().map(|r| (r.position, r.op)).collect();
-        assert_eq!(ops, [(1, Op::Read), (2, Op::Create), (3, Op::Update), (4, Op::Create), (5, Op::Delete)]);
-        assert_eq!(rows[1].after.as_ref().unwrap()[1], SqlValue::Blob(vec![0, 255]));
-        assert_eq!(rows[2].after.as_ref().unwrap()[1], SqlValue::Integer(i64::MAX));
-        assert_eq!(rows[2].before.as_ref().unwrap()[1], SqlValue::Text("before capture".into()));
+        assert_eq!(
+            ops,
+            [
+                (1, Op::Read),
+                (2, Op::Create),
+                (3, Op::Update),
+                (4, Op::Create),
+                (5, Op::Delete)
+            ]
+        );
+        assert_eq!(
+            rows[1].after.as_ref().unwrap()[1],
+            SqlValue::Blob(vec![0, 255])
+        );
+        assert_eq!(
+            rows[2].after.as_ref().unwrap()[1],
+            SqlValue::Integer(i64::MAX)
+        );
+        assert_eq!(
+            rows[2].before.as_ref().unwrap()[1],
+            SqlValue::Text("before capture".into())
+        );
     }
 
     #[test]
@@ -359,11 +460,17 @@ mod tests {
         let (dir, conn) = leader();
         let mut cap = Capture::install(conn, &[], false).unwrap();
         let app = open_leader(&dir.path().join("leader.db")).unwrap();
-        app.execute_batch("INSERT INTO t VALUES (1, 'a'); INSERT INTO t VALUES (2, 'b');").unwrap();
+        app.execute_batch("INSERT INTO t VALUES (1, 'a'); INSERT INTO t VALUES (2, 'b');")
+            .unwrap();
         assert_eq!(cap.head().unwrap(), 2);
         cap.prune(2, &HashMap::new()).unwrap();
-        assert_eq!(cap.backlog().unwrap(), 1, "the newest row is kept so its number is never handed out again");
-        app.execute_batch("VACUUM; INSERT INTO t VALUES (3, 'c');").unwrap();
+        assert_eq!(
+            cap.backlog().unwrap(),
+            1,
+            "the newest row is kept so its number is never handed out again"
+        );
+        app.execute_batch("VACUUM; INSERT INTO t VALUES (3, 'c');")
+            .unwrap();
         let (rows, _) = cap.read(2, cap.head().unwrap(), 10).unwrap();
         assert_eq!(rows.iter().map(|r| r.position).collect::<Vec<_>>(), [3]);
     }
@@ -372,13 +479,19 @@ mod tests {
     fn refuses_tables_without_key_and_detects_drift() {
         let (dir, conn) = leader();
         conn.execute_batch("CREATE TABLE loose(a, b)").unwrap();
-        let err = Capture::install(conn, &["loose".into()], false).err().unwrap().to_string();
+        let err = Capture::install(conn, &["loose".into()], false)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("no PRIMARY KEY"), "{err}");
         let conn = open_leader(&dir.path().join("leader.db")).unwrap();
         drop(Capture::install(conn, &["t".into()], false).unwrap());
         let conn = open_leader(&dir.path().join("leader.db")).unwrap();
         conn.execute_batch("ALTER TABLE t ADD COLUMN w").unwrap();
-        let err = Capture::install(conn, &["t".into()], false).err().unwrap().to_string();
+        let err = Capture::install(conn, &["t".into()], false)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("changed behind barista's back"), "{err}");
     }
 }

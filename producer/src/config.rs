@@ -42,7 +42,11 @@ impl ProducerConfig {
     pub fn new(leader: impl Into<PathBuf>, brokers: &str, registry_url: &str) -> Self {
         let leader = leader.into();
         ProducerConfig {
-            db_name: leader.file_stem().and_then(|s| s.to_str()).unwrap_or("leader").to_owned(),
+            db_name: leader
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("leader")
+                .to_owned(),
             leader,
             brokers: brokers.to_owned(),
             registry_url: registry_url.to_owned(),

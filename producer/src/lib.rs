@@ -3,14 +3,14 @@
 //! leader.db ─► capture (triggers + changelog) ─► encode (Avro, registry) ─►
 //! publish (idempotent Kafka producer) ─► prune once acknowledged.
 
-/// Validated configuration.
-pub mod config;
 /// Triggers, changelog, snapshot, pruning.
 pub mod capture;
-/// Kafka producer, topics and sends.
-pub mod publish;
+/// Validated configuration.
+pub mod config;
 /// Encode changes as Confluent-framed Avro and publish them, tracking acks.
 pub mod pipeline;
+/// Kafka producer, topics and sends.
+pub mod publish;
 
 pub use config::ProducerConfig;
 pub use pipeline::run;

@@ -28,7 +28,11 @@ struct Args {
     #[arg(long, env = "BARISTA_BROKERS", default_value = "localhost:9092")]
     brokers: String,
     /// Schema registry URL (Confluent API).
-    #[arg(long = "registry", env = "BARISTA_REGISTRY_URL", default_value = "http://localhost:8081")]
+    #[arg(
+        long = "registry",
+        env = "BARISTA_REGISTRY_URL",
+        default_value = "http://localhost:8081"
+    )]
     registry_url: String,
     /// Topic prefix: topics are <prefix>.<table>.
     #[arg(long, env = "BARISTA_TOPIC_PREFIX", default_value = "barista")]
@@ -84,7 +88,8 @@ fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rdkafka=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -116,10 +121,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await.unwrap_or(()),
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     }
     #[cfg(not(unix))]

@@ -21,7 +21,9 @@ use barista_schemas::{ChangeEvent, Commit, Op, PartitionTail, Source, TableSchem
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use schema_registry_converter::async_impl::avro::AvroEncoder;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
-use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema};
+use schema_registry_converter::schema_registry_common::{
+    SchemaType, SubjectNameStrategy, SuppliedSchema,
+};
 use tokio::sync::mpsc;
 
 use crate::capture::{open_leader, Capture, ChangeRow};
@@ -29,13 +31,23 @@ use crate::config::ProducerConfig;
 use crate::publish::{send, KafkaSettings};
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// What the capture thread hands to the publisher.
 enum CaptureMsg {
     /// Part of a commit group `(first ..= last)`; `done` on its last chunk.
-    Chunk { gen: u64, first: i64, last: i64, ts_ms: i64, rows: Vec<ChangeRow>, done: bool },
+    Chunk {
+        gen: u64,
+        first: i64,
+        last: i64,
+        ts_ms: i64,
+        rows: Vec<ChangeRow>,
+        done: bool,
+    },
     /// The leader is idle at `position`.
     Heartbeat { gen: u64, position: i64, ts_ms: i64 },
 }
@@ -45,7 +57,10 @@ enum Control {
     /// Start again after `from`, tagging chunks with `gen`.
     Rewind { gen: u64, from: i64 },
     /// Everything up to `acked` is in Kafka.
-    Prune { acked: i64, partitions: HashMap<(String, i32), i64> },
+    Prune {
+        acked: i64,
+        partitions: HashMap<(String, i32), i64>,
+    },
 }
 
 /// How far Kafka has acknowledged, shared by the acker and the publisher.
@@ -86,25 +101,41 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
     let tables = config.tables.clone();
     let repair = config.repair_triggers;
     let capture = tokio::task::spawn_blocking(move || -> anyhow::Result<Capture> {
-        let conn = open_leader(&path).with_context(|| format!("opening leader database {}", path.display()))?;
+        let conn = open_leader(&path)
+            .with_context(|| format!("opening leader database {}", path.display()))?;
         Ok(Capture::install(conn, &tables, repair)?)
     })
     .await??;
-    anyhow::ensure!(!capture.tables().is_empty(), "no table to capture in {}", config.leader.display());
+    anyhow::ensure!(
+        !capture.tables().is_empty(),
+        "no table to capture in {}",
+        config.leader.display()
+    );
 
-    let kafka = KafkaSettings { brokers: config.brokers.clone(), options: config.kafka_options.clone() };
+    let kafka = KafkaSettings {
+        brokers: config.brokers.clone(),
+        options: config.kafka_options.clone(),
+    };
     let commits = commits_topic(&config.topic_prefix);
     let mut wanted: Vec<(String, i32)> = capture
         .tables()
         .values()
-        .map(|t| (table_topic(&config.topic_prefix, &t.schemas.shape.name), config.partitions))
+        .map(|t| {
+            (
+                table_topic(&config.topic_prefix, &t.schemas.shape.name),
+                config.partitions,
+            )
+        })
         .collect();
     wanted.push((commits.clone(), 1));
     tokio::pin!(shutdown);
     let counts = {
         let mut backoff = Backoff::new();
         loop {
-            match kafka.ensure_topics(&wanted, config.replication_factor).await {
+            match kafka
+                .ensure_topics(&wanted, config.replication_factor)
+                .await
+            {
                 Ok(c) => break c,
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff.peek(), "Kafka not ready, retrying");
@@ -138,8 +169,15 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
         .context("schema registry settings")?;
     let encoder = AvroEncoder::new(sr);
 
-    let acked = Acked { position: capture.acked()?, partitions: capture.acked_partitions()? };
-    tracing::info!(acked = acked.position, backlog = capture.backlog()?, "producer starting");
+    let acked = Acked {
+        position: capture.acked()?,
+        partitions: capture.acked_partitions()?,
+    };
+    tracing::info!(
+        acked = acked.position,
+        backlog = capture.backlog()?,
+        "producer starting"
+    );
     let acked = Arc::new(Mutex::new(acked));
 
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<CaptureMsg>(4);
@@ -148,7 +186,11 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
     let start = acked.lock().map(|a| a.position).unwrap_or(0);
     let capture_thread = {
         let stop = stop.clone();
-        let (poll, hb, chunk) = (config.poll_interval, config.heartbeat_interval, config.chunk_size);
+        let (poll, hb, chunk) = (
+            config.poll_interval,
+            config.heartbeat_interval,
+            config.chunk_size,
+        );
         std::thread::Builder::new()
             .name("barista-capture".into())
             .spawn(move || capture_loop(capture, chunk_tx, ctl_rx, stop, start, poll, hb, chunk))
@@ -164,7 +206,10 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
         commit_strategy,
         gen: 0,
         producer: kafka.producer()?,
-        last_sent: acked.lock().map(|a| a.partitions.clone()).unwrap_or_default(),
+        last_sent: acked
+            .lock()
+            .map(|a| a.partitions.clone())
+            .unwrap_or_default(),
         tails: BTreeMap::new(),
         acked: acked.clone(),
         ctl_tx: ctl_tx.clone(),
@@ -208,12 +253,20 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
     // Drain: wait (bounded) for outstanding delivery reports so the final
     // prune records as much as Kafka acknowledged, then stop capture.
     drop(pending_tx);
-    if tokio::time::timeout(Duration::from_secs(10), &mut acker).await.is_err() {
-        tracing::warn!("delivery reports still outstanding after 10s; they will be re-sent on the next start");
+    if tokio::time::timeout(Duration::from_secs(10), &mut acker)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "delivery reports still outstanding after 10s; they will be re-sent on the next start"
+        );
         acker.abort();
     }
     if let Ok(a) = acked.lock() {
-        let _ = ctl_tx.send(Control::Prune { acked: a.position, partitions: a.partitions.clone() });
+        let _ = ctl_tx.send(Control::Prune {
+            acked: a.position,
+            partitions: a.partitions.clone(),
+        });
     }
     stop.store(true, Ordering::SeqCst);
     drop(chunk_rx);
@@ -222,7 +275,11 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
         .map_err(|e| anyhow::anyhow!("joining the capture thread: {e}"))?
         .map_err(|_| anyhow::anyhow!("the capture thread panicked"))?;
     let final_acked = acked.lock().map(|a| a.position).unwrap_or(0);
-    tracing::info!(acked = final_acked, published = publisher.published, "producer stopped");
+    tracing::info!(
+        acked = final_acked,
+        published = publisher.published,
+        "producer stopped"
+    );
     result.and(capture_result)
 }
 
@@ -254,7 +311,9 @@ fn capture_loop(
                 }
                 Control::Prune { acked, partitions } => match capture.prune(acked, &partitions) {
                     Ok(n) => tracing::debug!(acked, pruned = n, "changelog pruned"),
-                    Err(e) => tracing::warn!(error = %e, "pruning the changelog failed; will retry"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pruning the changelog failed; will retry")
+                    }
                 },
             }
         }
@@ -262,17 +321,33 @@ fn capture_loop(
             return Ok(());
         }
         let dv = capture.data_version().context("polling the leader")?;
-        let head = if dv != last_dv { capture.head().context("reading the leader head")? } else { next_from };
+        let head = if dv != last_dv {
+            capture.head().context("reading the leader head")?
+        } else {
+            next_from
+        };
         last_dv = dv;
         if head > next_from {
             let ts_ms = now_ms();
             let first = next_from + 1;
             let mut from = next_from;
             loop {
-                let (rows, scanned) = capture.read(from, head, chunk).context("reading the changelog")?;
+                let (rows, scanned) = capture
+                    .read(from, head, chunk)
+                    .context("reading the changelog")?;
                 let done = scanned.is_none_or(|s| s >= head);
                 from = scanned.unwrap_or(head);
-                if tx.blocking_send(CaptureMsg::Chunk { gen, first, last: head, ts_ms, rows, done }).is_err() {
+                if tx
+                    .blocking_send(CaptureMsg::Chunk {
+                        gen,
+                        first,
+                        last: head,
+                        ts_ms,
+                        rows,
+                        done,
+                    })
+                    .is_err()
+                {
                     return Ok(());
                 }
                 if done {
@@ -282,7 +357,14 @@ fn capture_loop(
             next_from = head;
             last_sent = Instant::now();
         } else if last_sent.elapsed() >= heartbeat {
-            if tx.blocking_send(CaptureMsg::Heartbeat { gen, position: next_from, ts_ms: now_ms() }).is_err() {
+            if tx
+                .blocking_send(CaptureMsg::Heartbeat {
+                    gen,
+                    position: next_from,
+                    ts_ms: now_ms(),
+                })
+                .is_err()
+            {
                 return Ok(());
             }
             last_sent = Instant::now();
@@ -332,7 +414,10 @@ impl Publisher<'_> {
                             a.partitions.insert(tp, p.position);
                         }
                         if last_prune.elapsed() > Duration::from_millis(250) || rx.is_empty() {
-                            let _ = ctl.send(Control::Prune { acked: a.position, partitions: a.partitions.clone() });
+                            let _ = ctl.send(Control::Prune {
+                                acked: a.position,
+                                partitions: a.partitions.clone(),
+                            });
                             last_prune = Instant::now();
                         }
                     }
@@ -341,7 +426,10 @@ impl Publisher<'_> {
                         return;
                     }
                     Err(_) => {
-                        let _ = fail_tx.send((gen, format!("position {}: delivery report lost", p.position)));
+                        let _ = fail_tx.send((
+                            gen,
+                            format!("position {}: delivery report lost", p.position),
+                        ));
                         return;
                     }
                 }
@@ -354,26 +442,40 @@ impl Publisher<'_> {
     /// state may be fenced or its queue poisoned) and capture restarted from
     /// the oldest unacknowledged position.
     fn rewind(&mut self) -> anyhow::Result<()> {
-        self.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        self.producer
+            .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
         self.producer = self.kafka.producer()?;
         self.gen += 1;
         let a = self.acked.lock().map(|a| a.clone()).unwrap_or_default();
         self.last_sent = a.partitions;
         self.tails.clear();
-        self.ctl_tx.send(Control::Rewind { gen: self.gen, from: a.position }).context("capture thread gone")?;
+        self.ctl_tx
+            .send(Control::Rewind {
+                gen: self.gen,
+                from: a.position,
+            })
+            .context("capture thread gone")?;
         tracing::info!(from = a.position + 1, generation = self.gen, "resending");
         Ok(())
     }
 
     /// Encodes with the registry, retrying while it is unavailable. Fatal only
     /// when the registry refuses the schema (for example 409 incompatible).
-    async fn encode(&mut self, value: Avro, strategy: &SubjectNameStrategy) -> anyhow::Result<Vec<u8>> {
+    async fn encode(
+        &mut self,
+        value: Avro,
+        strategy: &SubjectNameStrategy,
+    ) -> anyhow::Result<Vec<u8>> {
         loop {
             match self.encoder.encode_value(value.clone(), strategy).await {
                 Ok(b) => {
                     return Ok(b);
                 }
-                Err(e) if e.retriable || e.error.contains("error sending request") || e.error.contains("connect") => {
+                Err(e)
+                    if e.retriable
+                        || e.error.contains("error sending request")
+                        || e.error.contains("connect") =>
+                {
                     tracing::warn!(error = %e, retry_in = ?self.backoff.peek(), "schema registry unavailable; retrying");
                     self.encoder.remove_errors_from_cache();
                     self.backoff.wait().await;
@@ -385,34 +487,81 @@ impl Publisher<'_> {
         }
     }
 
-    async fn publish(&mut self, msg: CaptureMsg, pending: &mpsc::UnboundedSender<Pending>) -> anyhow::Result<()> {
+    async fn publish(
+        &mut self,
+        msg: CaptureMsg,
+        pending: &mpsc::UnboundedSender<Pending>,
+    ) -> anyhow::Result<()> {
         match msg {
-            CaptureMsg::Chunk { gen, .. } | CaptureMsg::Heartbeat { gen, .. } if gen != self.gen => Ok(()),
-            CaptureMsg::Heartbeat { position, ts_ms, .. } => {
-                let commit =
-                    Commit { db: self.config.db_name.clone(), first_position: position + 1, last_position: position, ts_ms, partitions: vec![] };
+            CaptureMsg::Chunk { gen, .. } | CaptureMsg::Heartbeat { gen, .. }
+                if gen != self.gen =>
+            {
+                Ok(())
+            }
+            CaptureMsg::Heartbeat {
+                position, ts_ms, ..
+            } => {
+                let commit = Commit {
+                    db: self.config.db_name.clone(),
+                    first_position: position + 1,
+                    last_position: position,
+                    ts_ms,
+                    partitions: vec![],
+                };
                 let strategy = self.commit_strategy.clone();
                 let bytes = self.encode(commit.to_avro()?, &strategy).await?;
                 // A heartbeat is not part of the acknowledged chain: losing one
                 // only delays the next lag reading.
-                let _ = send(&self.producer, &self.commits, 0, None, Some(&bytes), &[]).await?;
+                drop(send(&self.producer, &self.commits, 0, None, Some(&bytes), &[]).await?);
                 Ok(())
             }
-            CaptureMsg::Chunk { first, last, ts_ms, rows, done, .. } => {
+            CaptureMsg::Chunk {
+                first,
+                last,
+                ts_ms,
+                rows,
+                done,
+                ..
+            } => {
                 for row in rows {
                     self.publish_row(row, last, ts_ms, pending).await?;
                 }
                 if done {
                     let partitions = std::mem::take(&mut self.tails)
                         .into_iter()
-                        .map(|((topic, partition), (last_position, count))| PartitionTail { topic, partition, last_position, count })
+                        .map(
+                            |((topic, partition), (last_position, count))| PartitionTail {
+                                topic,
+                                partition,
+                                last_position,
+                                count,
+                            },
+                        )
                         .collect();
-                    let commit = Commit { db: self.config.db_name.clone(), first_position: first, last_position: last, ts_ms, partitions };
+                    let commit = Commit {
+                        db: self.config.db_name.clone(),
+                        first_position: first,
+                        last_position: last,
+                        ts_ms,
+                        partitions,
+                    };
                     let strategy = self.commit_strategy.clone();
                     let bytes = self.encode(commit.to_avro()?, &strategy).await?;
                     let pos = last.to_string();
-                    let fut = send(&self.producer, &self.commits, 0, None, Some(&bytes), &[(HEADER_POSITION, &pos)]).await?;
-                    let _ = pending.send(Pending { position: last, chain: None, fut });
+                    let fut = send(
+                        &self.producer,
+                        &self.commits,
+                        0,
+                        None,
+                        Some(&bytes),
+                        &[(HEADER_POSITION, &pos)],
+                    )
+                    .await?;
+                    let _ = pending.send(Pending {
+                        position: last,
+                        chain: None,
+                        fut,
+                    });
                 }
                 Ok(())
             }
@@ -426,11 +575,19 @@ impl Publisher<'_> {
         ts_ms: i64,
         pending: &mpsc::UnboundedSender<Pending>,
     ) -> anyhow::Result<()> {
-        let Some(out) = self.outs.get(&row.table_id) else { return Ok(()) };
+        let Some(out) = self.outs.get(&row.table_id) else {
+            return Ok(());
+        };
         let (topic, partitions, schemas) = (out.topic.clone(), out.partitions, out.schemas.clone());
         let (key_strategy, value_strategy) = (out.key_strategy.clone(), out.value_strategy.clone());
-        let key_row = row.after.as_deref().or(row.before.as_deref()).context("change without a row image")?;
-        let key = self.encode(schemas.key_value(key_row)?, &key_strategy).await?;
+        let key_row = row
+            .after
+            .as_deref()
+            .or(row.before.as_deref())
+            .context("change without a row image")?;
+        let key = self
+            .encode(schemas.key_value(key_row)?, &key_strategy)
+            .await?;
         let partition = partition_for_key(&key, partitions);
         let tp = (topic.clone(), partition);
         let event = ChangeEvent {
@@ -449,10 +606,24 @@ impl Publisher<'_> {
             after: row.after,
             ts_ms: now_ms(),
         };
-        let value = self.encode(schemas.envelope_value(&event)?, &value_strategy).await?;
+        let value = self
+            .encode(schemas.envelope_value(&event)?, &value_strategy)
+            .await?;
         let pos = row.position.to_string();
-        let fut = send(&self.producer, &topic, partition, Some(&key), Some(&value), &[(HEADER_POSITION, &pos)]).await?;
-        let _ = pending.send(Pending { position: row.position, chain: Some(tp.clone()), fut });
+        let fut = send(
+            &self.producer,
+            &topic,
+            partition,
+            Some(&key),
+            Some(&value),
+            &[(HEADER_POSITION, &pos)],
+        )
+        .await?;
+        let _ = pending.send(Pending {
+            position: row.position,
+            chain: Some(tp.clone()),
+            fut,
+        });
         self.last_sent.insert(tp.clone(), row.position);
         let tail = self.tails.entry(tp).or_insert((row.position, 0));
         *tail = (row.position, tail.1 + 1);
@@ -467,7 +638,10 @@ impl Publisher<'_> {
                 let pk = schemas.shape.pk_indexes();
                 let after = event.after.as_deref().unwrap_or_default();
                 if pk.iter().any(|&i| before.get(i) != after.get(i)) {
-                    Some(self.encode(schemas.key_value(before)?, &key_strategy).await?)
+                    Some(
+                        self.encode(schemas.key_value(before)?, &key_strategy)
+                            .await?,
+                    )
                 } else {
                     None
                 }
@@ -476,9 +650,20 @@ impl Publisher<'_> {
         };
         if let Some(k) = old_key {
             let p = partition_for_key(&k, partitions);
-            let fut =
-                send(&self.producer, &topic, p, Some(&k), None, &[(HEADER_POSITION, &pos), (HEADER_TOMBSTONE, "1")]).await?;
-            let _ = pending.send(Pending { position: row.position, chain: None, fut });
+            let fut = send(
+                &self.producer,
+                &topic,
+                p,
+                Some(&k),
+                None,
+                &[(HEADER_POSITION, &pos), (HEADER_TOMBSTONE, "1")],
+            )
+            .await?;
+            let _ = pending.send(Pending {
+                position: row.position,
+                chain: None,
+                fut,
+            });
         }
         self.backoff.reset();
         Ok(())
@@ -493,7 +678,9 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at 100 ms.
     pub fn new() -> Self {
-        Backoff { next: Duration::from_millis(100) }
+        Backoff {
+            next: Duration::from_millis(100),
+        }
     }
     /// The next wait.
     pub fn peek(&self) -> Duration {

@@ -10,8 +10,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 /// Kafka settings shared by the producer's clients.
 #[derive(Debug, Clone)]
@@ -59,11 +59,18 @@ impl KafkaSettings {
         let producer = self.producer()?;
         let counts = |p: FutureProducer, wanted: Vec<String>| async move {
             tokio::task::spawn_blocking(move || -> anyhow::Result<HashMap<String, i32>> {
-                let md = p.client().fetch_metadata(None, Duration::from_secs(10)).context("fetching Kafka metadata")?;
+                let md = p
+                    .client()
+                    .fetch_metadata(None, Duration::from_secs(10))
+                    .context("fetching Kafka metadata")?;
                 Ok(md
                     .topics()
                     .iter()
-                    .filter(|t| wanted.iter().any(|w| w == t.name()) && t.error().is_none() && !t.partitions().is_empty())
+                    .filter(|t| {
+                        wanted.iter().any(|w| w == t.name())
+                            && t.error().is_none()
+                            && !t.partitions().is_empty()
+                    })
                     .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
                     .collect())
             })
@@ -71,28 +78,42 @@ impl KafkaSettings {
         };
         let names: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
         let have = counts(producer.clone(), names.clone()).await?;
-        let missing: Vec<&(String, i32)> = topics.iter().filter(|(t, _)| !have.contains_key(t)).collect();
+        let missing: Vec<&(String, i32)> = topics
+            .iter()
+            .filter(|(t, _)| !have.contains_key(t))
+            .collect();
         if !missing.is_empty() {
             let mut c = self.base();
             self.apply_options(&mut c);
-            let admin: AdminClient<DefaultClientContext> = c.create().context("creating the Kafka admin client")?;
-            let new: Vec<NewTopic> =
-                missing.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(replication))).collect();
+            let admin: AdminClient<DefaultClientContext> =
+                c.create().context("creating the Kafka admin client")?;
+            let new: Vec<NewTopic> = missing
+                .iter()
+                .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(replication)))
+                .collect();
             let opts = AdminOptions::new()
                 .operation_timeout(Some(Duration::from_secs(10)))
                 .request_timeout(Some(Duration::from_secs(15)));
-            let results = admin.create_topics(&new, &opts).await.context("creating topics")?;
+            let results = admin
+                .create_topics(&new, &opts)
+                .await
+                .context("creating topics")?;
             for r in results {
                 match r {
                     Ok(t) => tracing::info!(topic = %t, "topic created"),
-                    Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => tracing::debug!(topic = %t, "topic exists"),
+                    Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                        tracing::debug!(topic = %t, "topic exists")
+                    }
                     Err((t, code)) => anyhow::bail!("creating topic {t}: {code}"),
                 }
             }
         }
         let all = counts(producer, names).await?;
         for (t, _) in topics {
-            anyhow::ensure!(all.contains_key(t), "topic {t} is not in the broker's metadata yet");
+            anyhow::ensure!(
+                all.contains_key(t),
+                "topic {t} is not in the broker's metadata yet"
+            );
         }
         Ok(all)
     }
@@ -109,10 +130,15 @@ pub async fn send(
 ) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
     let mut h = OwnedHeaders::new_with_capacity(headers.len());
     for (k, v) in headers {
-        h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
+        h = h.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
     }
     loop {
-        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).partition(partition).headers(h.clone());
+        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+            .partition(partition)
+            .headers(h.clone());
         if let Some(k) = key {
             rec = rec.key(k);
         }

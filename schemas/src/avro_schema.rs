@@ -21,8 +21,16 @@ pub const COMMIT_AVSC: &str = include_str!("../avro/commit.avsc");
 
 /// Makes `name` a legal Avro name: `[A-Za-z_][A-Za-z0-9_]*`.
 pub fn avro_name(name: &str) -> String {
-    let mut out: String =
-        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
         out.insert(0, '_');
     }
@@ -85,7 +93,11 @@ fn field_json(shape: &TableShape, i: usize, name: &str, codec: &ColumnCodec) -> 
 pub fn key_schema_json(shape: &TableShape) -> serde_json::Value {
     let codecs = codecs(shape);
     let names = field_names(shape.columns.iter().map(|c| c.name.as_str()));
-    let fields: Vec<_> = shape.pk_indexes().into_iter().map(|i| field_json(shape, i, &names[i], &codecs[i])).collect();
+    let fields: Vec<_> = shape
+        .pk_indexes()
+        .into_iter()
+        .map(|i| field_json(shape, i, &names[i], &codecs[i]))
+        .collect();
     json!({ "type": "record", "name": "Key", "namespace": namespace(&shape.name), "fields": fields })
 }
 
@@ -93,8 +105,11 @@ pub fn key_schema_json(shape: &TableShape) -> serde_json::Value {
 pub fn value_schema_json(shape: &TableShape) -> serde_json::Value {
     let codecs = codecs(shape);
     let names = field_names(shape.columns.iter().map(|c| c.name.as_str()));
-    let fields: Vec<_> = (0..shape.columns.len()).map(|i| field_json(shape, i, &names[i], &codecs[i])).collect();
-    let row = json!({ "type": "record", "name": "Value", "fields": fields, "sqlite.table": shape.name });
+    let fields: Vec<_> = (0..shape.columns.len())
+        .map(|i| field_json(shape, i, &names[i], &codecs[i]))
+        .collect();
+    let row =
+        json!({ "type": "record", "name": "Value", "fields": fields, "sqlite.table": shape.name });
     let source: serde_json::Value = serde_json::from_str(SOURCE_AVSC).unwrap_or_default();
     json!({
         "type": "record",
@@ -135,7 +150,10 @@ impl TableSchemas {
         let key_json = key_schema_json(&shape).to_string();
         let value_json = value_schema_json(&shape).to_string();
         let parse = |s: &str| {
-            Schema::parse_str(s).map_err(|e| ContractError::Avro { subject: shape.name.clone(), source: Box::new(e) })
+            Schema::parse_str(s).map_err(|e| ContractError::Avro {
+                subject: shape.name.clone(),
+                source: Box::new(e),
+            })
         };
         let key = parse(&key_json)?;
         let value = parse(&value_json)?;
@@ -160,7 +178,10 @@ mod tests {
         assert_eq!(avro_name("order id"), "order_id");
         assert_eq!(avro_name("2fa"), "_2fa");
         assert_eq!(avro_name("café"), "caf_");
-        assert_eq!(field_names(["a b", "a_b", "A-B"]), ["a_b", "a_b_2", "A_B_3"]);
+        assert_eq!(
+            field_names(["a b", "a_b", "A-B"]),
+            ["a_b", "a_b_2", "A_B_3"]
+        );
     }
 
     #[test]
@@ -170,9 +191,16 @@ mod tests {
             .unwrap();
         let s = TableSchemas::derive(TableShape::read(&conn, "weird table").unwrap()).unwrap();
         assert_eq!(s.field_names, ["_1st", "full_name", "x", "y"]);
-        assert!(s.key_json.contains("\"sqlite.column\":\"1st\""), "{}", s.key_json);
+        assert!(
+            s.key_json.contains("\"sqlite.column\":\"1st\""),
+            "{}",
+            s.key_json
+        );
         assert_eq!(s.codecs[0].avro_type_json(), json!("long"));
         assert_eq!(s.codecs[1].avro_type_json(), json!(["string", "bytes"]));
-        assert_eq!(s.codecs[3].avro_type_json(), json!(["null", "bytes", "long", "double", "string"]));
+        assert_eq!(
+            s.codecs[3].avro_type_json(),
+            json!(["null", "bytes", "long", "double", "string"])
+        );
     }
 }

@@ -3,18 +3,18 @@
 //! topics, subjects and headers. Both the producer and the consumers depend on
 //! this crate and nothing else of each other.
 
-/// Topic, subject and header names: every name that crosses a process boundary.
-pub mod contract;
-/// A captured table's shape, read from SQLite (`PRAGMA table_xinfo`).
-pub mod table;
 /// Avro schemas derived from a table shape, with Avro-legal names.
 pub mod avro_schema;
-/// SQLite values and their exact round trip through Avro unions.
-pub mod value;
-/// The change-event envelope (`before`, `after`, `op`, `source`, `ts_ms`).
-pub mod envelope;
 /// Commit groups and heartbeats on the commits topic.
 pub mod commit;
+/// Topic, subject and header names: every name that crosses a process boundary.
+pub mod contract;
+/// The change-event envelope (`before`, `after`, `op`, `source`, `ts_ms`).
+pub mod envelope;
+/// A captured table's shape, read from SQLite (`PRAGMA table_xinfo`).
+pub mod table;
+/// SQLite values and their exact round trip through Avro unions.
+pub mod value;
 
 pub use avro_schema::{key_schema_json, value_schema_json, TableSchemas};
 pub use commit::{Commit, PartitionTail};

@@ -71,7 +71,10 @@ pub struct TableShape {
 impl TableShape {
     /// Reads the shape of `table`, refusing tables that cannot be captured safely.
     pub fn read(conn: &Connection, table: &str) -> Result<Self, ContractError> {
-        let sql_err = |source| ContractError::Sqlite { table: table.to_owned(), source };
+        let sql_err = |source| ContractError::Sqlite {
+            table: table.to_owned(),
+            source,
+        };
         let listed: Option<(String, i64, i64)> = conn
             .query_row(
                 "SELECT type, wr, strict FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
@@ -124,7 +127,13 @@ impl TableShape {
             // WITHOUT ROWID and STRICT tables make every key column NOT NULL.
             let integer_pk = pk_count == 1 && pk == 1 && decl_type.eq_ignore_ascii_case("INTEGER");
             let nullable = !(not_null || integer_pk || (pk > 0 && (without_rowid || strict)));
-            columns.push(Column { affinity: Affinity::of(&decl_type), name, decl_type, nullable, pk });
+            columns.push(Column {
+                affinity: Affinity::of(&decl_type),
+                name,
+                decl_type,
+                nullable,
+                pk,
+            });
         }
         if pk_count == 0 {
             return Err(ContractError::NotCapturable {
@@ -136,7 +145,12 @@ impl TableShape {
                     .into(),
             });
         }
-        Ok(TableShape { name: table.to_owned(), columns, strict, without_rowid })
+        Ok(TableShape {
+            name: table.to_owned(),
+            columns,
+            strict,
+            without_rowid,
+        })
     }
 
     /// Every ordinary user table of the database, in name order (barista's own
@@ -153,8 +167,13 @@ impl TableShape {
 
     /// Indexes of the primary-key columns, in key order.
     pub fn pk_indexes(&self) -> Vec<usize> {
-        let mut pk: Vec<(u32, usize)> =
-            self.columns.iter().enumerate().filter(|(_, c)| c.pk > 0).map(|(i, c)| (c.pk, i)).collect();
+        let mut pk: Vec<(u32, usize)> = self
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.pk > 0)
+            .map(|(i, c)| (c.pk, i))
+            .collect();
         pk.sort();
         pk.into_iter().map(|(_, i)| i).collect()
     }
@@ -183,10 +202,16 @@ mod tests {
         assert!(!s.columns[0].nullable && !s.columns[1].nullable && s.columns[2].nullable);
         assert_eq!(s.columns[3].affinity, Affinity::Real);
         let err = TableShape::read(&conn, "loose").unwrap_err().to_string();
-        assert!(err.contains("no PRIMARY KEY") && err.contains("VACUUM"), "{err}");
+        assert!(
+            err.contains("no PRIMARY KEY") && err.contains("VACUUM"),
+            "{err}"
+        );
         let p = TableShape::read(&conn, "pair").unwrap();
         assert_eq!(p.pk_indexes(), [1, 0]);
         assert!(p.without_rowid && !p.columns[0].nullable);
-        assert_eq!(TableShape::list_tables(&conn).unwrap(), ["customers", "loose", "pair"]);
+        assert_eq!(
+            TableShape::list_tables(&conn).unwrap(),
+            ["customers", "loose", "pair"]
+        );
     }
 }

@@ -121,11 +121,16 @@ impl ColumnCodec {
                 Affinity::Integer | Affinity::Numeric => vec![Integer, Real, Text, Blob],
                 Affinity::Real => vec![Real, Text, Blob],
                 Affinity::Text => vec![Text, Blob],
-                Affinity::Blob if col.decl_type.trim().is_empty() => vec![Text, Integer, Real, Blob],
+                Affinity::Blob if col.decl_type.trim().is_empty() => {
+                    vec![Text, Integer, Real, Blob]
+                }
                 Affinity::Blob => vec![Blob, Integer, Real, Text],
             }
         };
-        ColumnCodec { nullable: col.nullable, classes }
+        ColumnCodec {
+            nullable: col.nullable,
+            classes,
+        }
     }
 
     /// The Avro type as JSON.
@@ -134,7 +139,11 @@ impl ColumnCodec {
         if self.nullable {
             branches.push("null".into());
         }
-        branches.extend(self.classes.iter().map(|c| serde_json::Value::from(c.avro_type())));
+        branches.extend(
+            self.classes
+                .iter()
+                .map(|c| serde_json::Value::from(c.avro_type())),
+        );
         if branches.len() == 1 {
             branches.pop().unwrap_or_default()
         } else {
@@ -157,7 +166,12 @@ impl ColumnCodec {
             .classes
             .iter()
             .position(|c| *c == class)
-            .ok_or_else(|| ContractError::Malformed(format!("a {class:?} value in a column typed {:?}", self.classes)))?;
+            .ok_or_else(|| {
+                ContractError::Malformed(format!(
+                    "a {class:?} value in a column typed {:?}",
+                    self.classes
+                ))
+            })?;
         let inner = match v {
             SqlValue::Integer(i) => Avro::Long(*i),
             SqlValue::Real(f) => Avro::Double(*f),
@@ -165,7 +179,11 @@ impl ColumnCodec {
             SqlValue::Blob(b) => Avro::Bytes(b.clone()),
             SqlValue::Null => Avro::Null,
         };
-        Ok(if union { Avro::Union((idx + usize::from(self.nullable)) as u32, Box::new(inner)) } else { inner })
+        Ok(if union {
+            Avro::Union((idx + usize::from(self.nullable)) as u32, Box::new(inner))
+        } else {
+            inner
+        })
     }
 }
 
@@ -182,6 +200,10 @@ pub fn from_avro(v: &Avro) -> Result<SqlValue, ContractError> {
         Avro::String(s) => SqlValue::Text(s.clone()),
         Avro::Enum(_, s) => SqlValue::Text(s.clone()),
         Avro::Bytes(b) | Avro::Fixed(_, b) => SqlValue::Blob(b.clone()),
-        other => return Err(ContractError::Malformed(format!("a column value of unsupported Avro type: {other:?}"))),
+        other => {
+            return Err(ContractError::Malformed(format!(
+                "a column value of unsupported Avro type: {other:?}"
+            )))
+        }
     })
 }
