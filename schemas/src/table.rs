@@ -2,7 +2,7 @@
 //! their declared types and affinities, nullability and the primary key.
 //! Refuses tables that cannot be captured safely.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::ContractError;
 
@@ -81,11 +81,7 @@ impl TableShape {
                 [table],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
-            .map(Some)
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(e),
-            })
+            .optional()
             .map_err(sql_err)?;
         let Some((kind, wr, strict)) = listed else {
             return Err(ContractError::NotCapturable {
