@@ -3,6 +3,8 @@
 //! real HTTP, and the real producer and followers, each test with its own
 //! temp directory, topic prefix and ports.
 
+pub mod process;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

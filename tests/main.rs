@@ -1,4 +1,5 @@
 //! End-to-end tests, one module per scenario family.
 
+mod crash;
 mod faults;
 mod pipeline;

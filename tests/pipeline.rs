@@ -38,7 +38,7 @@ fn any_value(rng: &mut impl Rng) -> SqlValue {
     }
 }
 
-fn stored(conn: &Connection, table: &str, id: i64) -> Vec<SqlValue> {
+pub fn stored(conn: &Connection, table: &str, id: i64) -> Vec<SqlValue> {
     let mut stmt = conn
         .prepare_cached(&format!("SELECT * FROM {table} WHERE id = ?1"))
         .unwrap();
@@ -85,6 +85,18 @@ pub async fn wait_for_capture(leader: &Path) {
 /// A random workload from a separate connection: inserts, updates and
 /// deletes of single rows inside multi-row transactions.
 pub fn write_workload(leader: &Path, seed: u64, txns: usize, expected: &mut Expected) {
+    write_workload_paced(leader, seed, txns, Duration::ZERO, expected)
+}
+
+/// [`write_workload`] with a pause after each transaction, so that it spans
+/// the faults a test injects meanwhile.
+pub fn write_workload_paced(
+    leader: &Path,
+    seed: u64,
+    txns: usize,
+    pace: Duration,
+    expected: &mut Expected,
+) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut conn = Connection::open(leader).unwrap();
     conn.busy_timeout(Duration::from_secs(10)).unwrap();
@@ -162,6 +174,9 @@ pub fn write_workload(leader: &Path, seed: u64, txns: usize, expected: &mut Expe
                 .push((op, after));
         }
         tx.commit().unwrap();
+        if !pace.is_zero() {
+            std::thread::sleep(pace);
+        }
     }
 }
 

@@ -1,0 +1,59 @@
+//! The `producer` binary as a user meets it: help with an example, exit code
+//! 2 for bad configuration, 1 for a runtime failure.
+
+use std::process::Command;
+
+fn producer() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_producer"))
+}
+
+#[test]
+fn help_names_every_flag_with_its_env_var_and_an_example() {
+    let out = producer().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("Example:"), "{help}");
+    for (flag, env) in [
+        ("--leader", "BARISTA_LEADER"),
+        ("--brokers", "BARISTA_BROKERS"),
+        ("--registry", "BARISTA_REGISTRY_URL"),
+        ("--topic-prefix", "BARISTA_TOPIC_PREFIX"),
+        ("--kafka-option", "BARISTA_KAFKA_OPTIONS"),
+    ] {
+        assert!(
+            help.contains(flag) && help.contains(env),
+            "{flag} / {env} missing:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn bad_configuration_exits_2_and_says_what_is_wrong() {
+    let out = producer().args(["--partitions", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--partitions must be at least 1"), "{err}");
+
+    let out = producer().args(["-X", "no-equals-sign"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap rejects a malformed -X");
+}
+
+#[test]
+fn a_leader_that_cannot_be_opened_exits_1_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = dir.path().join("no-such-dir").join("leader.db");
+    let out = producer()
+        .arg("--leader")
+        .arg(&leader)
+        .args([
+            "--brokers",
+            "127.0.0.1:1",
+            "--registry",
+            "http://127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("leader.db"), "{err}");
+}

@@ -1,0 +1,164 @@
+//! The real `producer` and `consumer` binaries as child processes: started
+//! with flags, killed with SIGKILL or stopped with SIGTERM, restarted with
+//! the same flags. Their output goes to a log file the test prints on failure.
+
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary next to the running test executable
+/// (`target/<profile>/deps/main-…` → `target/<profile>/<name>`).
+/// `cargo test --workspace` builds them (the producer and consumer packages
+/// have integration tests, which makes cargo build their binaries).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins; \
+         cargo test --workspace builds them)",
+        path.display()
+    );
+    path
+}
+
+/// One binary run as a child process, restartable with the same arguments.
+pub struct Proc {
+    name: String,
+    program: PathBuf,
+    args: Vec<OsString>,
+    log: PathBuf,
+    child: Option<Child>,
+    /// How many times it was started.
+    pub starts: usize,
+}
+
+impl Proc {
+    /// Starts `name` (a workspace binary) with `args`; stdout and stderr are
+    /// appended to `log`.
+    pub fn start<I, S>(name: &str, args: I, log: &Path) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        let mut p = Proc {
+            name: name.to_owned(),
+            program: binary(name),
+            args: args.into_iter().map(Into::into).collect(),
+            log: log.to_owned(),
+            child: None,
+            starts: 0,
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("info,rdkafka=warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.program.display()));
+        self.child = Some(child);
+        self.starts += 1;
+    }
+
+    /// SIGKILL: no drain, no cleanup, like a power cut of the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL on Unix
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again with the same arguments.
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    /// SIGTERM, then waits up to `timeout` for it to exit.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success(), "kill -TERM {} failed", c.id());
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!(
+                    "{} did not exit within {timeout:?} of SIGTERM\n{}",
+                    self.name,
+                    self.log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `Some(status)` once it exited on its own.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("wait"))
+    }
+
+    /// Panics with the log tail if the process exited on its own.
+    #[track_caller]
+    pub fn assert_running(&mut self) {
+        if let Some(s) = self.exited() {
+            panic!("{} exited with {s}\n{}", self.name, self.log_tail(60));
+        }
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let from = all.len().saturating_sub(lines);
+        format!(
+            "--- {} ({}) ---\n{}",
+            self.name,
+            self.log.display(),
+            all[from..].join("\n")
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A free loopback TCP port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
