@@ -16,9 +16,9 @@ use crate::pipeline::{
     check_events, seed, stored, wait_for_capture, write_workload_paced, Expected,
 };
 
-const TABLES: [&str; 2] = ["customers", "everything"];
+pub const TABLES: [&str; 2] = ["customers", "everything"];
 
-fn producer_args(leader: &Path, brokers: &str, registry: &str, prefix: &str) -> Vec<String> {
+pub fn producer_args(leader: &Path, brokers: &str, registry: &str, prefix: &str) -> Vec<String> {
     vec![
         "--leader".into(),
         leader.display().to_string(),
@@ -33,7 +33,7 @@ fn producer_args(leader: &Path, brokers: &str, registry: &str, prefix: &str) -> 
     ]
 }
 
-fn consumer_args(
+pub fn consumer_args(
     replica: &Path,
     id: &str,
     brokers: &str,

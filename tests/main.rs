@@ -1,5 +1,6 @@
 //! End-to-end tests, one module per scenario family.
 
+mod broker;
 mod crash;
 mod faults;
 mod pipeline;

@@ -34,6 +34,7 @@ pub struct Proc {
     program: PathBuf,
     args: Vec<OsString>,
     log: PathBuf,
+    cwd: Option<PathBuf>,
     child: Option<Child>,
     /// How many times it was started.
     pub starts: usize,
@@ -47,11 +48,24 @@ impl Proc {
         I: IntoIterator<Item = S>,
         S: Into<OsString>,
     {
+        Self::start_program(binary(name), args, log, None)
+    }
+
+    /// Starts any program, in `cwd` if given; output appended to `log`.
+    pub fn start_program<I, S>(program: PathBuf, args: I, log: &Path, cwd: Option<&Path>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
         let mut p = Proc {
-            name: name.to_owned(),
-            program: binary(name),
+            name: program
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            program,
             args: args.into_iter().map(Into::into).collect(),
             log: log.to_owned(),
+            cwd: cwd.map(Path::to_owned),
             child: None,
             starts: 0,
         };
@@ -67,7 +81,11 @@ impl Proc {
             .open(&self.log)
             .expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(&self.program)
+        let mut cmd = Command::new(&self.program);
+        if let Some(d) = &self.cwd {
+            cmd.current_dir(d);
+        }
+        let child = cmd
             .args(&self.args)
             .env(
                 "RUST_LOG",

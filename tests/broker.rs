@@ -1,0 +1,199 @@
+//! The real binaries against a real, separate Kafka-compatible broker
+//! process (`nisshi`), restarted mid-stream on its SQLite storage.
+//!
+//! The broker binary comes from `BARISTA_NISSHI`, else
+//! `$HOME/.cache/barista/bin/nisshi-0.8.1` (`.ci/install-nisshi` builds it
+//! there). Set `BARISTA_SKIP_REAL_BROKER=1` to skip these tests; they say so.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use barista_tests::process::{free_port, Proc};
+use barista_tests::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+
+use crate::crash::{consumer_args, producer_args, TABLES};
+use crate::pipeline::{check_events, seed, wait_for_capture, write_workload_paced, Expected};
+
+/// The broker binary, or None when the environment says to skip.
+fn nisshi() -> Option<PathBuf> {
+    if std::env::var_os("BARISTA_SKIP_REAL_BROKER").is_some_and(|v| !v.is_empty() && v != "0") {
+        eprintln!("SKIPPED: real-broker test (BARISTA_SKIP_REAL_BROKER is set)");
+        return None;
+    }
+    let path = std::env::var_os("BARISTA_NISSHI")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                .join(".cache/barista/bin/nisshi-0.8.1")
+        });
+    assert!(
+        path.exists(),
+        "the nisshi broker is not at {}: run `bash .ci/install-nisshi` (about 12 minutes, once), \
+         point BARISTA_NISSHI at a nisshi binary, or set BARISTA_SKIP_REAL_BROKER=1 to skip",
+        path.display()
+    );
+    Some(path)
+}
+
+/// A nisshi broker on a free loopback port, storing its log in SQLite in
+/// `dir` so that a restart keeps every record.
+struct Broker {
+    proc: Proc,
+    addr: String,
+}
+
+impl Broker {
+    fn start(bin: PathBuf, dir: &Path) -> Broker {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let proc = Proc::start_program(
+            bin,
+            [
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "sqlite://broker.db",
+                "--group-initial-rebalance-delay",
+                "0s",
+            ],
+            &dir.join("broker.log"),
+            Some(dir),
+        );
+        let mut b = Broker {
+            proc,
+            addr: format!("127.0.0.1:{port}"),
+        };
+        b.wait_ready();
+        b
+    }
+
+    /// Until it answers a metadata request.
+    fn wait_ready(&mut self) {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .create()
+            .unwrap();
+        wait_until_blocking(Duration::from_secs(30), || {
+            self.proc.assert_running();
+            c.fetch_metadata(None, Duration::from_secs(1))
+                .map(|_| ())
+                .map_err(|e| format!("broker not ready: {e}"))
+        });
+    }
+
+    /// Stops it (SIGTERM) and starts it again on the same port and storage.
+    fn restart(&mut self) {
+        let status = self.proc.terminate(Duration::from_secs(20));
+        eprintln!("broker stopped ({status}); restarting");
+        self.proc.restart();
+        self.wait_ready();
+    }
+}
+
+fn topic_exists(brokers: &str, topic: &str) -> Result<(), String> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| e.to_string())?;
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
+    md.topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        .then_some(())
+        .ok_or(format!("{topic} not created yet"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn binaries_on_a_real_broker_survive_its_restart_without_loss() {
+    let Some(bin) = nisshi() else { return };
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(bin, dir.path());
+    let brokers = broker.addr.clone();
+    let registry = start_registry(dir.path()).await;
+    let leader = dir.path().join("leader.db");
+    let mut expected = Expected::new();
+    seed(&leader, &mut expected);
+    let prefix = unique("real");
+
+    // The producer creates its topics on a real broker.
+    let mut producer = Proc::start(
+        "producer",
+        producer_args(&leader, &brokers, registry.url(), &prefix),
+        &dir.path().join("producer.log"),
+    );
+    wait_for_capture(&leader).await;
+    for t in TABLES.iter().copied().chain(["__commits"]) {
+        let topic = format!("{prefix}.{t}");
+        wait_until(Duration::from_secs(60), || {
+            producer.assert_running();
+            topic_exists(&brokers, &topic)
+        })
+        .await;
+    }
+    let replicas: Vec<PathBuf> = (1..=2)
+        .map(|i| dir.path().join(format!("replica-{i}.db")))
+        .collect();
+    let mut consumers: Vec<Proc> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            Proc::start(
+                "consumer",
+                consumer_args(
+                    r,
+                    &format!("follower-{i}"),
+                    &brokers,
+                    registry.url(),
+                    &prefix,
+                ),
+                &dir.path().join(format!("consumer-{i}.log")),
+            )
+        })
+        .collect();
+
+    // A workload of about five seconds; the broker restarts in its middle.
+    let l = leader.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        write_workload_paced(&l, 51, 1200, Duration::from_millis(3), &mut expected);
+        expected
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !writer.is_finished(),
+        "the writer finished before the restart"
+    );
+    tokio::task::block_in_place(|| broker.restart());
+    assert!(
+        !writer.is_finished(),
+        "the writer finished during the restart"
+    );
+    let exp = writer.await.unwrap();
+
+    for (r, c) in replicas.iter().zip(consumers.iter_mut()) {
+        wait_until(Duration::from_secs(120), || {
+            producer.assert_running();
+            c.assert_running();
+            same_rows(&leader, r)
+        })
+        .await;
+    }
+    // Kafka holds every change, in order per key, none missing.
+    for t in TABLES {
+        check_events(&brokers, registry.url(), &prefix, t, &exp).await;
+    }
+    for c in &mut consumers {
+        let s = c.terminate(Duration::from_secs(30));
+        assert!(s.success(), "consumer on SIGTERM: {s}");
+    }
+    let s = producer.terminate(Duration::from_secs(30));
+    assert!(s.success(), "producer on SIGTERM: {s}");
+    registry.shutdown().await.unwrap();
+}
