@@ -1,0 +1,245 @@
+//! `barista-bench`: what barista costs and how stale its replicas get, each
+//! figure next to a baseline measured in the same run on the same broker.
+
+mod env;
+mod latency;
+mod load;
+mod pipeline;
+mod publish;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use env::{median, percentile, Broker, BrokerKind};
+
+/// Benchmarks side by side: publish throughput against raw librdkafka,
+/// end-to-end latency against one produce→consume hop, sustained
+/// throughput, and follower memory with and without a backlog.
+#[derive(Debug, Parser)]
+#[command(
+    name = "barista-bench",
+    after_help = "Examples:\n  cargo run --release -p barista-bench\n  \
+cargo run --release -p barista-bench -- --broker nisshi\n  \
+barista-bench --sections latency --rates 1000,10000 --latency-seconds 10\n  \
+barista-bench --broker nisshi --long        # 10x sizes, a 10-million-change backlog\n\n\
+Every section runs barista and its baseline in the same process against the same broker and prints\n\
+medians and the ratio. Leader write cost (capture-bench) and follower apply rate (apply-bench) have\n\
+their own commands. The machine is shared and noisy: compare ratios, not absolute figures."
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// Broker to run against.
+    #[arg(long, env = "BARISTA_BENCH_BROKER", value_enum, default_value = "mock")]
+    broker: BrokerKind,
+    /// The nisshi broker binary (for --broker nisshi).
+    #[arg(long, env = "BARISTA_NISSHI", default_value_os_t = env::default_nisshi())]
+    nisshi: PathBuf,
+    /// Sections to run, comma-separated: publish, latency, sustained, memory.
+    #[arg(
+        long,
+        env = "BARISTA_BENCH_SECTIONS",
+        value_delimiter = ',',
+        default_value = "publish,latency,sustained,memory"
+    )]
+    sections: Vec<String>,
+    /// Rounds of the publish section (median reported).
+    #[arg(long, env = "BARISTA_BENCH_ROUNDS", default_value_t = 3)]
+    rounds: usize,
+    /// Changes per publish measurement.
+    #[arg(long, env = "BARISTA_BENCH_PUBLISH_CHANGES", default_value_t = 100_000)]
+    publish_changes: i64,
+    /// Offered rates for the latency section, changes/s.
+    #[arg(long, env = "BARISTA_BENCH_RATES", value_delimiter = ',', default_value = "1000,10000")]
+    rates: Vec<u64>,
+    /// Seconds per latency measurement.
+    #[arg(long, env = "BARISTA_BENCH_LATENCY_SECONDS", default_value_t = 5)]
+    latency_seconds: u64,
+    /// Seconds the leader writes flat out in the sustained section.
+    #[arg(long, env = "BARISTA_BENCH_SUSTAINED_SECONDS", default_value_t = 5)]
+    sustained_seconds: u64,
+    /// Backlog for the memory section (default: 100k on mock, whose
+    /// partitions keep ~5 MiB each; 1M on nisshi).
+    #[arg(long, env = "BARISTA_BENCH_BACKLOG")]
+    backlog: Option<i64>,
+    /// Partitions of every benchmark topic.
+    #[arg(long, env = "BARISTA_BENCH_PARTITIONS", default_value_t = 6)]
+    partitions: i32,
+    /// Longer runs: 10x changes and seconds, a 10-million-change backlog.
+    #[arg(long, env = "BARISTA_BENCH_LONG")]
+    long: bool,
+    /// Directory for the temporary databases (default: the system temp dir).
+    #[arg(long, env = "BARISTA_BENCH_DIR")]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// (internal) Run one follower in this process, for the memory section.
+    #[command(hide = true)]
+    Follow {
+        #[arg(long)]
+        replica: PathBuf,
+        #[arg(long)]
+        brokers: String,
+        #[arg(long)]
+        registry: String,
+        #[arg(long)]
+        topic_prefix: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("barista-bench: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let r = match args.command {
+        Some(Cmd::Follow {
+            ref replica,
+            ref brokers,
+            ref registry,
+            ref topic_prefix,
+        }) => {
+            let mut c = barista_consumer::FollowerConfig::new(replica, "bench-mem", brokers, registry);
+            c.topic_prefix = topic_prefix.clone();
+            rt.block_on(barista_consumer::run(c, std::future::pending()))
+        }
+        None => {
+            for s in &args.sections {
+                if !["publish", "latency", "sustained", "memory"].contains(&s.as_str()) {
+                    eprintln!("barista-bench: bad configuration: unknown section {s:?}");
+                    return ExitCode::from(2);
+                }
+            }
+            rt.block_on(run(&args))
+        }
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("barista-bench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(args: &Args) -> anyhow::Result<()> {
+    let tmp = match &args.dir {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    };
+    let dir = tmp.path();
+    let broker = Broker::start(args.broker, &args.nisshi, dir)?;
+    let registry = env::registry(dir).await?;
+    let reg = registry.url().to_owned();
+    let scale = if args.long { 10 } else { 1 };
+    let has = |s: &str| args.sections.iter().any(|x| x == s);
+    let parts = args.partitions;
+    println!(
+        "barista-bench: broker {:?} ({}), {} CPUs, {parts} partitions per topic, embedded registry",
+        args.broker,
+        broker.bootstrap(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // A size for the baselines: barista's mean event size.
+    let mut event_size = 400.0;
+    if has("publish") {
+        let n = args.publish_changes * scale;
+        println!("\n## publish: {n} committed changes of ~100-byte rows, until Kafka acknowledged all");
+        let (mut b, mut r) = (Vec::new(), Vec::new());
+        for round in 1..=args.rounds {
+            let (run, size) = publish::barista(&broker, &reg, dir, n, parts).await?;
+            event_size = size;
+            let raw = publish::raw(&broker, n, size.round() as usize, parts).await?;
+            println!(
+                "  round {round}: barista {:>9.0}/s ({:.1} µs CPU/change)   raw librdkafka {:>9.0}/s ({:.1} µs CPU/msg)   ratio {:.2}",
+                run.rate, run.cpu_us, raw.rate, raw.cpu_us, run.rate / raw.rate
+            );
+            b.push((run.rate, run.cpu_us));
+            r.push((raw.rate, raw.cpu_us));
+        }
+        let br: Vec<f64> = b.iter().map(|x| x.0).collect();
+        let rr: Vec<f64> = r.iter().map(|x| x.0).collect();
+        let ratios: Vec<f64> = br.iter().zip(&rr).map(|(a, b)| a / b).collect();
+        println!(
+            "  median: barista {:.0} changes/s, raw {:.0} msgs/s of {:.0} bytes; barista/raw {:.2} (goal >= 0.5: {}); CPU/change {:.1} vs {:.1} µs",
+            median(&br),
+            median(&rr),
+            event_size,
+            median(&ratios),
+            if median(&ratios) >= 0.5 { "ok" } else { "MISSED" },
+            median(&b.iter().map(|x| x.1).collect::<Vec<_>>()),
+            median(&r.iter().map(|x| x.1).collect::<Vec<_>>()),
+        );
+    }
+
+    if has("latency") {
+        let secs = Duration::from_secs(args.latency_seconds * scale as u64);
+        println!("\n## latency: leader commit → visible on a follower, vs one produce→consume hop ({secs:?} per rate)");
+        for &rate in &args.rates {
+            let b = latency::barista(&broker, &reg, dir, rate, secs, parts).await?;
+            let h = latency::raw(&broker, rate, secs, event_size.round() as usize, parts).await?;
+            let (b50, b99) = (percentile(&b.ms, 50.0), percentile(&b.ms, 99.0));
+            let (h50, h99) = (percentile(&h.ms, 50.0), percentile(&h.ms, 99.0));
+            println!(
+                "  {rate:>6}/s: barista p50 {b50:6.2} ms  p99 {b99:6.2} ms  max {:6.1} ms ({} txns) | hop p50 {h50:6.2} ms  p99 {h99:6.2} ms | ratio p50 {:.2} p99 {:.2} | goal p50 <= 5, p99 <= 20: {}",
+                percentile(&b.ms, 100.0),
+                b.ms.len(),
+                b50 / h50,
+                b99 / h99,
+                if b50 <= 5.0 && b99 <= 20.0 { "ok" } else { "MISSED" }
+            );
+        }
+    }
+
+    if has("sustained") {
+        let secs = Duration::from_secs(args.sustained_seconds * scale as u64);
+        println!("\n## sustained: the leader writes 1000-row transactions flat out for {secs:?}; one follower");
+        let s = load::sustained(&broker, &reg, dir, secs, parts).await?;
+        println!(
+            "  leader wrote {} changes at {:.0}/s; end to end (first write → follower applied the last) {:.0} changes/s (goal >= 100000: {}); {:.1} µs CPU/change for the whole process",
+            s.written,
+            s.write_rate,
+            s.apply_rate,
+            if s.apply_rate >= 100_000.0 { "ok" } else { "MISSED" },
+            s.cpu_us
+        );
+        println!("  position lag each second while writing: {:?}", s.lag_series);
+    }
+
+    if has("memory") {
+        let backlog = args.backlog.unwrap_or(match args.broker {
+            BrokerKind::Mock => 100_000,
+            BrokerKind::Nisshi => 1_000_000 * scale,
+        });
+        println!("\n## memory: follower process RSS, backlog of {backlog} changes vs none");
+        let empty = load::memory(&broker, &reg, dir, 0, parts, Duration::from_secs(3)).await?;
+        let full = load::memory(&broker, &reg, dir, backlog, parts, Duration::from_secs(3)).await?;
+        println!(
+            "  no backlog: peak {:.1} MiB | backlog {}: peak {:.1} MiB, applied in {:.1} s ({:.0} changes/s) | ratio {:.2} (goal: flat)",
+            empty.peak_mib,
+            full.backlog,
+            full.peak_mib,
+            full.seconds,
+            full.backlog as f64 / full.seconds,
+            full.peak_mib / empty.peak_mib
+        );
+    }
+    registry.shutdown().await?;
+    Ok(())
+}
