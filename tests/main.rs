@@ -1,4 +1,5 @@
 //! End-to-end tests, one module per scenario family.
 
 mod faults;
+mod follower;
 mod pipeline;
