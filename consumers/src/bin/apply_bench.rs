@@ -41,7 +41,7 @@ keys) into a fresh file (WAL, synchronous=NORMAL) in a temp directory, --batch c
 transaction. Reported: median changes/s over --rounds, median on-CPU microseconds per change\n\
 (this thread's schedstat), and barista/raw ratios of the medians (goal: >= 0.5). To see where\n\
 the time goes:\n  \
-perf record -g apply-bench --setups decode+apply --rounds 3 && perf report"
+perf record --call-graph dwarf apply-bench --setups decode+apply --rounds 2 && perf report --children"
 )]
 struct Args {
     /// Measurements per setup; the median is reported.
