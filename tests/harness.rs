@@ -341,3 +341,106 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<RawMessage> {
     }
     out
 }
+
+/// Async version of [`wait_until`] for conditions that must await (HTTP).
+pub async fn wait_until_async<F, Fut>(timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let start = Instant::now();
+    loop {
+        match cond().await {
+            Ok(()) => return,
+            Err(why) if start.elapsed() > timeout => {
+                panic!("condition not met after {timeout:?}: {why}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// A loopback address with a port that was free a moment ago, for servers
+/// that bind their own listener (the follower's HTTP side).
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Writes one message with a plain (non-barista) producer and returns the
+/// offset the broker gave it: for poison and replayed messages.
+pub async fn produce_raw(
+    brokers: &str,
+    topic: &str,
+    partition: i32,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    headers: &[(&str, &[u8])],
+) -> i64 {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let mut h = OwnedHeaders::new();
+    for (k, v) in headers {
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    let mut rec: rdkafka::producer::FutureRecord<'_, [u8], [u8]> =
+        FutureRecord::to(topic).partition(partition).headers(h);
+    if let Some(k) = key {
+        rec = rec.key(k);
+    }
+    if let Some(v) = payload {
+        rec = rec.payload(v);
+    }
+    let delivered = p
+        .send(rec, Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    delivered.offset
+}
+
+/// The newest position in the leader's changelog (the producer keeps the
+/// newest row when it prunes).
+pub fn leader_position(leader: &Path) -> i64 {
+    Connection::open(leader)
+        .unwrap()
+        .query_row(
+            "SELECT coalesce(max(position), 0) FROM _barista_changelog",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// The position a replica file says its rows are at (0 before the first apply).
+pub fn replica_position(replica: &Path) -> i64 {
+    let conn =
+        Connection::open_with_flags(replica, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    conn.query_row(
+        "SELECT coalesce(max(position), 0) FROM _barista_position",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// The stored next offset of one partition in a replica, if any.
+pub fn replica_offset(replica: &Path, topic: &str, partition: i32) -> Option<i64> {
+    let conn =
+        Connection::open_with_flags(replica, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    conn.query_row(
+        "SELECT next_offset FROM _barista_offsets WHERE topic = ?1 AND partition = ?2",
+        rusqlite::params![topic, partition],
+        |r| r.get(0),
+    )
+    .ok()
+}

@@ -3,4 +3,5 @@
 mod broker;
 mod crash;
 mod faults;
+mod follower;
 mod pipeline;
