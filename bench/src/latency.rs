@@ -25,7 +25,10 @@ pub struct Latencies {
 }
 
 /// Calls `tick(i)` every millisecond (absolute schedule) for `duration`.
-fn paced(duration: Duration, mut tick: impl FnMut(u64) -> anyhow::Result<()>) -> anyhow::Result<()> {
+fn paced(
+    duration: Duration,
+    mut tick: impl FnMut(u64) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut i = 0u64;
     while start.elapsed() < duration {
@@ -116,7 +119,9 @@ pub async fn barista(
                 }
             }
             let token: i64 =
-                t.query_row("SELECT max(position) FROM _barista_changelog", [], |r| r.get(0))?;
+                t.query_row("SELECT max(position) FROM _barista_changelog", [], |r| {
+                    r.get(0)
+                })?;
             t.commit()?;
             let _ = tx.send((token, Instant::now()));
             Ok(())

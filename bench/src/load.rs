@@ -164,7 +164,9 @@ pub async fn memory(
             break Ok(());
         }
         if start.elapsed() > Duration::from_secs(1800) {
-            break Err(anyhow::anyhow!("the follower did not catch up in 30 minutes"));
+            break Err(anyhow::anyhow!(
+                "the follower did not catch up in 30 minutes"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };

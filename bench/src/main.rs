@@ -52,7 +52,12 @@ struct Args {
     #[arg(long, env = "BARISTA_BENCH_PUBLISH_CHANGES", default_value_t = 100_000)]
     publish_changes: i64,
     /// Offered rates for the latency section, changes/s.
-    #[arg(long, env = "BARISTA_BENCH_RATES", value_delimiter = ',', default_value = "1000,10000")]
+    #[arg(
+        long,
+        env = "BARISTA_BENCH_RATES",
+        value_delimiter = ',',
+        default_value = "1000,10000"
+    )]
     rates: Vec<u64>,
     /// Seconds per latency measurement.
     #[arg(long, env = "BARISTA_BENCH_LATENCY_SECONDS", default_value_t = 5)]
@@ -114,7 +119,8 @@ fn main() -> ExitCode {
             ref registry,
             ref topic_prefix,
         }) => {
-            let mut c = barista_consumer::FollowerConfig::new(replica, "bench-mem", brokers, registry);
+            let mut c =
+                barista_consumer::FollowerConfig::new(replica, "bench-mem", brokers, registry);
             c.topic_prefix = topic_prefix.clone();
             rt.block_on(barista_consumer::run(c, std::future::pending()))
         }
@@ -160,7 +166,9 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let mut event_size = 400.0;
     if has("publish") {
         let n = args.publish_changes * scale;
-        println!("\n## publish: {n} committed changes of ~100-byte rows, until Kafka acknowledged all");
+        println!(
+            "\n## publish: {n} committed changes of ~100-byte rows, until Kafka acknowledged all"
+        );
         let (mut b, mut r) = (Vec::new(), Vec::new());
         for round in 1..=args.rounds {
             let (run, size) = publish::barista(&broker, &reg, dir, n, parts).await?;
@@ -219,7 +227,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             if s.apply_rate >= 100_000.0 { "ok" } else { "MISSED" },
             s.cpu_us
         );
-        println!("  position lag each second while writing: {:?}", s.lag_series);
+        println!(
+            "  position lag each second while writing: {:?}",
+            s.lag_series
+        );
     }
 
     if has("memory") {

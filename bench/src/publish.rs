@@ -48,7 +48,8 @@ pub async fn barista(
     let cpu0 = env::cpu_time();
     let t0 = Instant::now();
     let t = token.clone();
-    let task = tokio::spawn(async move { barista_producer::run(config, t.cancelled_owned()).await });
+    let task =
+        tokio::spawn(async move { barista_producer::run(config, t.cancelled_owned()).await });
     loop {
         if task.is_finished() {
             task.await??;
@@ -165,8 +166,7 @@ pub async fn raw(broker: &Broker, n: i64, size: usize, partitions: i32) -> anyho
                 }
             }
         }
-        while counts.ok.load(Ordering::Relaxed) + counts.failed.load(Ordering::Relaxed) < n as u64
-        {
+        while counts.ok.load(Ordering::Relaxed) + counts.failed.load(Ordering::Relaxed) < n as u64 {
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(())

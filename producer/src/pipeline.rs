@@ -214,6 +214,7 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
         acked: acked.clone(),
         ctl_tx: ctl_tx.clone(),
         backoff: Backoff::new(),
+        writers: HashMap::new(),
         published: 0,
     };
     let (fail_tx, mut fail_rx) = mpsc::unbounded_channel::<(u64, String)>();
@@ -390,6 +391,40 @@ struct Publisher<'a> {
     ctl_tx: std_mpsc::Sender<Control>,
     backoff: Backoff,
     published: u64,
+    /// Registered schemas by (topic, is_key): id and a writer with its names
+    /// resolved once, so that encoding a message does not re-resolve them.
+    writers: HashMap<(String, bool), Registered>,
+}
+
+/// A schema the registry accepted, ready to encode with.
+struct Registered {
+    raw: String,
+    id: u32,
+    writer: apache_avro::writer::datum::GenericDatumWriter<'static>,
+}
+
+impl Registered {
+    /// Parses `raw` once; the parsed schema lives for the rest of the process
+    /// (one per subject and schema version), which lets the writer keep its
+    /// resolved names instead of rebuilding them for every message.
+    fn new(raw: &str, id: u32) -> anyhow::Result<Registered> {
+        let schema: &'static apache_avro::Schema =
+            Box::leak(Box::new(apache_avro::Schema::parse_str(raw)?));
+        Ok(Registered {
+            raw: raw.to_owned(),
+            id,
+            writer: apache_avro::writer::datum::GenericDatumWriter::builder(schema).build()?,
+        })
+    }
+
+    /// Confluent wire format: magic byte, schema id, Avro binary.
+    fn encode(&self, value: &Avro) -> anyhow::Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(256);
+        buf.push(0);
+        buf.extend_from_slice(&self.id.to_be_bytes());
+        self.writer.write_value_ref(&mut buf, value)?;
+        Ok(buf)
+    }
 }
 
 impl Publisher<'_> {
@@ -466,9 +501,22 @@ impl Publisher<'_> {
         value: Avro,
         strategy: &SubjectNameStrategy,
     ) -> anyhow::Result<Vec<u8>> {
+        let SubjectNameStrategy::TopicNameStrategyWithSchema(topic, is_key, supplied) = strategy
+        else {
+            anyhow::bail!("unexpected subject name strategy {strategy:?}");
+        };
+        let slot = (topic.clone(), *is_key);
+        if let Some(r) = self.writers.get(&slot).filter(|r| r.raw == supplied.schema) {
+            return r.encode(&value);
+        }
+        // First use of this schema: the converter registers it (or finds
+        // it) and encodes this message; its id is in bytes 1..5.
         loop {
             match self.encoder.encode_value(value.clone(), strategy).await {
                 Ok(b) => {
+                    let id = u32::from_be_bytes(b[1..5].try_into()?);
+                    self.writers
+                        .insert(slot, Registered::new(&supplied.schema, id)?);
                     return Ok(b);
                 }
                 Err(e)
