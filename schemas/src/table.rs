@@ -52,6 +52,8 @@ pub struct Column {
     pub nullable: bool,
     /// 1-based index in the primary key, 0 when not part of it.
     pub pk: u32,
+    /// The column's `DEFAULT` as SQL text (`0`, `'espresso'`, `CURRENT_TIMESTAMP`), if any.
+    pub default: Option<String>,
 }
 
 /// The shape of a captured table.
@@ -96,7 +98,7 @@ impl TableShape {
             });
         }
         let mut stmt = conn
-            .prepare("SELECT name, type, \"notnull\", pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid")
+            .prepare("SELECT name, type, \"notnull\", pk, hidden, dflt_value FROM pragma_table_xinfo(?1) ORDER BY cid")
             .map_err(sql_err)?;
         let rows = stmt
             .query_map([table], |r| {
@@ -106,6 +108,7 @@ impl TableShape {
                     r.get::<_, i64>(2)? != 0,
                     r.get::<_, i64>(3)? as u32,
                     r.get::<_, i64>(4)?,
+                    r.get::<_, Option<String>>(5)?,
                 ))
             })
             .map_err(sql_err)?
@@ -115,7 +118,7 @@ impl TableShape {
         let strict = strict != 0;
         let pk_count = rows.iter().filter(|r| r.3 > 0).count();
         let mut columns = Vec::with_capacity(rows.len());
-        for (name, decl_type, not_null, pk, hidden) in rows {
+        for (name, decl_type, not_null, pk, hidden, default) in rows {
             if hidden == 1 {
                 continue;
             }
@@ -129,6 +132,7 @@ impl TableShape {
                 decl_type,
                 nullable,
                 pk,
+                default,
             });
         }
         if pk_count == 0 {
