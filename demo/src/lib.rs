@@ -7,3 +7,6 @@ pub const LEADER_SQL: &str = include_str!("sql/leader.sql");
 pub const MIGRATION_0002_SQL: &str = include_str!("sql/0002_customer_stamps.sql");
 /// The topic prefix the demo produces under.
 pub const TOPIC_PREFIX: &str = "coffee";
+
+/// A typed consumer compiled against one contract version, reading every compatible version.
+pub mod typed;

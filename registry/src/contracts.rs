@@ -213,7 +213,13 @@ pub fn describe(
             continue;
         }
         seen.push((reason.rule, field.clone()));
-        let what = what_changed(reason, incompatibility.direction, field.as_deref(), old, new);
+        let what = what_changed(
+            reason,
+            incompatibility.direction,
+            field.as_deref(),
+            old,
+            new,
+        );
         lines.push(format!(
             "v{old_version} → v{new_version}: {what}: {requirement} [{} at {}]",
             reason.rule, reason.path
@@ -295,7 +301,10 @@ fn type_text(t: &Value) -> String {
         }
         Value::Object(map) => match map.get("type").and_then(Value::as_str) {
             Some(kind @ ("record" | "enum" | "fixed")) => {
-                format!("{kind} {}", map.get("name").and_then(Value::as_str).unwrap_or("?"))
+                format!(
+                    "{kind} {}",
+                    map.get("name").and_then(Value::as_str).unwrap_or("?")
+                )
             }
             Some(kind) => kind.to_owned(),
             None => t.to_string(),
@@ -483,15 +492,21 @@ mod tests {
     fn type_change_names_subject_versions_field_types_and_rule() {
         let dir = tempfile::tempdir().unwrap();
         let v2 = V1.replace(r#""visits","type":"int""#, r#""visits","type":"string""#);
-        write(dir.path(), "customers-value", &[("v1.avsc", V1), ("v2.avsc", &v2)]);
+        write(
+            dir.path(),
+            "customers-value",
+            &[("v1.avsc", V1), ("v2.avsc", &v2)],
+        );
         let (subjects, failures) = load(dir.path()).unwrap();
         assert!(failures.is_empty());
         let failures = check_chains(&subjects);
         assert_eq!(
             failures.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            ["customers-value: v1 → v2: field \"visits\" changed type int → string (add a new \
+            [
+                "customers-value: v1 → v2: field \"visits\" changed type int → string (add a new \
               field instead and stop writing the old one): BACKWARD requires the new schema (v2) \
-              to read data written with the old (v1) [TYPE_MISMATCH at /fields/1/type]"]
+              to read data written with the old (v1) [TYPE_MISMATCH at /fields/1/type]"
+            ]
         );
     }
 
@@ -499,13 +514,27 @@ mod tests {
     fn gaps_bad_levels_and_bad_json_are_failures() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "a", &[("v1.avsc", V1), ("v3.avsc", V1)]);
-        write(dir.path(), "b", &[("v1.avsc", "{"), (LEVEL_FILE, "SIDEWAYS")]);
-        write(dir.path(), "c", &[("v1.avsc", "{"), ("notes.txt", "ignored")]);
+        write(
+            dir.path(),
+            "b",
+            &[("v1.avsc", "{"), (LEVEL_FILE, "SIDEWAYS")],
+        );
+        write(
+            dir.path(),
+            "c",
+            &[("v1.avsc", "{"), ("notes.txt", "ignored")],
+        );
         let (_, failures) = load(dir.path()).unwrap();
         let text: Vec<String> = failures.iter().map(ToString::to_string).collect();
         assert_eq!(text.len(), 3, "{text:?}");
-        assert!(text[0].starts_with("a: versions must be numbered"), "{text:?}");
-        assert!(text[1].contains("unknown compatibility level 'SIDEWAYS'"), "{text:?}");
+        assert!(
+            text[0].starts_with("a: versions must be numbered"),
+            "{text:?}"
+        );
+        assert!(
+            text[1].contains("unknown compatibility level 'SIDEWAYS'"),
+            "{text:?}"
+        );
         assert!(text[2].starts_with("c: v1.avsc is not JSON"), "{text:?}");
     }
 }

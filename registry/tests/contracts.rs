@@ -91,7 +91,11 @@ fn transitive_levels_check_against_every_earlier_version() {
     let subject = dir.path().join("s-value");
     std::fs::create_dir(&subject).unwrap();
     let record = |fields: &str| format!(r#"{{"type":"record","name":"R","fields":[{fields}]}}"#);
-    std::fs::write(subject.join("v1.avsc"), record(r#"{"name":"a","type":"long"}"#)).unwrap();
+    std::fs::write(
+        subject.join("v1.avsc"),
+        record(r#"{"name":"a","type":"long"}"#),
+    )
+    .unwrap();
     std::fs::write(
         subject.join("v2.avsc"),
         record(r#"{"name":"a","type":"long"},{"name":"b","type":"long","default":0}"#),
@@ -127,7 +131,10 @@ fn export_records_a_leader_and_check_catches_drift() {
     let out = schemas_cmd(&["export", "--leader", l, "--prefix", "shop", "--dir", c]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains("shop.customers-value: wrote v1"), "{stdout}");
+    assert!(
+        stdout.contains("shop.customers-value: wrote v1"),
+        "{stdout}"
+    );
     let check = || schemas_cmd(&["check", "--dir", c, "--leader", l, "--prefix", "shop"]);
     assert_eq!(check().status.code(), Some(0));
 
@@ -146,25 +153,49 @@ fn export_records_a_leader_and_check_catches_drift() {
 
     let out = schemas_cmd(&["export", "--leader", l, "--prefix", "shop", "--dir", c]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("shop.customers-value: wrote v2"), "{stdout}");
-    assert!(stdout.contains("shop.customers-key: unchanged (v1)"), "{stdout}");
-    assert_eq!(check().status.code(), Some(0), "a nullable column is compatible");
+    assert!(
+        stdout.contains("shop.customers-value: wrote v2"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("shop.customers-key: unchanged (v1)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        check().status.code(),
+        Some(0),
+        "a nullable column is compatible"
+    );
 }
 
 #[test]
 fn help_has_examples_and_env_vars_and_bad_usage_exits_2() {
     let out = schemas_cmd(&["check", "--help"]);
     let help = String::from_utf8_lossy(&out.stdout);
-    for needle in ["BARISTA_CONTRACTS_DIR", "BARISTA_LEADER", "BARISTA_TOPIC_PREFIX"] {
+    for needle in [
+        "BARISTA_CONTRACTS_DIR",
+        "BARISTA_LEADER",
+        "BARISTA_TOPIC_PREFIX",
+    ] {
         assert!(help.contains(needle), "{needle} missing:\n{help}");
     }
     let out = schemas_cmd(&["--help"]);
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("Examples:") && help.contains("barista-schemas check --dir"), "{help}");
+    assert!(
+        help.contains("Examples:") && help.contains("barista-schemas check --dir"),
+        "{help}"
+    );
     assert_eq!(schemas_cmd(&["check", "--bogus"]).status.code(), Some(2));
-    assert_eq!(schemas_cmd(&["check", "--dir", "/no/such/dir"]).status.code(), Some(2));
     assert_eq!(
-        schemas_cmd(&["export", "--leader", "/no/such.db", "--dir", "/tmp"]).status.code(),
+        schemas_cmd(&["check", "--dir", "/no/such/dir"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        schemas_cmd(&["export", "--leader", "/no/such.db", "--dir", "/tmp"])
+            .status
+            .code(),
         Some(2)
     );
 }

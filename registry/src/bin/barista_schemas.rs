@@ -34,7 +34,11 @@ enum Command {
     /// Check every subject's version chain, and the live leader schema when --leader is given.
     Check {
         /// Folder of contracts, one sub-folder per subject.
-        #[arg(long, env = "BARISTA_CONTRACTS_DIR", default_value = "schemas/contracts")]
+        #[arg(
+            long,
+            env = "BARISTA_CONTRACTS_DIR",
+            default_value = "schemas/contracts"
+        )]
         dir: PathBuf,
         /// Leader database whose derived schemas must equal the latest versions.
         #[arg(long, env = "BARISTA_LEADER")]
@@ -52,7 +56,11 @@ enum Command {
         #[arg(long, env = "BARISTA_TOPIC_PREFIX", default_value = "barista")]
         prefix: String,
         /// Folder of contracts, one sub-folder per subject.
-        #[arg(long, env = "BARISTA_CONTRACTS_DIR", default_value = "schemas/contracts")]
+        #[arg(
+            long,
+            env = "BARISTA_CONTRACTS_DIR",
+            default_value = "schemas/contracts"
+        )]
         dir: PathBuf,
     },
 }
