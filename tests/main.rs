@@ -2,5 +2,6 @@
 
 mod broker;
 mod crash;
+mod evolution;
 mod faults;
 mod pipeline;
