@@ -136,8 +136,15 @@ impl Replica {
         } else {
             for c in &shape.columns {
                 if !existing.iter().any(|e| e.eq_ignore_ascii_case(&c.name)) {
+                    // The writer's default (a NOT NULL column's literal DEFAULT on the
+                    // leader) fills the rows already here, as SQLite did on the leader.
+                    let default = c
+                        .default
+                        .as_deref()
+                        .map(|d| format!(" DEFAULT {d}"))
+                        .unwrap_or_default();
                     self.conn.execute_batch(&format!(
-                        "ALTER TABLE {t} ADD COLUMN {} {}",
+                        "ALTER TABLE {t} ADD COLUMN {} {}{default}",
                         quote(&c.name),
                         c.decl_type
                     ))?;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use barista_consumer::{FollowerConfig, Shared};
+use barista_demo::{LEADER_SQL, MIGRATION_0002_SQL};
 use barista_producer::ProducerConfig;
 use barista_registry::{CompatibilityLevel, RegistryConfig};
 use clap::Parser;
@@ -140,10 +141,10 @@ async fn demo(args: Args) -> anyhow::Result<bool> {
     {
         let mut c = Connection::open(&leader)?;
         c.pragma_update(None, "journal_mode", "WAL")?;
-        c.execute_batch(
-            "CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT NOT NULL, favourite TEXT NOT NULL, visits INTEGER NOT NULL DEFAULT 0);
-             CREATE TABLE orders(id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, coffee TEXT NOT NULL, ordered_at REAL NOT NULL);",
-        )?;
+        // The schema as first shipped, then its migrations: the checked-in contracts
+        // (schemas/contracts/coffee.*) are exactly what this derives.
+        c.execute_batch(LEADER_SQL)?;
+        c.execute_batch(MIGRATION_0002_SQL)?;
         let tx = c.transaction()?;
         for id in 1..=args.customers {
             tx.execute(

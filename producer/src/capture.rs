@@ -27,9 +27,11 @@ pub enum CaptureError {
     /// A captured table's columns changed without the migration command.
     #[error(
         "table {table:?} changed behind barista's back: capture triggers were made for columns {was:?}, \
-         the table now has {now:?}. Changes to the new columns would not be captured. Run the change through \
-         `producer migrate`, or restart the producer with --repair-triggers after checking that the new schema \
-         is compatible"
+         the table now has {now:?}. Values written to the changed columns since then were not captured. \
+         Run schema changes through `producer migrate`. To resume, check that the new schema is compatible \
+         (`barista-schemas check --leader …`), then restart the producer with --repair-triggers: it re-creates \
+         the triggers and re-publishes the table's rows as a snapshot (op = r) in the same transaction, so the \
+         values written meanwhile still reach Kafka"
     )]
     Drift {
         /// The table.
@@ -39,7 +41,23 @@ pub enum CaptureError {
         /// Columns the table has now.
         now: Vec<String>,
     },
+    /// barista's triggers on a captured table are gone (the table was rebuilt or dropped, or
+    /// someone dropped them): nothing of it is captured any more.
+    #[error(
+        "the capture triggers of table {table:?} are missing (was it dropped, or rebuilt with \
+         CREATE/INSERT/DROP/RENAME?). Changes to it since then were not captured. Restart the producer \
+         with --repair-triggers to re-create them and re-publish the table's rows as a snapshot (op = r)"
+    )]
+    TriggersMissing {
+        /// The table.
+        table: String,
+    },
 }
+
+/// `_barista_changelog.op` of a schema-change marker: the table's shape changed at this
+/// position (a0 = shape before, a1 = shape after, as [`TableShape::to_json`]). Rows before it
+/// were captured with the old columns, rows after it with the new ones.
+pub const OP_SCHEMA_CHANGE: i64 = 5;
 
 /// Opens the leader database for capture: WAL (so the producer's reads never
 /// block writers) and a busy timeout (so barista's own short writes wait for
@@ -75,7 +93,7 @@ fn quote(ident: &str) -> String {
 }
 
 /// One change read back from the changelog.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ChangeRow {
     /// Leader position.
     pub position: i64,
@@ -87,6 +105,9 @@ pub struct ChangeRow {
     pub before: Option<Vec<SqlValue>>,
     /// Row after.
     pub after: Option<Vec<SqlValue>>,
+    /// The schemas of the table as it was when this change was captured (they change at
+    /// schema-change markers).
+    pub schemas: Arc<TableSchemas>,
 }
 
 /// A captured table.
@@ -102,11 +123,16 @@ pub struct CapturedTable {
 pub struct Capture {
     conn: Connection,
     tables: HashMap<i64, CapturedTable>,
+    /// Per table, the schema-change markers still in the changelog: (marker position, the
+    /// schemas rows before it were captured with), oldest first.
+    history: SchemaHistory,
+    /// `PRAGMA schema_version` when the installed triggers were last known to fit the tables.
+    schema_version: i64,
 }
 
 /// The trigger bodies for a table: only column references, no functions, so
 /// their cost is one extra row insert per change.
-fn trigger_sql(id: i64, table: &str, columns: &[String]) -> String {
+pub(crate) fn trigger_sql(id: i64, table: &str, columns: &[String]) -> String {
     let t = quote(table);
     let a: Vec<String> = (0..columns.len()).map(|i| format!("a{i}")).collect();
     let b: Vec<String> = (0..columns.len()).map(|i| format!("b{i}")).collect();
@@ -132,7 +158,7 @@ fn trigger_sql(id: i64, table: &str, columns: &[String]) -> String {
     )
 }
 
-fn drop_triggers_sql(id: i64) -> String {
+pub(crate) fn drop_triggers_sql(id: i64) -> String {
     format!(
         "DROP TRIGGER IF EXISTS \"_barista_{id}_ins\"; DROP TRIGGER IF EXISTS \"_barista_{id}_upd\"; \
          DROP TRIGGER IF EXISTS \"_barista_{id}_del\";"
@@ -140,7 +166,9 @@ fn drop_triggers_sql(id: i64) -> String {
 }
 
 /// Makes the changelog wide enough for `width` columns.
-fn widen_changelog(conn: &Connection, width: usize) -> rusqlite::Result<()> {
+pub(crate) fn widen_changelog(conn: &Connection, width: usize) -> rusqlite::Result<()> {
+    // Schema-change markers keep two shapes in a0 and a1.
+    let width = width.max(2);
     let have: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('_barista_changelog')")?
         .query_map([], |r| r.get(0))?
@@ -154,6 +182,53 @@ fn widen_changelog(conn: &Connection, width: usize) -> rusqlite::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Appends a schema-change marker for table `id` (see [`OP_SCHEMA_CHANGE`]).
+pub(crate) fn record_schema_change(
+    conn: &Connection,
+    id: i64,
+    before: &TableShape,
+    after: &TableShape,
+) -> rusqlite::Result<i64> {
+    conn.execute(
+        "INSERT INTO _barista_changelog(tbl, op, a0, a1) VALUES (?1, ?2, ?3, ?4)",
+        params![id, OP_SCHEMA_CHANGE, before.to_json(), after.to_json()],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Appends every row of `table` to the changelog as a snapshot read (`op = 4`).
+fn snapshot(
+    conn: &Connection,
+    id: i64,
+    table: &str,
+    columns: &[String],
+) -> rusqlite::Result<usize> {
+    let a: Vec<String> = (0..columns.len()).map(|i| format!("a{i}")).collect();
+    let cols: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+    conn.execute(
+        &format!(
+            "INSERT INTO _barista_changelog(tbl, op, {}) SELECT {id}, 4, {} FROM {}",
+            a.join(", "),
+            cols.join(", "),
+            quote(table)
+        ),
+        [],
+    )
+}
+
+/// The number of barista triggers on table `id`.
+fn trigger_count(conn: &Connection, id: i64) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND name IN (?1, ?2, ?3)",
+        params![
+            format!("_barista_{id}_ins"),
+            format!("_barista_{id}_upd"),
+            format!("_barista_{id}_del")
+        ],
+        |r| r.get(0),
+    )
 }
 
 impl Capture {
@@ -198,19 +273,39 @@ impl Capture {
             let id = match existing {
                 Some((id, was)) => {
                     let was: Vec<String> = serde_json::from_str(&was).unwrap_or_default();
-                    if was != columns {
+                    let drifted = was != columns;
+                    let lost_triggers = trigger_count(&tx, id)? != 3;
+                    if drifted || lost_triggers {
                         if !repair {
-                            return Err(CaptureError::Drift {
-                                table: name.clone(),
-                                was,
-                                now: columns,
+                            return Err(if drifted {
+                                CaptureError::Drift {
+                                    table: name.clone(),
+                                    was,
+                                    now: columns,
+                                }
+                            } else {
+                                CaptureError::TriggersMissing {
+                                    table: name.clone(),
+                                }
                             });
                         }
-                        tracing::warn!(table = %name, ?was, now = ?columns, "re-creating capture triggers for the new columns");
+                        tracing::warn!(table = %name, ?was, now = ?columns, "re-creating capture triggers and re-publishing the table as a snapshot");
                         tx.execute(
                             "UPDATE _barista_tables SET columns = ?1 WHERE id = ?2",
                             params![serde_json::to_string(&columns).unwrap_or_default(), id],
                         )?;
+                        // Changes still in the changelog were captured with the old columns: a
+                        // marker tells the reader so. Columns can only have been added behind
+                        // our back (SQLite refuses to drop one a trigger names), so the old
+                        // shape is the new one restricted to the old names.
+                        if drifted {
+                            record_schema_change(&tx, id, &shape.restricted_to(&was), &shape)?;
+                        }
+                        // The rows as they are now, after the marker and in the same
+                        // transaction as the new triggers: whatever was written to the new
+                        // columns while the triggers were blind reaches Kafka this way.
+                        let n = snapshot(&tx, id, name, &columns)?;
+                        tracing::info!(table = %name, rows = n, "snapshot re-published after repair");
                     }
                     id
                 }
@@ -220,17 +315,7 @@ impl Capture {
                         params![name, serde_json::to_string(&columns).unwrap_or_default()],
                     )?;
                     let id = tx.last_insert_rowid();
-                    let a: Vec<String> = (0..columns.len()).map(|i| format!("a{i}")).collect();
-                    let cols: Vec<String> = columns.iter().map(|c| quote(c)).collect();
-                    let n = tx.execute(
-                        &format!(
-                            "INSERT INTO _barista_changelog(tbl, op, {}) SELECT {id}, 4, {} FROM {}",
-                            a.join(", "),
-                            cols.join(", "),
-                            quote(name)
-                        ),
-                        [],
-                    )?;
+                    let n = snapshot(&tx, id, name, &columns)?;
                     tracing::info!(table = %name, rows = n, "snapshot taken");
                     id
                 }
@@ -245,12 +330,55 @@ impl Capture {
                 },
             );
         }
+        let history = load_history(&tx)?;
+        let schema_version = tx.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
         tx.commit()?;
         tracing::info!(tables = ?names, "capture installed");
         Ok(Capture {
             conn,
             tables: captured,
+            history,
+            schema_version,
         })
+    }
+
+    /// Detects DDL made behind barista's back while it runs: when `PRAGMA schema_version`
+    /// moved, compares every captured table's columns with the ones its triggers were made for
+    /// (which `producer migrate` updates in the same transaction as the DDL) and checks that
+    /// the triggers still exist. Cheap when nothing changed: one pragma.
+    pub fn check_schema(&mut self) -> Result<(), CaptureError> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        if version == self.schema_version {
+            return Ok(());
+        }
+        let mut ids: Vec<i64> = self.tables.keys().copied().collect();
+        ids.sort();
+        for id in ids {
+            let (name, was): (String, String) = self.conn.query_row(
+                "SELECT name, columns FROM _barista_tables WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let was: Vec<String> = serde_json::from_str(&was).unwrap_or_default();
+            let now = match TableShape::read(&self.conn, &name) {
+                Ok(shape) => shape.column_names(),
+                Err(_) => Vec::new(),
+            };
+            if now != was {
+                return Err(CaptureError::Drift {
+                    table: name,
+                    was,
+                    now,
+                });
+            }
+            if trigger_count(&self.conn, id)? != 3 {
+                return Err(CaptureError::TriggersMissing { table: name });
+            }
+        }
+        self.schema_version = version;
+        Ok(())
     }
 
     /// The captured tables by id.
@@ -310,12 +438,15 @@ impl Capture {
     /// order. Returns the changes and the last position scanned (rows of
     /// tables not captured now are scanned but not returned).
     pub fn read(
-        &self,
+        &mut self,
         after: i64,
         upto: i64,
         limit: usize,
     ) -> Result<(Vec<ChangeRow>, Option<i64>), CaptureError> {
-        let mut stmt = self.conn.prepare_cached(
+        // Disjoint borrows: the statement borrows the connection while markers update the
+        // table schemas and their history.
+        let (conn, tables, history) = (&self.conn, &mut self.tables, &mut self.history);
+        let mut stmt = conn.prepare_cached(
             "SELECT * FROM _barista_changelog WHERE position > ?1 AND position <= ?2 ORDER BY position LIMIT ?3",
         )?;
         let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
@@ -328,7 +459,30 @@ impl Capture {
             scanned = Some(position);
             let table_id: i64 = r.get(1)?;
             let op_code: i64 = r.get(2)?;
-            let Some(table) = self.tables.get(&table_id) else {
+            if op_code == OP_SCHEMA_CHANGE {
+                // A migration committed here: rows after it carry the new columns. Known
+                // markers (loaded at start, or seen before a rewind) change nothing.
+                let known = history
+                    .get(&table_id)
+                    .is_some_and(|m| m.iter().any(|(at, _)| *at == position));
+                if let Some(table) = tables.get_mut(&table_id).filter(|_| !known) {
+                    let shape = |side: &str| -> Result<Arc<TableSchemas>, CaptureError> {
+                        let text: String = r.get(idx(side).unwrap_or(usize::MAX))?;
+                        Ok(Arc::new(TableSchemas::derive(TableShape::from_json(
+                            &text,
+                        )?)?))
+                    };
+                    let (before, after) = (shape("a0")?, shape("a1")?);
+                    tracing::info!(position, table = %after.shape.name, columns = ?after.shape.column_names(), "schema change");
+                    history
+                        .entry(table_id)
+                        .or_default()
+                        .push((position, before));
+                    table.schemas = after;
+                }
+                continue;
+            }
+            let Some(schemas) = schemas_at(tables, history, table_id, position) else {
                 // A table captured by an earlier configuration but not now: its
                 // changes are skipped on purpose, and said so.
                 tracing::debug!(
@@ -338,7 +492,7 @@ impl Capture {
                 );
                 continue;
             };
-            let width = table.schemas.shape.columns.len();
+            let width = schemas.shape.columns.len();
             let image = |side: &str| -> rusqlite::Result<Vec<SqlValue>> {
                 (0..width)
                     .map(|i| match idx(&format!("{side}{i}")) {
@@ -359,6 +513,7 @@ impl Capture {
                 op,
                 before,
                 after,
+                schemas,
             });
         }
         Ok((out, scanned))
@@ -405,6 +560,49 @@ impl Capture {
     }
 }
 
+/// Per table, the schema-change markers still in the changelog: (marker position, the schemas
+/// rows before it were captured with), oldest first.
+type SchemaHistory = HashMap<i64, Vec<(i64, Arc<TableSchemas>)>>;
+
+/// The schemas a change of `table_id` at `position` was captured with: those before the first
+/// later schema-change marker, else the current ones.
+fn schemas_at(
+    tables: &HashMap<i64, CapturedTable>,
+    history: &SchemaHistory,
+    table_id: i64,
+    position: i64,
+) -> Option<Arc<TableSchemas>> {
+    let current = &tables.get(&table_id)?.schemas;
+    Some(
+        history
+            .get(&table_id)
+            .and_then(|markers| markers.iter().find(|(at, _)| *at > position))
+            .map_or_else(|| current.clone(), |(_, before)| before.clone()),
+    )
+}
+
+/// The schema-change markers in the changelog, per table: (position, schemas before it).
+fn load_history(conn: &Connection) -> Result<SchemaHistory, CaptureError> {
+    let mut stmt = conn.prepare(
+        "SELECT position, tbl, a0 FROM _barista_changelog WHERE op = ?1 ORDER BY position",
+    )?;
+    let markers = stmt
+        .query_map([OP_SCHEMA_CHANGE], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut history: SchemaHistory = HashMap::new();
+    for (position, table, before) in markers {
+        let before = Arc::new(TableSchemas::derive(TableShape::from_json(&before)?)?);
+        history.entry(table).or_default().push((position, before));
+    }
+    Ok(history)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,7 +620,7 @@ mod tests {
         let (dir, conn) = leader();
         conn.execute("INSERT INTO t VALUES (1, 'before capture')", [])
             .unwrap();
-        let cap = Capture::install(conn, &[], false).unwrap();
+        let mut cap = Capture::install(conn, &[], false).unwrap();
         let app = open_leader(&dir.path().join("leader.db")).unwrap();
         app.execute_batch(
             "BEGIN; INSERT INTO t VALUES (2, x'00ff'); UPDATE t SET v = 9223372036854775807 WHERE id = 1;

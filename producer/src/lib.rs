@@ -7,6 +7,8 @@
 pub mod capture;
 /// Validated configuration.
 pub mod config;
+/// Schema changes: DDL, compatibility check and new triggers in one transaction.
+pub mod migrate;
 /// Encode changes as Confluent-framed Avro and publish them, tracking acks.
 pub mod pipeline;
 /// Kafka producer, topics and sends.

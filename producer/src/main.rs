@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use barista_producer::config::parse_kv;
+use barista_producer::migrate::{Migration, Outcome};
 use barista_producer::ProducerConfig;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// Capture every write to a leader SQLite database and publish it to Kafka as
 /// Avro change events registered in a schema registry.
@@ -18,9 +19,13 @@ use clap::Parser;
     after_help = "Example:\n  producer --leader shop.db --brokers localhost:9092 --registry http://localhost:8081\n\n\
 Capture installs triggers and bookkeeping tables (_barista_*) in the leader database, publishes the\n\
 existing rows as a snapshot (op = r), then streams every insert, update and delete from any writer.\n\
-Topics: <prefix>.<table> (key = primary key) and <prefix>.__commits (commit groups, heartbeats)."
+Topics: <prefix>.<table> (key = primary key) and <prefix>.__commits (commit groups, heartbeats).\n\n\
+Schema changes go through `producer migrate` (see `producer migrate --help`).",
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Leader SQLite database file.
     #[arg(long, env = "BARISTA_LEADER", default_value = "leader.db")]
     leader: PathBuf,
@@ -84,8 +89,98 @@ impl Args {
     }
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply DDL to a captured leader in one transaction, only if the new Avro schemas are
+    /// compatible with the registry's latest versions.
+    #[command(after_help = "Example:\n  \
+        producer migrate --leader shop.db --ddl 0002_customer_stamps.sql --registry http://localhost:8081 --topic-prefix coffee\n\n\
+In ONE SQLite transaction (BEGIN IMMEDIATE): drop barista's triggers, apply the DDL, derive the new\n\
+schemas and check each changed subject with POST /compatibility/subjects/<subject>/versions/latest.\n\
+Compatible: re-create the triggers, record a schema-change marker the running producer follows,\n\
+commit, register the new versions (exit 0). Incompatible: roll back, print the field, the rule and a\n\
+safe alternative (exit 1); the leader is unchanged. Bad usage: exit 2.")]
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MigrateArgs {
+    /// Leader SQLite database file (the producer must have installed capture in it).
+    #[arg(long, env = "BARISTA_LEADER", default_value = "leader.db")]
+    leader: PathBuf,
+    /// File with the DDL to apply (statements without BEGIN/COMMIT).
+    #[arg(long, env = "BARISTA_MIGRATE_DDL")]
+    ddl: PathBuf,
+    /// Schema registry URL (Confluent API).
+    #[arg(
+        long = "registry",
+        env = "BARISTA_REGISTRY_URL",
+        default_value = "http://localhost:8081"
+    )]
+    registry_url: String,
+    /// Topic prefix: subjects are <prefix>.<table>-key and -value.
+    #[arg(long, env = "BARISTA_TOPIC_PREFIX", default_value = "barista")]
+    topic_prefix: String,
+}
+
+fn migrate(args: MigrateArgs) -> ExitCode {
+    let ddl = match std::fs::read_to_string(&args.ddl) {
+        Ok(ddl) => ddl,
+        Err(e) => {
+            eprintln!("producer migrate: reading {}: {e}", args.ddl.display());
+            return ExitCode::from(2);
+        }
+    };
+    let migration = Migration {
+        leader: args.leader,
+        ddl,
+        registry_url: args.registry_url,
+        topic_prefix: args.topic_prefix,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("producer migrate: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(barista_producer::migrate::migrate(&migration)) {
+        Ok(Outcome::Applied(versions)) => {
+            for v in versions {
+                println!("{}: registered schema id {}", v.subject, v.id);
+            }
+            println!("migration applied");
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::NoSchemaChange) => {
+            println!("migration applied; no captured table's schema changed");
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Refused { problems, advice }) => {
+            eprintln!("producer migrate: refused, the new schema is incompatible; rolled back, the leader is unchanged");
+            for p in problems {
+                eprintln!("  {p}");
+            }
+            for a in advice {
+                eprintln!("  instead: {a}");
+            }
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("producer migrate: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(Command::Migrate(m)) = args.command.take() {
+        return migrate(m);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -167,7 +167,7 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
         .set_timeout(Duration::from_secs(5))
         .build()
         .context("schema registry settings")?;
-    let encoder = AvroEncoder::new(sr);
+    let encoder = AvroEncoder::new(sr.clone());
 
     let acked = Acked {
         position: capture.acked()?,
@@ -200,6 +200,7 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
     let mut publisher = Publisher {
         config: &config,
         kafka: &kafka,
+        sr,
         encoder,
         outs,
         commits,
@@ -281,7 +282,9 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
         published = publisher.published,
         "producer stopped"
     );
-    result.and(capture_result)
+    // The capture thread's own error (e.g. DDL behind our back) says more than the
+    // publisher's "the capture thread stopped".
+    capture_result.and(result)
 }
 
 /// The capture thread: owns the leader connection (rusqlite is synchronous,
@@ -322,6 +325,11 @@ fn capture_loop(
             return Ok(());
         }
         let dv = capture.data_version().context("polling the leader")?;
+        if dv != last_dv {
+            // Another connection committed: if that was DDL made behind our back, stop
+            // before reading past it (see CaptureError::Drift for how to resume).
+            capture.check_schema()?;
+        }
         let head = if dv != last_dv {
             capture.head().context("reading the leader head")?
         } else {
@@ -377,6 +385,7 @@ fn capture_loop(
 struct Publisher<'a> {
     config: &'a ProducerConfig,
     kafka: &'a KafkaSettings,
+    sr: SrSettings,
     encoder: AvroEncoder,
     outs: HashMap<i64, TableOut>,
     commits: String,
@@ -623,9 +632,19 @@ impl Publisher<'_> {
         ts_ms: i64,
         pending: &mpsc::UnboundedSender<Pending>,
     ) -> anyhow::Result<()> {
-        let Some(out) = self.outs.get(&row.table_id) else {
+        let Some(out) = self.outs.get_mut(&row.table_id) else {
             return Ok(());
         };
+        if !Arc::ptr_eq(&out.schemas, &row.schemas) {
+            // The change was captured with other columns than the one before it (a
+            // migration's schema-change marker lies between them): encode with its schemas.
+            // The encoder caches one schema per subject, so it starts afresh.
+            tracing::info!(topic = %out.topic, columns = ?row.schemas.shape.column_names(), position = row.position, "table schema changed; encoding with the new schema");
+            out.key_strategy = strategy(&out.topic, true, &row.schemas.key_json);
+            out.value_strategy = strategy(&out.topic, false, &row.schemas.value_json);
+            out.schemas = row.schemas.clone();
+            self.encoder = AvroEncoder::new(self.sr.clone());
+        }
         let (topic, partitions, schemas) = (out.topic.clone(), out.partitions, out.schemas.clone());
         let (key_strategy, value_strategy) = (out.key_strategy.clone(), out.value_strategy.clone());
         let key_row = row

@@ -57,3 +57,31 @@ fn a_leader_that_cannot_be_opened_exits_1_naming_the_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("leader.db"), "{err}");
 }
+
+#[test]
+fn migrate_has_help_and_exits_2_on_bad_usage() {
+    let out = producer().args(["migrate", "--help"]).output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success());
+    for needle in [
+        "Example:",
+        "--ddl",
+        "BARISTA_MIGRATE_DDL",
+        "--registry",
+        "roll back",
+    ] {
+        assert!(help.contains(needle), "{needle} missing:\n{help}");
+    }
+    let out = producer()
+        .args(["migrate", "--ddl", "/no/such/file.sql"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/file.sql"));
+    let out = producer()
+        .args(["migrate"])
+        .env_remove("BARISTA_MIGRATE_DDL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "--ddl is required");
+}

@@ -5,6 +5,8 @@
 
 // Compatibility rules, also used by the schema check and migration commands.
 pub mod compat;
+// Checked-in contracts per subject: version chains, live drift, export.
+pub mod contracts;
 // SQLite state: schemas by id, subject versions, levels; enforces the rules on register.
 mod store;
 // HTTP routes in Confluent's shapes over the store.

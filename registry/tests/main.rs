@@ -4,6 +4,7 @@
 mod client;
 mod compatibility;
 mod config;
+mod contracts;
 mod errors;
 mod persistence;
 

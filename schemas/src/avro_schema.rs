@@ -80,6 +80,8 @@ fn field_json(shape: &TableShape, i: usize, name: &str, codec: &ColumnCodec) -> 
     let mut f = json!({ "name": name, "type": codec.avro_type_json() });
     if codec.nullable {
         f["default"] = serde_json::Value::Null;
+    } else if let Some(default) = col.default.as_deref().and_then(|d| avro_default(codec, d)) {
+        f["default"] = default;
     }
     f[ATTR_COLUMN] = json!(col.name);
     f[ATTR_DECLTYPE] = json!(col.decl_type);
@@ -87,6 +89,35 @@ fn field_json(shape: &TableShape, i: usize, name: &str, codec: &ColumnCodec) -> 
         f[ATTR_PK] = json!(col.pk);
     }
     f
+}
+
+/// The Avro default of a NOT NULL column declared with a literal `DEFAULT`, so that adding
+/// `ADD COLUMN visits INTEGER NOT NULL DEFAULT 0` is a compatible schema change: a reader of
+/// the new schema fills the field in for data written before it existed, as SQLite does for
+/// the rows already in the table. Avro takes a union's default from its first branch, so only
+/// a literal of the first branch's storage class qualifies; expressions (`CURRENT_TIMESTAMP`,
+/// `(random())`) and blobs have no Avro default.
+pub fn avro_default(codec: &ColumnCodec, sql_default: &str) -> Option<serde_json::Value> {
+    use crate::value::StorageClass;
+    let d = sql_default.trim();
+    match codec.classes.first()? {
+        StorageClass::Integer => d.parse::<i64>().ok().map(|i| json!(i)),
+        StorageClass::Real => d
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(|f| json!(f)),
+        StorageClass::Text => {
+            let inner = d.strip_prefix('\'')?.strip_suffix('\'')?;
+            // Inside a SQL string literal a quote is doubled; a lone one means `d` was an
+            // expression such as `'a' || 'b'`.
+            if inner.replace("''", "").contains('\'') {
+                return None;
+            }
+            Some(json!(inner.replace("''", "'")))
+        }
+        StorageClass::Blob => None,
+    }
 }
 
 /// The key schema: a record of the primary-key columns in key order.
@@ -201,6 +232,36 @@ mod tests {
         assert_eq!(
             s.codecs[3].avro_type_json(),
             json!(["null", "bytes", "long", "double", "string"])
+        );
+    }
+
+    #[test]
+    fn literal_defaults_of_not_null_columns_become_avro_defaults() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, visits INTEGER NOT NULL DEFAULT 0,
+               coffee TEXT NOT NULL DEFAULT 'flat white', note TEXT NOT NULL DEFAULT 'it''s',
+               at REAL NOT NULL DEFAULT CURRENT_TIMESTAMP, score REAL NOT NULL DEFAULT 1.5,
+               odd INTEGER NOT NULL DEFAULT 'x', maybe TEXT DEFAULT 'y')",
+        )
+        .unwrap();
+        let s = TableSchemas::derive(TableShape::read(&conn, "t").unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&s.value_json).unwrap();
+        let fields = v["fields"][0]["type"][1]["fields"].as_array().unwrap();
+        let defaults: Vec<Option<&serde_json::Value>> =
+            fields.iter().map(|f| f.get("default")).collect();
+        assert_eq!(
+            defaults,
+            [
+                None,
+                Some(&json!(0)),
+                Some(&json!("flat white")),
+                Some(&json!("it's")),
+                None,
+                Some(&json!(1.5)),
+                None,
+                Some(&serde_json::Value::Null),
+            ]
         );
     }
 }

@@ -182,6 +182,10 @@ pub struct RowColumn {
     pub pk: u32,
     /// Whether the column may be NULL.
     pub nullable: bool,
+    /// The field's Avro default when it is not null (a NOT NULL column's literal DEFAULT), as a
+    /// SQL literal (`0`, `1.5`, `'it''s'`): a follower that adds the column declares it with
+    /// this DEFAULT, so rows written before the column existed read as they do on the leader.
+    pub default: Option<String>,
 }
 
 /// The row shape a writer schema describes: enough for a follower to create and
@@ -232,11 +236,17 @@ impl RowShape {
                     serde_json::Value::Array(b) => b.iter().any(|t| t == "null"),
                     t => t == "null",
                 };
+                let default = match &f["default"] {
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    serde_json::Value::String(s) => Some(format!("'{}'", s.replace('\'', "''"))),
+                    _ => None,
+                };
                 RowColumn {
                     name,
                     decl_type: f[ATTR_DECLTYPE].as_str().unwrap_or_default().to_owned(),
                     pk: f[ATTR_PK].as_u64().unwrap_or(0) as u32,
                     nullable,
+                    default,
                 }
             })
             .collect();

@@ -52,6 +52,8 @@ pub struct Column {
     pub nullable: bool,
     /// 1-based index in the primary key, 0 when not part of it.
     pub pk: u32,
+    /// The column's `DEFAULT` as SQL text (`0`, `'espresso'`, `CURRENT_TIMESTAMP`), if any.
+    pub default: Option<String>,
 }
 
 /// The shape of a captured table.
@@ -96,7 +98,7 @@ impl TableShape {
             });
         }
         let mut stmt = conn
-            .prepare("SELECT name, type, \"notnull\", pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid")
+            .prepare("SELECT name, type, \"notnull\", pk, hidden, dflt_value FROM pragma_table_xinfo(?1) ORDER BY cid")
             .map_err(sql_err)?;
         let rows = stmt
             .query_map([table], |r| {
@@ -106,6 +108,7 @@ impl TableShape {
                     r.get::<_, i64>(2)? != 0,
                     r.get::<_, i64>(3)? as u32,
                     r.get::<_, i64>(4)?,
+                    r.get::<_, Option<String>>(5)?,
                 ))
             })
             .map_err(sql_err)?
@@ -115,7 +118,7 @@ impl TableShape {
         let strict = strict != 0;
         let pk_count = rows.iter().filter(|r| r.3 > 0).count();
         let mut columns = Vec::with_capacity(rows.len());
-        for (name, decl_type, not_null, pk, hidden) in rows {
+        for (name, decl_type, not_null, pk, hidden, default) in rows {
             if hidden == 1 {
                 continue;
             }
@@ -129,6 +132,7 @@ impl TableShape {
                 decl_type,
                 nullable,
                 pk,
+                default,
             });
         }
         if pk_count == 0 {
@@ -178,6 +182,68 @@ impl TableShape {
     pub fn column_names(&self) -> Vec<String> {
         self.columns.iter().map(|c| c.name.clone()).collect()
     }
+
+    /// The same table with only the named columns, in this shape's order: the shape a table
+    /// had before columns were added to it.
+    pub fn restricted_to(&self, names: &[String]) -> TableShape {
+        TableShape {
+            columns: self
+                .columns
+                .iter()
+                .filter(|c| names.contains(&c.name))
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
+    }
+
+    /// The shape as JSON, as schema-change markers in the leader's changelog store it: the
+    /// producer needs the exact shape rows before and after a migration were captured with.
+    pub fn to_json(&self) -> String {
+        let columns: Vec<serde_json::Value> = self
+            .columns
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "name": c.name, "type": c.decl_type, "nullable": c.nullable,
+                    "pk": c.pk, "default": c.default,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "name": self.name, "columns": columns, "strict": self.strict,
+            "without_rowid": self.without_rowid,
+        })
+        .to_string()
+    }
+
+    /// Reads [`TableShape::to_json`] back.
+    pub fn from_json(text: &str) -> Result<TableShape, ContractError> {
+        let bad = |why: &str| ContractError::Malformed(format!("table shape: {why}"));
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(&e.to_string()))?;
+        let columns = v["columns"]
+            .as_array()
+            .ok_or_else(|| bad("no columns"))?
+            .iter()
+            .map(|c| {
+                let decl_type = c["type"].as_str().unwrap_or_default().to_owned();
+                Column {
+                    name: c["name"].as_str().unwrap_or_default().to_owned(),
+                    affinity: Affinity::of(&decl_type),
+                    decl_type,
+                    nullable: c["nullable"].as_bool().unwrap_or(true),
+                    pk: c["pk"].as_u64().unwrap_or(0) as u32,
+                    default: c["default"].as_str().map(str::to_owned),
+                }
+            })
+            .collect();
+        Ok(TableShape {
+            name: v["name"].as_str().ok_or_else(|| bad("no name"))?.to_owned(),
+            columns,
+            strict: v["strict"].as_bool().unwrap_or(false),
+            without_rowid: v["without_rowid"].as_bool().unwrap_or(false),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -205,6 +271,8 @@ mod tests {
         let p = TableShape::read(&conn, "pair").unwrap();
         assert_eq!(p.pk_indexes(), [1, 0]);
         assert!(p.without_rowid && !p.columns[0].nullable);
+        assert_eq!(TableShape::from_json(&p.to_json()).unwrap(), p);
+        assert_eq!(TableShape::from_json(&s.to_json()).unwrap(), s);
         assert_eq!(
             TableShape::list_tables(&conn).unwrap(),
             ["customers", "loose", "pair"]

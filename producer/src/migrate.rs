@@ -1,0 +1,365 @@
+//! Migrate, the leader side of schema evolution: applies DDL to a captured leader in ONE SQLite
+//! transaction that also checks the new Avro schemas against the registry and re-creates the
+//! capture triggers, so a change either happens whole (schema, triggers, schema-change marker)
+//! or not at all.
+//!
+//! Reads: the DDL file, the leader's tables, the registry's verdicts. Writes: the leader (DDL,
+//! `_barista_*`), then the new schema versions in the registry.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use barista_schemas::avro_schema::avro_default;
+use barista_schemas::contract::{key_subject, table_topic, value_subject};
+use barista_schemas::{TableSchemas, TableShape};
+use rusqlite::{params, TransactionBehavior};
+use serde_json::{json, Value};
+
+use crate::capture::{
+    drop_triggers_sql, open_leader, record_schema_change, trigger_sql, widen_changelog,
+};
+
+const SCHEMA_REGISTRY_JSON: &str = "application/vnd.schemaregistry.v1+json";
+
+/// What to migrate.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    /// The leader database file (capture must be installed: the producer ran once).
+    pub leader: PathBuf,
+    /// The DDL, one or more statements, without BEGIN/COMMIT.
+    pub ddl: String,
+    /// Schema registry URL (Confluent API).
+    pub registry_url: String,
+    /// Topics are `<prefix>.<table>`; subjects `<topic>-key` / `<topic>-value`.
+    pub topic_prefix: String,
+}
+
+/// One subject whose schema the migration changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewVersion {
+    /// The subject.
+    pub subject: String,
+    /// The id the registry gave the new schema.
+    pub id: u64,
+}
+
+/// How a migration ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed; these subjects have new versions.
+    Applied(Vec<NewVersion>),
+    /// Committed; no captured table's schema changed (e.g. an index or a new table).
+    NoSchemaChange,
+    /// Rolled back: the leader is untouched.
+    Refused {
+        /// Each incompatibility, naming the subject, the field and the rule.
+        problems: Vec<String>,
+        /// What to do instead.
+        advice: Vec<String>,
+    },
+}
+
+/// A captured table before the DDL.
+struct Before {
+    id: i64,
+    name: String,
+    shape: TableShape,
+}
+
+/// Applies `m.ddl` if every changed schema passes the registry's compatibility check.
+///
+/// The leader stays locked (`BEGIN IMMEDIATE`) during the registry round trips: writers wait
+/// on their busy timeout rather than see a half-migrated table.
+pub async fn migrate(m: &Migration) -> anyhow::Result<Outcome> {
+    let mut conn = open_leader(&m.leader)
+        .with_context(|| format!("opening leader database {}", m.leader.display()))?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("building the registry client")?;
+    let installed: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = '_barista_tables'",
+        [],
+        |r| r.get(0),
+    )?;
+    anyhow::ensure!(
+        installed,
+        "capture is not installed in {}: start the producer on it once, then migrate",
+        m.leader.display()
+    );
+
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let captured: Vec<(i64, String)> = tx
+        .prepare("SELECT id, name FROM _barista_tables ORDER BY id")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut before = Vec::new();
+    for (id, name) in captured {
+        // A table captured once but gone since is not ours to migrate.
+        let Ok(shape) = TableShape::read(&tx, &name) else {
+            continue;
+        };
+        // SQLite refuses DROP COLUMN on a column a trigger names: the triggers go first and
+        // come back, made for the new columns, in this same transaction.
+        tx.execute_batch(&drop_triggers_sql(id))?;
+        before.push(Before { id, name, shape });
+    }
+    if let Err(e) = tx.execute_batch(&m.ddl) {
+        anyhow::bail!("applying the DDL: {e} (rolled back; the leader is unchanged)");
+    }
+
+    let mut changed = Vec::new();
+    for b in &before {
+        let shape = TableShape::read(&tx, &b.name).map_err(|e| {
+            anyhow::anyhow!(
+                "the DDL dropped, renamed or broke captured table {:?} ({e}); migrate changes \
+                 columns only. Rolled back; the leader is unchanged",
+                b.name
+            )
+        })?;
+        if shape != b.shape {
+            changed.push((b, shape));
+        }
+    }
+
+    let mut problems = Vec::new();
+    let mut advice = Vec::new();
+    let mut to_register = Vec::new();
+    for (b, new_shape) in &changed {
+        let old = TableSchemas::derive(b.shape.clone())?;
+        let new = TableSchemas::derive(new_shape.clone())?;
+        let topic = table_topic(&m.topic_prefix, &b.name);
+        for (subject, old_json, new_json) in [
+            (key_subject(&topic), &old.key_json, &new.key_json),
+            (value_subject(&topic), &old.value_json, &new.value_json),
+        ] {
+            if old_json == new_json {
+                continue;
+            }
+            let messages = compatibility(&http, &m.registry_url, &subject, new_json).await?;
+            if messages.is_empty() {
+                to_register.push((subject, new_json.clone()));
+                continue;
+            }
+            let level = level(&http, &m.registry_url, &subject).await;
+            problems.extend(
+                messages
+                    .iter()
+                    .map(|msg| format!("{subject} (compatibility {level}): {msg}")),
+            );
+            for line in advise(&old, &new, &messages) {
+                if !advice.contains(&line) {
+                    advice.push(line);
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        tx.rollback()?;
+        return Ok(Outcome::Refused { problems, advice });
+    }
+
+    for b in &before {
+        let shape = changed
+            .iter()
+            .find(|(c, _)| c.id == b.id)
+            .map_or(&b.shape, |(_, s)| s);
+        let columns = shape.column_names();
+        widen_changelog(&tx, columns.len())?;
+        tx.execute_batch(&trigger_sql(b.id, &b.name, &columns))?;
+        tx.execute(
+            "UPDATE _barista_tables SET columns = ?1 WHERE id = ?2",
+            params![serde_json::to_string(&columns)?, b.id],
+        )?;
+    }
+    for (b, new_shape) in &changed {
+        let at = record_schema_change(&tx, b.id, &b.shape, new_shape)?;
+        tracing::info!(table = %b.name, position = at, "schema change recorded");
+    }
+    tx.commit().context("committing the migration")?;
+
+    if to_register.is_empty() {
+        return Ok(Outcome::NoSchemaChange);
+    }
+    let mut registered = Vec::new();
+    for (subject, schema) in to_register {
+        // The producer would register it with its first event anyway; doing it now makes the
+        // new version visible to consumers and tools at once.
+        let id = register(&http, &m.registry_url, &subject, &schema)
+            .await
+            .with_context(|| {
+                format!(
+                    "the migration is committed, but registering {subject} failed; the producer \
+                     registers it with the table's next change"
+                )
+            })?;
+        registered.push(NewVersion { subject, id });
+    }
+    Ok(Outcome::Applied(registered))
+}
+
+/// Asks the registry whether `schema` may follow the latest version of `subject`
+/// (`POST /compatibility/subjects/{subject}/versions/latest?verbose=true`). Returns the
+/// registry's reasons, empty when compatible or when the subject is new.
+async fn compatibility(
+    http: &reqwest::Client,
+    url: &str,
+    subject: &str,
+    schema: &str,
+) -> anyhow::Result<Vec<String>> {
+    let endpoint = format!(
+        "{}/compatibility/subjects/{subject}/versions/latest?verbose=true",
+        url.trim_end_matches('/')
+    );
+    let response = http
+        .post(&endpoint)
+        .header(reqwest::header::CONTENT_TYPE, SCHEMA_REGISTRY_JSON)
+        .json(&json!({ "schema": schema }))
+        .send()
+        .await
+        .with_context(|| format!("asking the schema registry at {url} (nothing was changed)"))?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if status == reqwest::StatusCode::NOT_FOUND {
+        // No version yet (40401 subject / 40402 version not found): anything is compatible.
+        return Ok(Vec::new());
+    }
+    anyhow::ensure!(
+        status.is_success(),
+        "the schema registry answered {status} to the compatibility check of {subject}: {body} \
+         (nothing was changed)"
+    );
+    if body["is_compatible"].as_bool() == Some(true) {
+        return Ok(Vec::new());
+    }
+    let messages: Vec<String> = body["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(Value::as_str)
+                .filter(|m| !m.starts_with("{oldSchemaVersion") && !m.starts_with("{compatibility"))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(if messages.is_empty() {
+        vec!["incompatible (the registry gave no reason)".to_owned()]
+    } else {
+        messages
+    })
+}
+
+/// The subject's compatibility level as the registry applies it, for messages.
+async fn level(http: &reqwest::Client, url: &str, subject: &str) -> String {
+    let endpoint = format!(
+        "{}/config/{subject}?defaultToGlobal=true",
+        url.trim_end_matches('/')
+    );
+    let answer = async {
+        let body: Value = http.get(&endpoint).send().await?.json().await?;
+        Ok::<_, reqwest::Error>(body)
+    }
+    .await;
+    answer
+        .ok()
+        .and_then(|b| b["compatibilityLevel"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "unknown level".to_owned())
+}
+
+/// Registers a schema under a subject; returns its id.
+async fn register(
+    http: &reqwest::Client,
+    url: &str,
+    subject: &str,
+    schema: &str,
+) -> anyhow::Result<u64> {
+    let response = http
+        .post(format!(
+            "{}/subjects/{subject}/versions",
+            url.trim_end_matches('/')
+        ))
+        .header(reqwest::header::CONTENT_TYPE, SCHEMA_REGISTRY_JSON)
+        .json(&json!({ "schema": schema }))
+        .send()
+        .await?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    anyhow::ensure!(status.is_success(), "{status}: {body}");
+    body["id"]
+        .as_u64()
+        .with_context(|| format!("no id in the registry's answer {body}"))
+}
+
+/// Whether a column's Avro field has a default (nullable, or NOT NULL with a literal DEFAULT).
+fn has_default(schemas: &TableSchemas, column: &str) -> bool {
+    schemas
+        .shape
+        .columns
+        .iter()
+        .zip(&schemas.codecs)
+        .find(|(c, _)| c.name == column)
+        .is_some_and(|(c, codec)| {
+            codec.nullable
+                || c.default
+                    .as_deref()
+                    .and_then(|d| avro_default(codec, d))
+                    .is_some()
+        })
+}
+
+/// The safe way to make the change, for the rules the registry says it breaks.
+fn advise(old: &TableSchemas, new: &TableSchemas, messages: &[String]) -> Vec<String> {
+    let table = &new.shape.name;
+    let old_names = old.shape.column_names();
+    let new_names = new.shape.column_names();
+    let mentions = |rule: &str| messages.iter().any(|m| m.contains(rule));
+    let mut advice = Vec::new();
+    if mentions("READER_FIELD_MISSING_DEFAULT_VALUE") {
+        for c in new
+            .shape
+            .columns
+            .iter()
+            .filter(|c| !old_names.contains(&c.name))
+        {
+            if !has_default(new, &c.name) {
+                advice.push(format!(
+                    "column {table}.{name} is added NOT NULL without a literal DEFAULT, so a reader \
+                     of the new schema has no value for events written before it: add the column \
+                     with a DEFAULT (e.g. `ALTER TABLE {table} ADD COLUMN {name} {ty} NOT NULL \
+                     DEFAULT 0`), or nullable",
+                    name = c.name,
+                    ty = if c.decl_type.is_empty() { "ANY" } else { &c.decl_type },
+                ));
+            }
+        }
+        for c in old
+            .shape
+            .columns
+            .iter()
+            .filter(|c| !new_names.contains(&c.name))
+        {
+            if !has_default(old, &c.name) {
+                advice.push(format!(
+                    "column {table}.{} is dropped but readers of the old schema need a value for \
+                     it (the subject's level includes FORWARD): keep the column and stop writing \
+                     it, or agree with every consumer to lower the subject's level first",
+                    c.name
+                ));
+            }
+        }
+    }
+    if mentions("TYPE_MISMATCH") || mentions("MISSING_UNION_BRANCH") {
+        advice.push(format!(
+            "a column of {table} changed type: add a new column with the new type instead, \
+             write both for a while, then stop using the old one"
+        ));
+    }
+    if advice.is_empty() {
+        advice.push(format!(
+            "change {table} in smaller compatible steps (add columns nullable or with a literal \
+             DEFAULT; never change a column's type)"
+        ));
+    }
+    advice
+}
