@@ -138,7 +138,10 @@ async fn producer_killed_with_sigkill_resends_everything_in_order() {
     }
     // And the follower, which saw the resends, equals the leader.
     let r = follower.replica.clone();
-    wait_until(Duration::from_secs(60), || same_rows(&leader, &r)).await;
+    wait_until(Duration::from_secs(60), || {
+        same_rows(&leader, &r).map_err(|e| format!("{e}; follower status: {:?}", follower.status()))
+    })
+    .await;
     follower.stop().await.unwrap();
     let status = producer.terminate(Duration::from_secs(30));
     assert!(status.success(), "SIGTERM: drain and exit 0, got {status}");

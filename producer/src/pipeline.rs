@@ -74,6 +74,9 @@ struct Acked {
 struct Pending {
     position: i64,
     chain: Option<(String, i32)>,
+    /// The commit record that closes a group: only its acknowledgement moves
+    /// the acknowledged position (and so pruning and the restart point).
+    group_end: bool,
     fut: DeliveryFuture,
 }
 
@@ -447,16 +450,25 @@ impl Publisher<'_> {
         let ctl = self.ctl_tx.clone();
         let handle = tokio::spawn(async move {
             let mut last_prune = Instant::now();
-            // Reports are awaited in send order, so `position` only moves past
-            // a message once it and everything sent before it are acknowledged.
+            // Tails of the group whose commit record is not acknowledged yet.
+            let mut group: HashMap<(String, i32), i64> = HashMap::new();
+            // Reports are awaited in send order, so the acknowledged position
+            // only moves past a group once its commit record and everything
+            // sent before it are acknowledged. Moving it per change would let
+            // a crash between a group's last change and its commit record
+            // skip that record on restart, and followers wait for it forever.
             while let Some(p) = rx.recv().await {
                 match p.fut.await {
                     Ok(Ok(_)) => {
+                        if let Some(tp) = p.chain {
+                            group.insert(tp, p.position);
+                        }
+                        if !p.group_end {
+                            continue;
+                        }
                         let Ok(mut a) = acked.lock() else { return };
                         a.position = a.position.max(p.position);
-                        if let Some(tp) = p.chain {
-                            a.partitions.insert(tp, p.position);
-                        }
+                        a.partitions.extend(group.drain());
                         if last_prune.elapsed() > Duration::from_millis(250) || rx.is_empty() {
                             let _ = ctl.send(Control::Prune {
                                 acked: a.position,
@@ -617,6 +629,7 @@ impl Publisher<'_> {
                     let _ = pending.send(Pending {
                         position: last,
                         chain: None,
+                        group_end: true,
                         fut,
                     });
                 }
@@ -689,6 +702,7 @@ impl Publisher<'_> {
         let _ = pending.send(Pending {
             position: row.position,
             chain: Some(tp.clone()),
+            group_end: false,
             fut,
         });
         self.last_sent.insert(tp.clone(), row.position);
@@ -729,6 +743,7 @@ impl Publisher<'_> {
             let _ = pending.send(Pending {
                 position: row.position,
                 chain: None,
+                group_end: false,
                 fut,
             });
         }
