@@ -436,6 +436,10 @@ async fn history_without_tokens_shows_the_checker_can_fail() {
     );
 }
 
+/// A read answered under max_staleness: (asked at, key, visits read,
+/// leader_ts_ms served), times on the leader's clock.
+type Answered = (i64, i64, i64, i64);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn max_staleness_is_never_exceeded_on_the_leader_clock() {
     const MAX_STALENESS_MS: i64 = 1_000;
@@ -474,8 +478,7 @@ async fn max_staleness_is_never_exceeded_on_the_leader_clock() {
             }
         })
     };
-    // (asked at, key, visits read, leader_ts_ms served)
-    let answered: Arc<Mutex<Vec<(i64, i64, i64, i64)>>> = Arc::default();
+    let answered: Arc<Mutex<Vec<Answered>>> = Arc::default();
     let refused = Arc::new(AtomicU64::new(0));
     let reader = {
         let (answered, refused, stop, http) = (

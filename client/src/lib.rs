@@ -318,7 +318,11 @@ impl Session {
                 body,
             }));
         }
-        let retry_elsewhere = status == StatusCode::SERVICE_UNAVAILABLE && server != Server::Leader;
+        // 503: behind or stale. 404 from a follower: it may simply not have
+        // applied the table's first change yet (replica tables are created
+        // by their first change); the leader's 404 is final.
+        let retry_elsewhere = server != Server::Leader
+            && (status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::NOT_FOUND);
         if retry_elsewhere {
             return Ok(Attempt::Elsewhere(body["applied_position"].as_i64()));
         }

@@ -237,10 +237,17 @@ fn table_info(conn: &Connection, table: &str) -> Result<(Vec<String>, Vec<String
 }
 
 fn position(conn: &Connection, position_sql: &str) -> Result<(i64, i64), ReadError> {
-    Ok(conn
+    match conn
         .query_row(position_sql, [], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?
-        .unwrap_or((0, 0)))
+        .optional()
+    {
+        Ok(p) => Ok(p.unwrap_or((0, 0))),
+        // A leader without capture installed, a replica not initialised.
+        Err(e) if e.to_string().contains("no such table") => Err(ReadError::Unavailable(format!(
+            "no position to serve at yet ({e})"
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn row_json(columns: &[String], r: &rusqlite::Row<'_>) -> rusqlite::Result<Map<String, Value>> {
