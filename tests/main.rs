@@ -6,3 +6,4 @@ mod evolution;
 mod faults;
 mod follower;
 mod pipeline;
+mod reads;

@@ -107,6 +107,22 @@ pub struct Shared {
     pub max_lag_seconds: f64,
     /// Replica file, for reads.
     pub replica: PathBuf,
+    /// How fresh the applied position is, for bounded-staleness reads.
+    pub freshness: Mutex<Freshness>,
+}
+
+/// How fresh the replica is, on the leader's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Freshness {
+    /// The applied position this is about.
+    pub position: i64,
+    /// The newest leader time at which the leader was at or below `position`:
+    /// the replica holds every write committed on the leader before it.
+    pub leader_ts_ms: i64,
+    /// The leader's newest known position.
+    pub leader_position: i64,
+    /// The leader clock as last heard.
+    pub clock: Option<LeaderClock>,
 }
 
 type Tp = (String, i32);
@@ -335,6 +351,7 @@ pub async fn run(
         config,
     };
     shared.applied.send_replace(f.position);
+    f.publish_freshness();
 
     // High watermarks, refreshed off the loop (a blocking network call).
     let hwms: Arc<Mutex<HashMap<Tp, i64>>> = Arc::default();
@@ -463,10 +480,13 @@ impl Follower {
                         ts_ms: self.clock.map_or(c.ts_ms, |k| k.ts_ms.max(c.ts_ms)),
                         received: Instant::now(),
                     });
-                    if c.last_position == self.position {
+                    // The leader was at or below our position at `ts_ms`: the
+                    // replica holds every write committed before then.
+                    if c.last_position <= self.position {
                         self.position_ts = self.position_ts.max(c.ts_ms);
                     }
                     self.queue.push_back((offset, c));
+                    self.publish_freshness();
                 }
                 Ok(None) => {}
                 Err(e) => self.dead_letter(&m, &e.to_string()).await,
@@ -629,8 +649,25 @@ impl Follower {
             count = pending;
             target = Some((c.last_position, c.ts_ms));
         }
-        // Heartbeats only move the clock; drop the ones already covered.
+        // Heartbeats only move the clock; drop the ones already covered, but
+        // first let them tell how fresh the new position is: the newest leader
+        // time at which the leader was at or below it.
         let covered = target.map_or(self.position, |t| t.0);
+        let fresh = self
+            .queue
+            .iter()
+            .filter(|(_, c)| c.last_position <= covered)
+            .map(|(_, c)| c.ts_ms)
+            .max();
+        if target.is_none() {
+            if let Some(f) = fresh {
+                self.position_ts = self.position_ts.max(f);
+            }
+        }
+        let target = target.map(|(p, ts)| {
+            // What was fresh for the old position is fresh for a newer one.
+            (p, fresh.map_or(ts, |f| f.max(ts)).max(self.position_ts))
+        });
         self.queue
             .retain(|(_, c)| !(c.is_heartbeat() || c.last_position <= covered));
         let Some((position, ts)) = target else {
@@ -724,7 +761,20 @@ impl Follower {
         Ok(())
     }
 
+    /// What reads need to judge staleness, updated as one consistent tuple.
+    fn publish_freshness(&self) {
+        if let Ok(mut f) = self.shared.freshness.lock() {
+            *f = Freshness {
+                position: self.position,
+                leader_ts_ms: self.position_ts,
+                leader_position: self.leader_head,
+                clock: self.clock,
+            };
+        }
+    }
+
     fn publish_status(&self) {
+        self.publish_freshness();
         let seconds = seconds_behind(
             self.position,
             self.position_ts,
@@ -808,6 +858,7 @@ impl Shared {
             applied: watch::channel(0).0,
             max_lag_seconds: config.max_lag_seconds,
             replica: config.replica.clone(),
+            freshness: Mutex::new(Freshness::default()),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The follower's HTTP side: `/metrics` (Prometheus), `/status` (JSON),
 //! `/ready` (503 above the configured lag or when halted), and
-//! `/admin/pause` / `/admin/resume` for operators and tests.
+//! `/admin/pause` / `/admin/resume` for operators and tests, and the read
+//! API (`/tables/…`, see [`crate::reads`]).
 
 use std::sync::Arc;
 
@@ -20,7 +21,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/ready", get(ready))
         .route("/admin/pause", post(pause))
         .route("/admin/resume", post(resume))
-        .with_state(shared)
+        .with_state(shared.clone())
+        .merge(crate::reads::router(shared))
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {

@@ -181,6 +181,21 @@ impl LeaderClock {
     }
 }
 
+/// The leader's clock now, as a bounded-staleness check must assume it: the
+/// leader time last heard plus the time since, but never earlier than this
+/// machine's wall clock. The first alone runs late by the heartbeat's transit
+/// time (up to a broker round trip), which would let a read through that is
+/// staler than asked; taking the later of the two never does on one machine or
+/// with synchronised clocks, and a follower whose clock runs ahead only
+/// refuses more, never less.
+pub fn leader_now_ms(clock: Option<LeaderClock>) -> i64 {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    clock.map_or(wall, |c| c.now_ms().max(wall))
+}
+
 /// Seconds behind: zero when the replica holds everything the leader has;
 /// otherwise how long ago (leader clock) the leader was where the replica is.
 pub fn seconds_behind(

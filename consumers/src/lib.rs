@@ -2,7 +2,7 @@
 //!
 //! Kafka ─► decode (writer schema from the registry) ─► buffer until a commit
 //! group is whole ─► apply (one replica transaction with offsets and
-//! position) ─► replica.db; lag and status over HTTP.
+//! position) ─► replica.db; lag, status and reads over HTTP.
 
 /// Confluent-framed Avro → changes and commit records.
 pub mod decode;
@@ -12,6 +12,8 @@ pub mod follower;
 pub mod http;
 /// Lag in offsets, positions and seconds; metrics.
 pub mod lag;
+/// Rows over HTTP with the position they were read at; consistency options.
+pub mod reads;
 /// The replica file and the apply transaction.
 pub mod replica;
 

@@ -17,6 +17,9 @@ use clap::Parser;
     version,
     after_help = "Example:\n  consumer --replica replica-1.db --follower-id follower-1 --brokers localhost:9092 \\\n    --registry http://localhost:8081 --http-listen 127.0.0.1:8091\n\n\
 Then: curl localhost:8091/status (JSON lag), /metrics (Prometheus), /ready (503 above --max-lag-seconds).\n\
+Reads: curl 'localhost:8091/tables/customers/row?id=7&min_position=4711&timeout_ms=500'\n\
+       curl 'localhost:8091/tables/customers/rows?limit=100&max_staleness_ms=2000'\n\
+  every answer carries the position it was read at; 503 {\"error\":\"behind\"|\"stale\"} means read elsewhere.\n\
 Each follower is its own consumer group and reads every partition. The replica can be opened\n\
 read-only by any SQLite client; its position is in the table _barista_position."
 )]
@@ -43,7 +46,7 @@ struct Args {
     /// Tables to follow, comma-separated (default: all the producer publishes).
     #[arg(long, env = "BARISTA_TABLES", value_delimiter = ',')]
     tables: Vec<String>,
-    /// Address for /metrics, /status, /ready.
+    /// Address for /metrics, /status, /ready and the read API (/tables/…).
     #[arg(long, env = "BARISTA_HTTP_LISTEN", default_value = "127.0.0.1:8090")]
     http_listen: SocketAddr,
     /// /ready answers 503 above this lag, in seconds on the leader's clock.

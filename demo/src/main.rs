@@ -5,6 +5,7 @@
 //! lag live and ends with a report, including whether every replica equals
 //! the leader row for row.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,13 +14,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use barista_client::{Session, SessionConfig};
 use barista_consumer::{FollowerConfig, Shared};
-use barista_demo::{LEADER_SQL, MIGRATION_0002_SQL};
 use barista_producer::ProducerConfig;
 use barista_registry::{CompatibilityLevel, RegistryConfig};
 use clap::Parser;
 use rand::Rng;
 use rusqlite::{params, Connection};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 /// Run barista end to end on the embedded default: an in-process Kafka (mock
@@ -139,12 +141,8 @@ async fn demo(args: Args) -> anyhow::Result<bool> {
 
     // The leader: customers and their usual, orders that change it.
     {
+        barista_shop::create_schema(&leader)?;
         let mut c = Connection::open(&leader)?;
-        c.pragma_update(None, "journal_mode", "WAL")?;
-        // The schema as first shipped, then its migrations: the checked-in contracts
-        // (schemas/contracts/coffee.*) are exactly what this derives.
-        c.execute_batch(LEADER_SQL)?;
-        c.execute_batch(MIGRATION_0002_SQL)?;
         let tx = c.transaction()?;
         for id in 1..=args.customers {
             tx.execute(
@@ -188,7 +186,15 @@ async fn demo(args: Args) -> anyhow::Result<bool> {
     let t = token.clone();
     let producer =
         tokio::spawn(async move { barista_producer::run(pc, t.cancelled_owned()).await });
+    // The shop: the leader service that answers each order with its token.
+    let (shop_addr, shop) = barista_shop::spawn(
+        leader.clone(),
+        "127.0.0.1:0".parse()?,
+        token.clone().cancelled_owned(),
+    )
+    .await?;
     let mut followers = Vec::new();
+    let mut follower_urls = Vec::new();
     for i in 1..=args.followers {
         let mut fc = FollowerConfig::new(
             dir.join(format!("replica-{i}.db")),
@@ -198,6 +204,10 @@ async fn demo(args: Args) -> anyhow::Result<bool> {
         );
         fc.topic_prefix = prefix.into();
         fc.log_interval = Duration::from_secs(3600);
+        // A free loopback port for the follower's HTTP reads.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        fc.http_listen = Some(addr);
+        follower_urls.push(format!("http://{addr}"));
         let shared = Shared::new(&fc);
         let (t, s) = (token.clone(), shared.clone());
         let handle =
@@ -250,44 +260,66 @@ async fn demo(args: Args) -> anyhow::Result<bool> {
         })
     };
 
-    // Read-heavy mix: "what's my usual?" against the replicas.
+    // Read-heavy mix: regulars order through the shop and ask "what's my
+    // usual?" through a sticky session: followers first, with the session's
+    // token as min_position, the leader only when every follower is behind.
     let reads = Arc::new(AtomicU64::new(0));
+    let session = Arc::new(Session::new(SessionConfig::new(
+        follower_urls.clone(),
+        format!("http://{shop_addr}"),
+    ))?);
     let reader = {
-        let (paths, stop, reads, customers) = (
-            followers.iter().map(|f| f.0.clone()).collect::<Vec<_>>(),
-            stop.clone(),
-            reads.clone(),
-            args.customers,
-        );
-        std::thread::spawn(move || {
-            let mut rng = rand::rng();
-            let mut conns: Vec<Connection> = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                if conns.len() < paths.len() {
-                    // Replica files appear once each follower starts.
-                    conns = paths
-                        .iter()
-                        .filter_map(|p| {
-                            Connection::open_with_flags(
-                                p,
-                                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-                            )
-                            .ok()
-                        })
-                        .collect();
-                }
-                for c in &conns {
-                    let id = rng.random_range(1..=customers);
-                    if c.query_row("SELECT favourite FROM customers WHERE id = ?1", [id], |r| {
-                        r.get::<_, String>(0)
-                    })
-                    .is_ok()
-                    {
-                        reads.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                std::thread::sleep(Duration::from_micros(200));
+        let (session, stop, reads, customers) =
+            (session.clone(), stop.clone(), reads.clone(), args.customers);
+        let leader = leader.clone();
+        tokio::spawn(async move {
+            // Regulars come in once the producer has installed capture (the
+            // leader answers reads with its changelog head as position).
+            while !stop.load(Ordering::Relaxed) && leader_head(&leader) == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            let mut ordered: HashMap<i64, i64> = HashMap::new();
+            let (mut orders, mut stale, mut errors) = (0u64, 0u64, 0u64);
+            let mut i = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                // Ten regulars; every seventh visit they order.
+                let id = (i % 10 + 1).min(customers);
+                if i % 7 == 0 {
+                    let coffee = COFFEES[(i / 7) as usize % COFFEES.len()];
+                    match session
+                        .write("orders", &json!({"customer_id": id, "coffee": coffee}))
+                        .await
+                    {
+                        Ok(v) => {
+                            ordered.insert(id, v["visits"].as_i64().unwrap_or(0));
+                            orders += 1;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "order failed");
+                            errors += 1;
+                        }
+                    }
+                    continue;
+                }
+                let a = match session
+                    .get_row("customers", &[("id", &id.to_string())])
+                    .await
+                {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "read failed");
+                        errors += 1;
+                        continue;
+                    }
+                };
+                let visits = a.row().and_then(|r| r["visits"].as_i64()).unwrap_or(0);
+                if visits < ordered.get(&id).copied().unwrap_or(0) {
+                    stale += 1;
+                }
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+            (orders, stale, errors)
         })
     };
 
@@ -360,7 +392,8 @@ async fn demo(args: Args) -> anyhow::Result<bool> {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let _ = reader.join();
+    let (session_orders, session_stale, session_errors) = reader.await?;
+    let served = session.stats();
     let writer_result = writer
         .join()
         .map_err(|_| anyhow::anyhow!("workload thread panicked"))?;
@@ -374,6 +407,7 @@ async fn demo(args: Args) -> anyhow::Result<bool> {
     for f in followers.iter_mut() {
         follower_results.push((&mut f.2).await?);
     }
+    shop.await??;
     registry.shutdown().await?;
     writer_result?;
     producer_result.context("producer")?;
@@ -387,9 +421,17 @@ async fn demo(args: Args) -> anyhow::Result<bool> {
     println!("\n\n== barista demo report ==");
     println!("leader transactions       {}", txns.load(Ordering::Relaxed));
     println!("changes captured          {head} (leader position, snapshot included)");
+    let total = (served.followers + served.leader).max(1);
     println!(
-        "replica reads served      {}",
-        reads.load(Ordering::Relaxed)
+        "session reads             {} ({} by followers = {:.1}%, {} by the leader; {} behind answers retried elsewhere)",
+        reads.load(Ordering::Relaxed),
+        served.followers,
+        100.0 * served.followers as f64 / total as f64,
+        served.leader,
+        served.retries
+    );
+    println!(
+        "session orders            {session_orders} (token = commit position); reads older than the session's own order: {session_stale}; failed requests: {session_errors}"
     );
     let mut all_equal = true;
     for (i, f) in followers.iter().enumerate() {

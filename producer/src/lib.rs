@@ -13,6 +13,8 @@ pub mod migrate;
 pub mod pipeline;
 /// Kafka producer, topics and sends.
 pub mod publish;
+/// Tokens: the position a write transaction commits at, for read-your-writes.
+pub mod token;
 
 pub use config::ProducerConfig;
 pub use pipeline::run;

@@ -327,6 +327,12 @@ fn capture_loop(
         if stop.load(Ordering::SeqCst) {
             return Ok(());
         }
+        // The leader time is taken BEFORE looking for new commits: everything
+        // committed before `now` is then at or below the head read next, so
+        // "(position, ts_ms)" in a commit record or heartbeat means "every
+        // write committed on the leader before ts_ms is at or below position".
+        // Bounded-staleness reads on followers rely on that direction.
+        let now = now_ms();
         let dv = capture.data_version().context("polling the leader")?;
         if dv != last_dv {
             // Another connection committed: if that was DDL made behind our back, stop
@@ -340,7 +346,7 @@ fn capture_loop(
         };
         last_dv = dv;
         if head > next_from {
-            let ts_ms = now_ms();
+            let ts_ms = now;
             let first = next_from + 1;
             let mut from = next_from;
             loop {
@@ -373,7 +379,7 @@ fn capture_loop(
                 .blocking_send(CaptureMsg::Heartbeat {
                     gen,
                     position: next_from,
-                    ts_ms: now_ms(),
+                    ts_ms: now,
                 })
                 .is_err()
             {

@@ -11,6 +11,8 @@ pub mod commit;
 pub mod contract;
 /// The change-event envelope (`before`, `after`, `op`, `source`, `ts_ms`).
 pub mod envelope;
+/// The read API's JSON encoding of SQLite values (exact per storage class).
+pub mod json;
 /// A captured table's shape, read from SQLite (`PRAGMA table_xinfo`).
 pub mod table;
 /// SQLite values and their exact round trip through Avro unions.

@@ -2,5 +2,5 @@
 -- Avro field gets `"default": 0` and the change is compatible in both directions (FULL): a
 -- reader of v2 reads v1 events with stamps = 0, a reader of v1 ignores the field.
 -- Apply to a running leader with:
---   producer migrate --leader shop.db --ddl demo/src/sql/0002_customer_stamps.sql --registry URL --topic-prefix coffee
+--   producer migrate --leader shop.db --ddl shop/src/sql/0002_customer_stamps.sql --registry URL --topic-prefix coffee
 ALTER TABLE customers ADD COLUMN stamps INTEGER NOT NULL DEFAULT 0;
