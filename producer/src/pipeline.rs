@@ -85,16 +85,18 @@ struct TableOut {
     topic: String,
     partitions: i32,
     schemas: Arc<TableSchemas>,
-    key_strategy: SubjectNameStrategy,
-    value_strategy: SubjectNameStrategy,
+    key_strategy: Arc<SubjectNameStrategy>,
+    value_strategy: Arc<SubjectNameStrategy>,
 }
 
-fn strategy(topic: &str, is_key: bool, schema: &str) -> SubjectNameStrategy {
-    SubjectNameStrategy::TopicNameStrategyWithSchema(
+/// Shared, because a strategy holds the whole schema text and is needed for
+/// every message.
+fn strategy(topic: &str, is_key: bool, schema: &str) -> Arc<SubjectNameStrategy> {
+    Arc::new(SubjectNameStrategy::TopicNameStrategyWithSchema(
         topic.to_owned(),
         is_key,
         SuppliedSchema::new(None, SchemaType::Avro, schema.to_owned()),
-    )
+    ))
 }
 
 /// Runs the producer until `shutdown` resolves (then drains and returns Ok)
@@ -398,7 +400,7 @@ struct Publisher<'a> {
     encoder: AvroEncoder,
     outs: HashMap<i64, TableOut>,
     commits: String,
-    commit_strategy: SubjectNameStrategy,
+    commit_strategy: Arc<SubjectNameStrategy>,
     gen: u64,
     producer: FutureProducer,
     /// Last position sent per partition: the next event's `prev_position`.
