@@ -579,3 +579,88 @@ async fn metrics_scraped_over_http_match_the_replica() {
     follower.stop().await.unwrap();
     producer.stop().await.unwrap();
 }
+
+/// A snapshot of 20,000 rows is one commit group. The follower, allowed to
+/// hold 2,000 changes, streams it into an open replica transaction; a reader
+/// polling the replica file meanwhile sees no row or every row, never part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_commit_group_is_streamed_and_never_half_visible() {
+    const ROWS: i64 = 20_000;
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let leader = dir.path().join("leader.db");
+    {
+        let mut c = rusqlite::Connection::open(&leader).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        c.execute_batch(
+            "CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT NOT NULL, coffee TEXT)",
+        )
+        .unwrap();
+        let tx = c.transaction().unwrap();
+        for id in 1..=ROWS {
+            tx.execute(
+                "INSERT INTO customers VALUES (?1, ?2, 'flat white')",
+                rusqlite::params![id, format!("customer {id}")],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let cluster = MockCluster::new(3).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let registry = start_registry(dir.path()).await;
+    let prefix = unique("big");
+    create_topics(&cluster, &prefix, &["customers"]);
+    let mut pc = producer_config(&leader, &brokers, registry.url(), &prefix);
+    pc.chunk_size = 1000;
+    let producer = RunningProducer::start(pc);
+    let replica = dir.path().join("replica.db");
+    let mut fc = follower_config(&replica, &unique("f"), &brokers, registry.url(), &prefix);
+    fc.batch_max = 2000;
+    let follower = RunningFollower::start(fc);
+
+    // Watch the replica file the way any SQLite client would.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (r, s) = (replica.clone(), stop.clone());
+    let reader = std::thread::spawn(move || {
+        let mut seen = BTreeMap::<i64, usize>::new();
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            let n = rusqlite::Connection::open_with_flags(
+                &r,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .and_then(|c| {
+                c.query_row("SELECT count(*) FROM customers", [], |r| r.get::<_, i64>(0))
+            });
+            if let Ok(n) = n {
+                *seen.entry(n).or_default() += 1;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        seen
+    });
+    wait_until(Duration::from_secs(120), || same_rows(&leader, &replica)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = reader.join().unwrap();
+    let streamed = follower.shared.metrics.streamed.get();
+    eprintln!("row counts the reader saw (count: times): {seen:?}; changes streamed ahead of their group's commit: {streamed}");
+    assert!(
+        streamed >= 2000,
+        "the follower held the whole group in memory (streamed {streamed})"
+    );
+    assert!(
+        seen.keys().all(|&n| n == 0 || n == ROWS),
+        "a reader saw part of the snapshot: {seen:?}"
+    );
+    assert!(seen.contains_key(&ROWS), "the reader never saw the replica");
+
+    // Small groups after it still apply.
+    rusqlite::Connection::open(&leader)
+        .unwrap()
+        .execute("UPDATE customers SET coffee = 'cortado' WHERE id <= 10", [])
+        .unwrap();
+    wait_until(Duration::from_secs(30), || same_rows(&leader, &replica)).await;
+    follower.stop().await.unwrap();
+    producer.stop().await.unwrap();
+    registry.shutdown().await.unwrap();
+}

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use barista_schemas::contract::{
     commits_topic, dead_letter_topic, HEADER_DLQ_ERROR, HEADER_DLQ_FOLLOWER, HEADER_DLQ_OFFSET,
-    HEADER_DLQ_PARTITION, HEADER_DLQ_SCHEMA_ID, HEADER_DLQ_TOPIC, HEADER_POSITION,
+    HEADER_DLQ_PARTITION, HEADER_DLQ_SCHEMA_ID, HEADER_DLQ_TOPIC, HEADER_GROUP, HEADER_POSITION,
     HEADER_TOMBSTONE,
 };
 use barista_schemas::envelope::DecodedChange;
@@ -60,7 +60,10 @@ pub struct FollowerConfig {
     pub max_lag_seconds: f64,
     /// How long a gap may wait for a resend before the follower halts.
     pub gap_timeout: Duration,
-    /// Most changes per replica transaction (whole groups are never split).
+    /// Most changes per replica transaction when several commit groups are
+    /// applied together; also how many changes of one large group are held
+    /// in memory before they are streamed into an open replica transaction
+    /// (committed, and visible, only with the rest of the group).
     pub batch_max: usize,
     /// Extra librdkafka properties.
     pub kafka_options: Vec<(String, String)>,
@@ -178,6 +181,8 @@ struct Follower {
     commits_topic: String,
     commits_consumed: i64,
     queue: VecDeque<(i64, Commit)>,
+    /// Begin records of large groups: first position → (offset, last position).
+    begun: BTreeMap<i64, (i64, i64)>,
     position: i64,
     position_ts: i64,
     leader_head: i64,
@@ -341,6 +346,7 @@ pub async fn run(
         commits_topic: commits,
         commits_consumed: commits_next,
         queue: VecDeque::new(),
+        begun: BTreeMap::new(),
         position: progress.position,
         position_ts: progress.leader_ts_ms,
         leader_head: progress.position,
@@ -485,7 +491,12 @@ impl Follower {
                     if c.last_position <= self.position {
                         self.position_ts = self.position_ts.max(c.ts_ms);
                     }
-                    self.queue.push_back((offset, c));
+                    if header(&m, HEADER_GROUP) == Some(b"begin".as_slice()) {
+                        self.begun
+                            .insert(c.first_position, (offset, c.last_position));
+                    } else {
+                        self.queue.push_back((offset, c));
+                    }
                     self.publish_freshness();
                 }
                 Ok(None) => {}
@@ -671,7 +682,7 @@ impl Follower {
         self.queue
             .retain(|(_, c)| !(c.is_heartbeat() || c.last_position <= covered));
         let Some((position, ts)) = target else {
-            return Ok(());
+            return self.stream_large_group().await;
         };
 
         let mut changes: Vec<DecodedChange> = Vec::with_capacity(count);
@@ -686,10 +697,12 @@ impl Follower {
             offsets.push((tp.clone(), (part.next_offset(), part.applied)));
         }
         changes.sort_by_key(|c| c.source.position);
+        self.begun.retain(|_, (_, last)| *last > position);
         let commits_next = self
             .queue
             .iter()
             .map(|(o, _)| *o)
+            .chain(self.begun.values().map(|(o, _)| *o))
             .min()
             .unwrap_or(self.commits_consumed);
         offsets.push(((self.commits_topic.clone(), 0), (commits_next, position)));
@@ -731,6 +744,66 @@ impl Follower {
             tracing::debug!(error = %e, "committing offsets to Kafka failed (the replica has them)");
         }
         self.publish_status();
+        Ok(())
+    }
+
+    /// The current commit group is incomplete but its begin record said
+    /// where it ends: once `batch_max` of its changes arrived (in chain order
+    /// on their partitions), they go into an open replica transaction, which
+    /// the group's last batch commits. Memory stays bounded; readers still
+    /// see the group all at once.
+    async fn stream_large_group(&mut self) -> anyhow::Result<()> {
+        let current = self.position;
+        let Some(last) = self
+            .begun
+            .iter()
+            .find(|(first, (_, last))| **first <= current + 1 && *last > current)
+            .map(|(_, (_, last))| *last)
+        else {
+            return Ok(());
+        };
+        let ready: usize = self
+            .parts
+            .values()
+            .map(|p| p.buffered.range(..=last.min(p.contiguous)).count())
+            .sum();
+        if ready < self.config.batch_max.max(1) {
+            return Ok(());
+        }
+        let mut changes: Vec<DecodedChange> = Vec::with_capacity(ready);
+        for part in self.parts.values_mut() {
+            let upto = last.min(part.contiguous);
+            let rest = part.buffered.split_off(&(upto + 1));
+            let taken = std::mem::replace(&mut part.buffered, rest);
+            if let Some((&l, _)) = taken.iter().next_back() {
+                part.applied = l;
+            }
+            changes.extend(taken.into_values().map(|(_, c)| c));
+        }
+        changes.sort_by_key(|c| c.source.position);
+        let n = changes.len() as u64;
+        let mut replica = self
+            .replica
+            .lock()
+            .ok()
+            .and_then(|mut r| r.take())
+            .context("replica in use")?;
+        let (replica, r) = tokio::task::spawn_blocking(move || {
+            let r = replica.apply_partial(&changes);
+            (replica, r)
+        })
+        .await?;
+        if let Ok(mut slot) = self.replica.lock() {
+            *slot = Some(replica);
+        }
+        r.context("applying part of a large commit group to the replica")?;
+        self.shared.metrics.changes_applied.inc_by(n);
+        self.shared.metrics.streamed.inc_by(n);
+        tracing::debug!(
+            changes = n,
+            group_last = last,
+            "streamed part of a large commit group"
+        );
         Ok(())
     }
 

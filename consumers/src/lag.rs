@@ -45,6 +45,9 @@ pub struct Metrics {
     pub dead_letters: Counter,
     /// Replica transactions committed.
     pub batches: Counter,
+    /// Changes of large commit groups written into an open replica
+    /// transaction before their group was complete (memory stays bounded).
+    pub streamed: Counter,
 }
 
 impl Metrics {
@@ -61,6 +64,7 @@ impl Metrics {
             duplicates: Counter::default(),
             dead_letters: Counter::default(),
             batches: Counter::default(),
+            streamed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -107,6 +111,11 @@ impl Metrics {
             "batches",
             "Replica transactions committed",
             m.batches.clone(),
+        );
+        registry.register(
+            "streamed_changes",
+            "Changes of large commit groups written ahead of the group's commit",
+            m.streamed.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use barista_schemas::envelope::{DecodedChange, RowShape};
 use barista_schemas::{Op, SqlValue};
-use rusqlite::{params, params_from_iter, Connection, TransactionBehavior};
+use rusqlite::{params, params_from_iter, Connection};
 
 const REPLICA_SQL: &str = include_str!("sql/replica.sql");
 
@@ -54,6 +54,10 @@ pub struct Replica {
     known: HashMap<usize, Arc<TableSql>>,
     /// Keeps the shapes alive so their addresses (the keys above) stay unique.
     shapes: Vec<Arc<RowShape>>,
+    /// A write transaction is open: part of a commit group too large to hold
+    /// in memory was applied ([`Replica::apply_partial`]); readers do not see
+    /// it until [`Replica::apply`] commits the rest of the group.
+    open: bool,
 }
 
 impl Replica {
@@ -69,6 +73,7 @@ impl Replica {
             conn,
             known: HashMap::new(),
             shapes: Vec::new(),
+            open: false,
         })
     }
 
@@ -190,59 +195,74 @@ impl Replica {
         Ok(())
     }
 
-    /// Applies a batch in one transaction: rows, offsets and position.
-    /// Upserts use `INSERT … ON CONFLICT DO UPDATE` (never `INSERT OR
-    /// REPLACE`, which would delete and re-insert the row).
+    /// Applies a batch in one transaction: rows, offsets and position. If
+    /// [`Replica::apply_partial`] opened a transaction, the batch completes
+    /// and commits it. Upserts use `INSERT … ON CONFLICT DO UPDATE` (never
+    /// `INSERT OR REPLACE`, which would delete and re-insert the row).
     pub fn apply(&mut self, batch: &Batch) -> rusqlite::Result<()> {
-        let mut sqls = Vec::with_capacity(batch.changes.len());
-        for c in &batch.changes {
-            sqls.push(self.reconcile(&c.shape)?);
+        let sqls = self.reconcile_all(&batch.changes)?;
+        self.begin()?;
+        let r = write_changes(&self.conn, &batch.changes, &sqls)
+            .and_then(|()| write_progress(&self.conn, batch))
+            .and_then(|()| self.conn.execute_batch("COMMIT"));
+        match r {
+            Ok(()) => {
+                self.open = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for (c, sql) in batch.changes.iter().zip(&sqls) {
-            match c.op {
-                Op::Create | Op::Read | Op::Update => {
-                    let Some(after) = &c.after else { continue };
-                    if let Some(before) = &c.before {
-                        // The key itself changed: the old row goes.
-                        if sql.pk.iter().any(|&i| before.get(i) != after.get(i)) {
-                            let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &before[i]).collect();
-                            tx.prepare_cached(&sql.delete)?
-                                .execute(params_from_iter(key))?;
-                        }
-                    }
-                    tx.prepare_cached(&sql.upsert)?
-                        .execute(params_from_iter(after.iter()))?;
-                }
-                Op::Delete => {
-                    let Some(before) = &c.before else { continue };
-                    let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &before[i]).collect();
-                    tx.prepare_cached(&sql.delete)?
-                        .execute(params_from_iter(key))?;
+    }
+
+    /// Applies changes of a commit group that is not complete yet, inside a
+    /// write transaction left open: memory stays bounded however large the
+    /// group (a snapshot of a big table is one group), and readers see none of
+    /// it until [`Replica::apply`] commits the whole group. A crash rolls it
+    /// back; the follower then reads the group again from the stored offsets.
+    pub fn apply_partial(&mut self, changes: &[DecodedChange]) -> rusqlite::Result<()> {
+        let sqls = self.reconcile_all(changes)?;
+        self.begin()?;
+        write_changes(&self.conn, changes, &sqls).inspect_err(|_| self.rollback())
+    }
+
+    /// True while a partially applied group is uncommitted.
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    fn reconcile_all(&mut self, changes: &[DecodedChange]) -> rusqlite::Result<Vec<Arc<TableSql>>> {
+        let mut sqls = Vec::with_capacity(changes.len());
+        for c in changes {
+            match self.reconcile(&c.shape) {
+                Ok(sql) => sqls.push(sql),
+                Err(e) => {
+                    self.rollback();
+                    return Err(e);
                 }
             }
         }
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO _barista_offsets(topic, partition, next_offset, applied_position) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT(topic, partition) DO UPDATE SET next_offset = excluded.next_offset, \
-                 applied_position = excluded.applied_position",
-            )?;
-            for ((topic, partition), (next, applied)) in &batch.offsets {
-                stmt.execute(params![topic, partition, next, applied])?;
-            }
+        Ok(sqls)
+    }
+
+    fn begin(&mut self) -> rusqlite::Result<()> {
+        if !self.open {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.open = true;
         }
-        if let Some((position, ts)) = batch.position {
-            tx.prepare_cached(
-                "INSERT INTO _barista_position(id, position, leader_ts_ms, applied_at_ms) VALUES (1, ?1, ?2, \
-                 CAST(unixepoch('subsec') * 1000 AS INTEGER)) ON CONFLICT(id) DO UPDATE SET position = excluded.position, \
-                 leader_ts_ms = excluded.leader_ts_ms, applied_at_ms = excluded.applied_at_ms",
-            )?
-            .execute(params![position, ts])?;
+        Ok(())
+    }
+
+    /// Rolls back an open transaction, and forgets what was reconciled: DDL
+    /// run inside the transaction (a new table or column) is undone with it.
+    fn rollback(&mut self) {
+        if self.open {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            self.open = false;
+            self.known.clear();
         }
-        tx.commit()
     }
 
     /// Deletes by key outside a batch (tests).
@@ -251,4 +271,58 @@ impl Replica {
         let sql = self.reconcile(shape)?;
         self.delete(&sql, row)
     }
+}
+
+/// Writes changes in order (inside the caller's transaction).
+fn write_changes(
+    conn: &Connection,
+    changes: &[DecodedChange],
+    sqls: &[Arc<TableSql>],
+) -> rusqlite::Result<()> {
+    for (c, sql) in changes.iter().zip(sqls) {
+        match c.op {
+            Op::Create | Op::Read | Op::Update => {
+                let Some(after) = &c.after else { continue };
+                if let Some(before) = &c.before {
+                    // The key itself changed: the old row goes.
+                    if sql.pk.iter().any(|&i| before.get(i) != after.get(i)) {
+                        let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &before[i]).collect();
+                        conn.prepare_cached(&sql.delete)?
+                            .execute(params_from_iter(key))?;
+                    }
+                }
+                conn.prepare_cached(&sql.upsert)?
+                    .execute(params_from_iter(after.iter()))?;
+            }
+            Op::Delete => {
+                let Some(before) = &c.before else { continue };
+                let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &before[i]).collect();
+                conn.prepare_cached(&sql.delete)?
+                    .execute(params_from_iter(key))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stores the batch's offsets and the replica's position (inside the
+/// caller's transaction).
+fn write_progress(conn: &Connection, batch: &Batch) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO _barista_offsets(topic, partition, next_offset, applied_position) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT(topic, partition) DO UPDATE SET next_offset = excluded.next_offset, \
+         applied_position = excluded.applied_position",
+    )?;
+    for ((topic, partition), (next, applied)) in &batch.offsets {
+        stmt.execute(params![topic, partition, next, applied])?;
+    }
+    if let Some((position, ts)) = batch.position {
+        conn.prepare_cached(
+            "INSERT INTO _barista_position(id, position, leader_ts_ms, applied_at_ms) VALUES (1, ?1, ?2, \
+             CAST(unixepoch('subsec') * 1000 AS INTEGER)) ON CONFLICT(id) DO UPDATE SET position = excluded.position, \
+             leader_ts_ms = excluded.leader_ts_ms, applied_at_ms = excluded.applied_at_ms",
+        )?
+        .execute(params![position, ts])?;
+    }
+    Ok(())
 }

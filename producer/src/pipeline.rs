@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use apache_avro::types::Value as Avro;
 use barista_schemas::contract::{
-    commits_topic, partition_for_key, table_topic, HEADER_POSITION, HEADER_TOMBSTONE,
+    commits_topic, partition_for_key, table_topic, HEADER_GROUP, HEADER_POSITION, HEADER_TOMBSTONE,
 };
 use barista_schemas::{ChangeEvent, Commit, Op, PartitionTail, Source, TableSchemas};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
@@ -221,6 +221,7 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
         ctl_tx: ctl_tx.clone(),
         backoff: Backoff::new(),
         writers: HashMap::new(),
+        begun: None,
         published: 0,
     };
     let (fail_tx, mut fail_rx) = mpsc::unbounded_channel::<(u64, String)>();
@@ -414,6 +415,8 @@ struct Publisher<'a> {
     /// Registered schemas by (topic, is_key): id and a writer with its names
     /// resolved once, so that encoding a message does not re-resolve them.
     writers: HashMap<(String, bool), Registered>,
+    /// First position of the group whose begin record was sent.
+    begun: Option<i64>,
 }
 
 /// A schema the registry accepted, ready to encode with.
@@ -513,6 +516,7 @@ impl Publisher<'_> {
         let a = self.acked.lock().map(|a| a.clone()).unwrap_or_default();
         self.last_sent = a.partitions;
         self.tails.clear();
+        self.begun = None;
         self.ctl_tx
             .send(Control::Rewind {
                 gen: self.gen,
@@ -600,6 +604,34 @@ impl Publisher<'_> {
                 done,
                 ..
             } => {
+                if !done && self.begun != Some(first) {
+                    // A group of several chunks: say where it ends before
+                    // sending it, so followers need not hold it in memory.
+                    self.begun = Some(first);
+                    let begin = Commit {
+                        db: self.config.db_name.clone(),
+                        first_position: first,
+                        last_position: last,
+                        ts_ms,
+                        partitions: vec![],
+                    };
+                    let strategy = self.commit_strategy.clone();
+                    let bytes = self.encode(begin.to_avro()?, &strategy).await?;
+                    drop(
+                        send(
+                            &self.producer,
+                            &self.commits,
+                            0,
+                            None,
+                            Some(&bytes),
+                            &[(HEADER_GROUP, "begin")],
+                        )
+                        .await?,
+                    );
+                }
+                if done {
+                    self.begun = None;
+                }
                 for row in rows {
                     self.publish_row(row, last, ts_ms, pending).await?;
                 }

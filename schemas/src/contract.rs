@@ -14,6 +14,12 @@ pub const CONNECTOR: &str = "barista";
 pub const HEADER_POSITION: &str = "barista.position";
 /// Header on a tombstone: marks it as the tombstone that follows a delete.
 pub const HEADER_TOMBSTONE: &str = "barista.tombstone";
+/// Header on a commit-topic record sent BEFORE a commit group that spans
+/// several chunks (value `begin`): the record names the group's first and last
+/// positions (no partitions), so a follower can stream a large group into an
+/// open replica transaction instead of holding it in memory. The group's
+/// commit record (no such header) still closes it.
+pub const HEADER_GROUP: &str = "barista.group";
 /// Dead-letter headers: the error, and where the message came from.
 pub const HEADER_DLQ_ERROR: &str = "barista.dlq.error";
 /// Dead-letter header: original topic.
