@@ -238,16 +238,35 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             BrokerKind::Mock => 100_000,
             BrokerKind::Nisshi => 1_000_000 * scale,
         });
-        println!("\n## memory: follower process RSS, backlog of {backlog} changes vs none");
-        let empty = load::memory(&broker, &reg, dir, 0, parts, Duration::from_secs(3)).await?;
-        let full = load::memory(&broker, &reg, dir, backlog, parts, Duration::from_secs(3)).await?;
         println!(
-            "  no backlog: peak {:.1} MiB | backlog {}: peak {:.1} MiB, applied in {:.1} s ({:.0} changes/s) | ratio {:.2} (goal: flat)",
-            empty.peak_mib,
+            "\n## memory: follower process RSS while it applies a backlog, vs none (backlogs of {} and {backlog} changes)",
+            backlog / 10
+        );
+        let empty = load::memory(&broker, &reg, dir, 0, parts, Duration::from_secs(3)).await?;
+        let small = load::memory(
+            &broker,
+            &reg,
+            dir,
+            backlog / 10,
+            parts,
+            Duration::from_secs(3),
+        )
+        .await?;
+        let full = load::memory(&broker, &reg, dir, backlog, parts, Duration::from_secs(3)).await?;
+        for m in [&empty, &small, &full] {
+            println!(
+                "  backlog {:>9}: peak RSS {:6.1} MiB, applied in {:5.1} s ({:.0} changes/s)",
+                m.backlog,
+                m.peak_mib,
+                m.seconds,
+                m.backlog as f64 / m.seconds
+            );
+        }
+        println!(
+            "  peak RSS, backlog {} vs backlog {}: {:.2}x (goal: flat, i.e. ~1.0x); vs none: {:.2}x",
             full.backlog,
-            full.peak_mib,
-            full.seconds,
-            full.backlog as f64 / full.seconds,
+            small.backlog,
+            full.peak_mib / small.peak_mib,
             full.peak_mib / empty.peak_mib
         );
     }

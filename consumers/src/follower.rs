@@ -89,7 +89,7 @@ impl FollowerConfig {
             http_listen: None,
             max_lag_seconds: 10.0,
             gap_timeout: Duration::from_secs(30),
-            batch_max: 20_000,
+            batch_max: 5_000,
             kafka_options: Vec::new(),
             log_interval: Duration::from_secs(10),
         }
@@ -224,6 +224,10 @@ pub async fn run(
         // Never jump silently: a stored offset the log no longer has is an error.
         .set("auto.offset.reset", "error")
         .set("fetch.wait.max.ms", "10")
+        // Bound what librdkafka prefetches (default: 64 MiB and 100,000
+        // messages per partition), so memory does not follow the backlog.
+        .set("queued.max.messages.kbytes", "16384")
+        .set("queued.min.messages", "20000")
         .set("enable.partition.eof", "false");
     for (k, v) in &config.kafka_options {
         cc.set(k, v);
