@@ -13,7 +13,7 @@ use rdkafka::mocking::MockCluster;
 use rusqlite::Connection;
 
 use crate::pipeline::{
-    check_events, seed, stored, wait_for_capture, write_workload_paced, Expected,
+    changelog_pruned, check_events, seed, stored, wait_for_capture, write_workload_paced, Expected,
 };
 
 pub const TABLES: [&str; 2] = ["customers", "everything"];
@@ -119,16 +119,9 @@ async fn producer_killed_with_sigkill_resends_everything_in_order() {
     );
 
     // Every change acknowledged by Kafka: the changelog is pruned to its newest row.
-    let l = leader.clone();
     wait_until(Duration::from_secs(60), || {
         producer.assert_running();
-        let n: i64 = Connection::open(&l)
-            .unwrap()
-            .query_row("SELECT count(*) FROM _barista_changelog", [], |r| r.get(0))
-            .unwrap();
-        (n == 1)
-            .then_some(())
-            .ok_or(format!("{n} changelog rows unacknowledged"))
+        changelog_pruned(&leader)
     })
     .await;
     // At least once, in order per key, none missing (duplicates are

@@ -180,6 +180,17 @@ pub fn write_workload_paced(
     }
 }
 
+/// Ok once Kafka acknowledged every change: the producer pruned the
+/// changelog down to its newest row (kept so positions are never reused).
+pub fn changelog_pruned(leader: &Path) -> Result<(), String> {
+    let n: i64 = Connection::open(leader)
+        .and_then(|c| c.query_row("SELECT count(*) FROM _barista_changelog", [], |r| r.get(0)))
+        .map_err(|e| e.to_string())?;
+    (n == 1)
+        .then_some(())
+        .ok_or(format!("{n} changelog rows not yet acknowledged"))
+}
+
 /// Reads a table's topic back through the registry and checks it against
 /// what the writer did: per key, the same ops and after-images in order;
 /// per partition, positions strictly increasing once Kafka-level duplicates
@@ -303,17 +314,7 @@ async fn every_write_reaches_kafka_and_two_replicas_row_for_row() {
     check_events(&brokers, registry.url(), &prefix, "everything", &exp).await;
 
     // The changelog is pruned down to its newest row once Kafka acknowledged.
-    let l2 = leader.clone();
-    wait_until(Duration::from_secs(10), move || {
-        let n: i64 = Connection::open(&l2)
-            .unwrap()
-            .query_row("SELECT count(*) FROM _barista_changelog", [], |r| r.get(0))
-            .unwrap();
-        (n == 1)
-            .then_some(())
-            .ok_or(format!("{n} changelog rows left"))
-    })
-    .await;
+    wait_until(Duration::from_secs(10), || changelog_pruned(&leader)).await;
     for f in followers {
         f.stop().await.unwrap();
     }

@@ -716,21 +716,10 @@ impl Follower {
             offsets,
             position: Some((position, ts)),
         };
-        let mut replica = self
-            .replica
-            .lock()
-            .ok()
-            .and_then(|mut r| r.take())
-            .context("replica in use")?;
-        let (replica, r) = tokio::task::spawn_blocking(move || {
-            let r = replica.apply(&batch);
-            (replica, r.map(|()| batch.offsets))
-        })
-        .await?;
-        if let Ok(mut slot) = self.replica.lock() {
-            *slot = Some(replica);
-        }
-        let offsets = r.context("applying to the replica")?;
+        let offsets = self
+            .on_replica(move |replica| replica.apply(&batch).map(|()| batch.offsets))
+            .await?
+            .context("applying to the replica")?;
         self.position = position;
         self.position_ts = ts;
         self.shared.metrics.changes_applied.inc_by(n);
@@ -749,6 +738,28 @@ impl Follower {
         }
         self.publish_status();
         Ok(())
+    }
+
+    /// Runs `f` on the replica in a blocking task (SQLite calls block).
+    async fn on_replica<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Replica) -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let mut replica = self
+            .replica
+            .lock()
+            .ok()
+            .and_then(|mut r| r.take())
+            .context("replica in use")?;
+        let (replica, r) = tokio::task::spawn_blocking(move || {
+            let r = f(&mut replica);
+            (replica, r)
+        })
+        .await?;
+        if let Ok(mut slot) = self.replica.lock() {
+            *slot = Some(replica);
+        }
+        Ok(r)
     }
 
     /// The current commit group is incomplete but its begin record said
@@ -786,21 +797,9 @@ impl Follower {
         }
         changes.sort_by_key(|c| c.source.position);
         let n = changes.len() as u64;
-        let mut replica = self
-            .replica
-            .lock()
-            .ok()
-            .and_then(|mut r| r.take())
-            .context("replica in use")?;
-        let (replica, r) = tokio::task::spawn_blocking(move || {
-            let r = replica.apply_partial(&changes);
-            (replica, r)
-        })
-        .await?;
-        if let Ok(mut slot) = self.replica.lock() {
-            *slot = Some(replica);
-        }
-        r.context("applying part of a large commit group to the replica")?;
+        self.on_replica(move |replica| replica.apply_partial(&changes))
+            .await?
+            .context("applying part of a large commit group to the replica")?;
         self.shared.metrics.changes_applied.inc_by(n);
         self.shared.metrics.streamed.inc_by(n);
         tracing::debug!(
