@@ -41,7 +41,12 @@ pub enum Broker {
 
 impl Broker {
     /// Starts the broker of `kind`; `nisshi` is the broker binary.
-    pub fn start(kind: BrokerKind, nisshi: &Path, dir: &Path) -> anyhow::Result<Broker> {
+    pub fn start(
+        kind: BrokerKind,
+        nisshi: &Path,
+        storage: &str,
+        dir: &Path,
+    ) -> anyhow::Result<Broker> {
         match kind {
             BrokerKind::Mock => Ok(Broker::Mock(
                 MockCluster::new(1).context("starting the mock cluster")?,
@@ -62,6 +67,7 @@ impl Broker {
                     .args(["broker", "--listener-url", &url])
                     .args(["--advertised-listener-url", &url])
                     .args(["--group-initial-rebalance-delay", "0s"])
+                    .args(["--storage-engine", storage])
                     .current_dir(dir)
                     .stdin(Stdio::null())
                     .stdout(log.try_clone()?)

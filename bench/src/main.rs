@@ -37,6 +37,13 @@ struct Args {
     /// The nisshi broker binary (for --broker nisshi).
     #[arg(long, env = "BARISTA_NISSHI", default_value_os_t = env::default_nisshi())]
     nisshi: PathBuf,
+    /// nisshi's storage engine (relative paths are in the bench's temp dir).
+    #[arg(
+        long,
+        env = "BARISTA_BENCH_NISSHI_STORAGE",
+        default_value = "memory://nisshi/"
+    )]
+    nisshi_storage: String,
     /// Sections to run, comma-separated: publish, latency, sustained, memory.
     #[arg(
         long,
@@ -149,7 +156,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         None => tempfile::tempdir()?,
     };
     let dir = tmp.path();
-    let broker = Broker::start(args.broker, &args.nisshi, dir)?;
+    let broker = Broker::start(args.broker, &args.nisshi, &args.nisshi_storage, dir)?;
     let registry = env::registry(dir).await?;
     let reg = registry.url().to_owned();
     let scale = if args.long { 10 } else { 1 };

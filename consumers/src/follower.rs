@@ -366,11 +366,16 @@ pub async fn run(
     // High watermarks, refreshed off the loop (a blocking network call).
     let hwms: Arc<Mutex<HashMap<Tp, i64>>> = Arc::default();
     let watcher = {
-        let (consumer, hwms, keys) = (
-            consumer.clone(),
-            hwms.clone(),
-            f.parts.keys().cloned().collect::<Vec<_>>(),
+        // A client of its own: on the fetching connection a ListOffsets
+        // request waits behind the fetch in flight, and times out when the
+        // broker is slow to answer fetches.
+        let mut wc = client_config(&f.config);
+        wc.set("group.id", format!("{}-watermarks", f.config.follower_id));
+        let consumer: Arc<rdkafka::consumer::BaseConsumer> = Arc::new(
+            wc.create()
+                .context("creating the Kafka client for high watermarks")?,
         );
+        let (hwms, keys) = (hwms.clone(), f.parts.keys().cloned().collect::<Vec<_>>());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
