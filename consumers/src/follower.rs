@@ -227,6 +227,7 @@ pub async fn run(
         // Bound what librdkafka prefetches (default: 64 MiB and 100,000
         // messages per partition), so memory does not follow the backlog.
         .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.max.bytes", "8388608")
         .set("queued.min.messages", "20000")
         .set("enable.partition.eof", "false");
     for (k, v) in &config.kafka_options {
