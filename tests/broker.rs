@@ -30,7 +30,7 @@ fn nisshi() -> Option<PathBuf> {
         });
     assert!(
         path.exists(),
-        "the nisshi broker is not at {}: run `bash .ci/install-nisshi` (about 12 minutes, once), \
+        "the nisshi broker is not at {}: run `bash .ci/install-nisshi` (once; 12 to 25 minutes), \
          point BARISTA_NISSHI at a nisshi binary, or set BARISTA_SKIP_REAL_BROKER=1 to skip",
         path.display()
     );
