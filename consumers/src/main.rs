@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use barista_consumer::FollowerConfig;
+use barista_schemas::cli::{self, parse_kv};
 use clap::Parser;
 
 /// Keep a SQLite read replica of a barista leader up to date from Kafka, and
@@ -60,25 +61,11 @@ struct Args {
     kafka_options: Vec<(String, String)>,
 }
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| format!("expected key=value, got {s:?}"))
-}
-
 fn main() -> ExitCode {
     let a = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cli::init_tracing();
     if a.follower_id.trim().is_empty() {
-        eprintln!("consumer: bad configuration: --follower-id must not be empty");
-        return ExitCode::from(2);
+        return cli::bad_configuration("consumer", "--follower-id must not be empty");
     }
     let mut c = FollowerConfig::new(a.replica, &a.follower_id, &a.brokers, &a.registry_url);
     c.topic_prefix = a.topic_prefix;
@@ -87,36 +74,5 @@ fn main() -> ExitCode {
     c.max_lag_seconds = a.max_lag_seconds;
     c.gap_timeout = Duration::from_millis(a.gap_timeout_ms);
     c.kafka_options = a.kafka_options;
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("consumer: starting the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match rt.block_on(async {
-        let shutdown =
-            shutdown_signal().map_err(|e| anyhow::anyhow!("installing signal handlers: {e}"))?;
-        barista_consumer::run(c, shutdown).await
-    }) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "consumer failed");
-            eprintln!("consumer: {e:#}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-/// Installs the SIGINT and SIGTERM handlers now (not when the returned
-/// future is first polled, which may be late: a signal before that would
-/// kill the process without draining) and resolves on the first signal.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    Ok(async move {
-        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-        tracing::info!("shutdown requested");
-    })
+    cli::run_until_signal("consumer", |shutdown| barista_consumer::run(c, shutdown))
 }

@@ -62,11 +62,3 @@ impl ProducerConfig {
         }
     }
 }
-
-/// Parses `key=value`.
-pub fn parse_kv(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| format!("expected key=value, got {s:?}"))
-}

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use barista_producer::config::parse_kv;
 use barista_producer::migrate::{Migration, Outcome};
 use barista_producer::ProducerConfig;
+use barista_schemas::cli::{self, parse_kv};
 use clap::{Parser, Subcommand};
 
 /// Capture every write to a leader SQLite database and publish it to Kafka as
@@ -181,50 +181,12 @@ fn main() -> ExitCode {
     if let Some(Command::Migrate(m)) = args.command.take() {
         return migrate(m);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cli::init_tracing();
     let config = match args.into_config() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("producer: bad configuration: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return cli::bad_configuration("producer", e),
     };
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("producer: starting the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match rt.block_on(async {
-        let shutdown =
-            shutdown_signal().map_err(|e| anyhow::anyhow!("installing signal handlers: {e}"))?;
-        barista_producer::run(config, shutdown).await
-    }) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "producer failed");
-            eprintln!("producer: {e:#}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-/// Installs the SIGINT and SIGTERM handlers now (not when the returned
-/// future is first polled, which may be late: a signal before that would
-/// kill the process without draining) and resolves on the first signal.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    Ok(async move {
-        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-        tracing::info!("shutdown requested; draining");
+    cli::run_until_signal("producer", |shutdown| {
+        barista_producer::run(config, shutdown)
     })
 }
