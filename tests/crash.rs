@@ -9,11 +9,10 @@ use barista_schemas::{Op, SqlValue};
 use barista_tests::process::Proc;
 use barista_tests::*;
 use rand::{Rng, SeedableRng};
-use rdkafka::mocking::MockCluster;
 use rusqlite::Connection;
 
 use crate::pipeline::{
-    changelog_pruned, check_events, seed, stored, wait_for_capture, write_workload_paced, Expected,
+    changelog_pruned, check_events, stored, wait_for_capture, write_workload_paced, Setup,
 };
 
 pub const TABLES: [&str; 2] = ["customers", "everything"];
@@ -82,16 +81,15 @@ async fn kill_while<T: Send + 'static>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn producer_killed_with_sigkill_resends_everything_in_order() {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let leader = dir.path().join("leader.db");
-    let mut expected = Expected::new();
-    seed(&leader, &mut expected);
-    let cluster = MockCluster::new(3).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let registry = start_registry(dir.path()).await;
-    let prefix = unique("kill");
-    create_topics(&cluster, &prefix, &TABLES);
+    let Setup {
+        dir,
+        leader,
+        mut expected,
+        cluster: _cluster,
+        brokers,
+        registry,
+        prefix,
+    } = Setup::new_with(3, "kill").await;
     let mut producer = Proc::start(
         "producer",
         producer_args(&leader, &brokers, registry.url(), &prefix),
@@ -202,12 +200,16 @@ fn audit(replica: &Path) -> BTreeMap<(String, i64), Vec<Option<Vec<SqlValue>>>> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn consumer_killed_with_sigkill_applies_every_change_exactly_once() {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let leader = dir.path().join("leader.db");
+    let Setup {
+        dir,
+        leader,
+        mut expected,
+        cluster: _cluster,
+        brokers,
+        registry,
+        prefix,
+    } = Setup::new_with(3, "killc").await;
     let replica = dir.path().join("replica.db");
-    let mut expected = Expected::new();
-    seed(&leader, &mut expected);
     // One row in each table, so that the snapshot creates both replica
     // tables before the audit triggers go in.
     let conn = Connection::open(&leader).unwrap();
@@ -221,11 +223,6 @@ async fn consumer_killed_with_sigkill_applies_every_change_exactly_once() {
         vec![(Op::Read, Some(stored(&conn, "everything", 100)))],
     );
     drop(conn);
-    let cluster = MockCluster::new(3).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let registry = start_registry(dir.path()).await;
-    let prefix = unique("killc");
-    create_topics(&cluster, &prefix, &TABLES);
     let producer =
         RunningProducer::start(producer_config(&leader, &brokers, registry.url(), &prefix));
     wait_for_capture(&leader).await;

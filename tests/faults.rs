@@ -5,20 +5,19 @@ use std::time::Duration;
 use barista_tests::*;
 use rdkafka::mocking::MockCluster;
 
-use crate::pipeline::{check_events, seed, wait_for_capture, write_workload, Expected};
+use crate::pipeline::{check_events, seed, wait_for_capture, write_workload, Expected, Setup};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_down_mid_stream_loses_nothing() {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let leader = dir.path().join("leader.db");
-    let mut expected = Expected::new();
-    seed(&leader, &mut expected);
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let registry = start_registry(dir.path()).await;
-    let prefix = unique("down");
-    create_topics(&cluster, &prefix, &["customers", "everything"]);
+    let Setup {
+        dir,
+        leader,
+        expected,
+        cluster,
+        brokers,
+        registry,
+        prefix,
+    } = Setup::new_with(1, "down").await;
     let producer =
         RunningProducer::start(producer_config(&leader, &brokers, registry.url(), &prefix));
     let follower = RunningFollower::start(follower_config(

@@ -4,11 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use barista_consumer::FollowerConfig;
-use barista_registry::RunningRegistry;
 use barista_schemas::contract::{
     dead_letter_topic, table_topic, HEADER_DLQ_ERROR, HEADER_DLQ_FOLLOWER, HEADER_DLQ_OFFSET,
     HEADER_DLQ_PARTITION, HEADER_DLQ_SCHEMA_ID, HEADER_DLQ_TOPIC, HEADER_POSITION,
@@ -16,47 +14,12 @@ use barista_schemas::contract::{
 };
 use barista_tests::*;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
 
-use crate::pipeline::{seed, wait_for_capture, write_workload, Expected};
+use crate::pipeline::{wait_for_capture, write_workload, Setup};
 
 const TABLES: [&str; 2] = ["customers", "everything"];
 
-/// A leader with seeded rows, the mock cluster with the prefix's topics and
-/// the embedded registry: everything a follower test needs but the processes.
-struct Setup {
-    dir: tempfile::TempDir,
-    leader: PathBuf,
-    expected: Expected,
-    cluster: MockCluster<'static, DefaultProducerContext>,
-    brokers: String,
-    registry: RunningRegistry,
-    prefix: String,
-}
-
 impl Setup {
-    async fn new(name: &str) -> Setup {
-        init_tracing();
-        let dir = tempfile::tempdir().unwrap();
-        let leader = dir.path().join("leader.db");
-        let mut expected = Expected::new();
-        seed(&leader, &mut expected);
-        let cluster = MockCluster::new(1).unwrap();
-        let brokers = cluster.bootstrap_servers();
-        let registry = start_registry(dir.path()).await;
-        let prefix = unique(name);
-        create_topics(&cluster, &prefix, &TABLES);
-        Setup {
-            dir,
-            leader,
-            expected,
-            cluster,
-            brokers,
-            registry,
-            prefix,
-        }
-    }
-
     fn follower_config(&self, file: &str) -> FollowerConfig {
         follower_config(
             &self.dir.path().join(file),
@@ -130,7 +93,7 @@ fn stored_changes(brokers: &str, prefix: &str) -> BTreeMap<i64, usize> {
 /// apply each position once and still equal the leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn changes_stored_twice_by_the_broker_are_applied_once() {
-    let mut s = Setup::new("dup").await;
+    let mut s = Setup::new_with(1, "dup").await;
     let mut pc = producer_config(&s.leader, &s.brokers, s.registry.url(), &s.prefix);
     pc.kafka_options = vec![("socket.timeout.ms".into(), "400".into())];
     let producer = RunningProducer::start(pc);
@@ -191,7 +154,7 @@ async fn changes_stored_twice_by_the_broker_are_applied_once() {
 /// blocked with its offset kept, so the message is never silently skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_goes_to_the_dead_letter_topic_and_the_follower_keeps_serving() {
-    let mut s = Setup::new("poison").await;
+    let mut s = Setup::new_with(1, "poison").await;
     let producer = RunningProducer::start(producer_config(
         &s.leader,
         &s.brokers,
@@ -338,7 +301,7 @@ async fn ready_code(addr: SocketAddr) -> Result<u16, String> {
 /// seconds behind while the leader is idle, thanks to heartbeats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn paused_follower_lag_grows_in_three_units_and_returns_to_zero() {
-    let mut s = Setup::new("lag").await;
+    let mut s = Setup::new_with(1, "lag").await;
     let producer = RunningProducer::start(producer_config(
         &s.leader,
         &s.brokers,
@@ -467,7 +430,7 @@ fn sample(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> 
 /// changes applied, and per-partition offset lag for every partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_scraped_over_http_match_the_replica() {
-    let mut s = Setup::new("metrics").await;
+    let mut s = Setup::new_with(1, "metrics").await;
     let producer = RunningProducer::start(producer_config(
         &s.leader,
         &s.brokers,

@@ -2,15 +2,17 @@
 //! transactions from a writer that is not the producer, two followers.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use barista_registry::RunningRegistry;
 use barista_schemas::envelope::{decode_envelope, RowShape};
 use barista_schemas::{Op, SqlValue};
 use barista_tests::*;
 use rand::{Rng, SeedableRng};
 use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use rusqlite::{params, Connection};
 use schema_registry_converter::async_impl::avro::AvroDecoder;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
@@ -257,18 +259,55 @@ pub async fn check_events(
     );
 }
 
+/// A leader with seeded rows, the mock cluster with the prefix's topics and
+/// the embedded registry: everything a pipeline test needs but the processes.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub leader: PathBuf,
+    pub expected: Expected,
+    pub cluster: MockCluster<'static, DefaultProducerContext>,
+    pub brokers: String,
+    pub registry: RunningRegistry,
+    pub prefix: String,
+}
+
+impl Setup {
+    /// Seeds the leader and creates the prefix's topics on a mock cluster of
+    /// `brokers` brokers.
+    pub async fn new_with(brokers: i32, name: &str) -> Setup {
+        init_tracing();
+        let dir = tempfile::tempdir().unwrap();
+        let leader = dir.path().join("leader.db");
+        let mut expected = Expected::new();
+        seed(&leader, &mut expected);
+        let cluster = MockCluster::new(brokers).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let registry = start_registry(dir.path()).await;
+        let prefix = unique(name);
+        create_topics(&cluster, &prefix, &["customers", "everything"]);
+        Setup {
+            dir,
+            leader,
+            expected,
+            cluster,
+            brokers,
+            registry,
+            prefix,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_write_reaches_kafka_and_two_replicas_row_for_row() {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let leader = dir.path().join("leader.db");
-    let mut expected = Expected::new();
-    seed(&leader, &mut expected);
-    let cluster = MockCluster::new(3).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let registry = start_registry(dir.path()).await;
-    let prefix = unique("e2e");
-    create_topics(&cluster, &prefix, &["customers", "everything"]);
+    let Setup {
+        dir,
+        leader,
+        expected,
+        cluster: _cluster,
+        brokers,
+        registry,
+        prefix,
+    } = Setup::new_with(3, "e2e").await;
     let producer =
         RunningProducer::start(producer_config(&leader, &brokers, registry.url(), &prefix));
     let followers: Vec<RunningFollower> = (1..=2)
