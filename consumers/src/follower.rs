@@ -549,14 +549,18 @@ impl Follower {
                 let why = e.to_string();
                 self.dead_letter(&m, &why).await;
                 if let Some(p) = position {
-                    // A real change we cannot apply: later changes of this
-                    // partition (same keys among them) are held back rather than
-                    // allowed to overtake it. The replica keeps serving reads at
-                    // its position; readiness fails as lag grows.
+                    // A change we cannot apply: the next change of this
+                    // partition names it as `prev_position`, so the chain stops
+                    // there and later changes (same keys among them) wait in
+                    // the buffer rather than overtake it. A message that only
+                    // claims a position outside the chain holds nothing back,
+                    // but the stored offset stays at it either way, so a
+                    // restart reads it again. The replica keeps serving reads
+                    // at its position; readiness fails as lag grows.
                     let part = self.parts.get_mut(&tp).context("partition vanished")?;
                     if part.blocked.is_none() {
                         let reason = format!(
-                            "position {p} (offset {offset}) went to the dead-letter topic: {why}; later changes of {}/{} are held back",
+                            "position {p} (offset {offset}) went to the dead-letter topic: {why}; changes of {}/{} that follow it in the leader's chain are held back, and the stored offset stays at it",
                             tp.0, tp.1
                         );
                         tracing::error!(topic = %tp.0, partition = tp.1, position = p, offset, error = %why, "partition blocked by a poison change");
