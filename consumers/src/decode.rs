@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use apache_avro::reader::datum::GenericDatumReader;
+use barista_schemas::binary::EnvelopeReader;
 use barista_schemas::envelope::{decode_envelope, DecodedChange, RowShape};
 use barista_schemas::Commit;
 use schema_registry_converter::async_impl::avro::AvroDecoder;
@@ -29,9 +30,11 @@ pub fn schema_id(payload: &[u8]) -> Option<u32> {
         .then(|| u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]))
 }
 
-/// What a follower keeps per writer schema id: a datum reader with its
-/// names resolved once, and the row shape the schema describes.
+/// What a follower keeps per writer schema id: a plan that reads barista's
+/// envelopes straight into changes, a generic datum reader (names resolved
+/// once) for any other schema, and the row shape the schema describes.
 struct Writer {
+    direct: Option<EnvelopeReader>,
     reader: GenericDatumReader<'static>,
     shape: Arc<RowShape>,
 }
@@ -87,7 +90,18 @@ impl Decoder {
         let reader = GenericDatumReader::builder(parsed)
             .build()
             .map_err(|e| DecodeError::Poison(format!("schema {id}: {e}")))?;
-        let w = Arc::new(Writer { reader, shape });
+        let direct = EnvelopeReader::plan(parsed, shape.clone());
+        if direct.is_none() {
+            tracing::info!(
+                schema_id = id,
+                "not barista's envelope layout; decoding it the generic way"
+            );
+        }
+        let w = Arc::new(Writer {
+            direct,
+            reader,
+            shape,
+        });
         if let Ok(mut m) = self.writers.lock() {
             // Two decoders racing on a new id both leak one copy; harmless.
             return Ok(m.entry(id).or_insert(w).clone());
@@ -101,6 +115,11 @@ impl Decoder {
             DecodeError::Poison("not Confluent-framed Avro (magic byte 0 + schema id)".into())
         })?;
         let w = self.writer(id).await?;
+        if let Some(direct) = &w.direct {
+            return direct
+                .read(&payload[5..])
+                .map_err(|e| DecodeError::Poison(format!("schema {id}: {e}")));
+        }
         let value = w
             .reader
             .read_value(&mut &payload[5..])

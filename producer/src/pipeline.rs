@@ -441,12 +441,39 @@ impl Registered {
     }
 
     /// Confluent wire format: magic byte, schema id, Avro binary.
-    fn encode(&self, value: &Avro) -> anyhow::Result<Vec<u8>> {
+    fn encode(&self, payload: &Payload<'_>) -> anyhow::Result<Vec<u8>> {
         let mut buf = Vec::with_capacity(256);
         buf.push(0);
         buf.extend_from_slice(&self.id.to_be_bytes());
-        self.writer.write_value_ref(&mut buf, value)?;
+        match payload {
+            // Rows and envelopes are written straight from the change
+            // (`barista_schemas::binary`): no apache-avro `Value` per message.
+            Payload::Key(s, row) => s.write_key(row, &mut buf)?,
+            Payload::Envelope(s, ev) => s.write_envelope(ev, &mut buf)?,
+            Payload::Commit(c) => {
+                self.writer.write_value_ref(&mut buf, &c.to_avro()?)?;
+            }
+        }
         Ok(buf)
+    }
+}
+
+/// What a message carries, encoded with its subject's registered schema.
+enum Payload<'a> {
+    Key(&'a TableSchemas, &'a [barista_schemas::SqlValue]),
+    Envelope(&'a TableSchemas, &'a ChangeEvent),
+    Commit(&'a Commit),
+}
+
+impl Payload<'_> {
+    /// As an apache-avro value, for the first message of a schema, which
+    /// the converter registers and encodes.
+    fn value(&self) -> Result<Avro, barista_schemas::ContractError> {
+        match self {
+            Payload::Key(s, row) => s.key_value(row),
+            Payload::Envelope(s, ev) => s.envelope_value(ev),
+            Payload::Commit(c) => c.to_avro(),
+        }
     }
 }
 
@@ -531,7 +558,7 @@ impl Publisher<'_> {
     /// when the registry refuses the schema (for example 409 incompatible).
     async fn encode(
         &mut self,
-        value: Avro,
+        payload: Payload<'_>,
         strategy: &SubjectNameStrategy,
     ) -> anyhow::Result<Vec<u8>> {
         let SubjectNameStrategy::TopicNameStrategyWithSchema(topic, is_key, supplied) = strategy
@@ -540,8 +567,9 @@ impl Publisher<'_> {
         };
         let slot = (topic.clone(), *is_key);
         if let Some(r) = self.writers.get(&slot).filter(|r| r.raw == supplied.schema) {
-            return r.encode(&value);
+            return r.encode(&payload);
         }
+        let value = payload.value()?;
         // First use of this schema: the converter registers it (or finds
         // it) and encodes this message; its id is in bytes 1..5.
         loop {
@@ -590,7 +618,7 @@ impl Publisher<'_> {
                     partitions: vec![],
                 };
                 let strategy = self.commit_strategy.clone();
-                let bytes = self.encode(commit.to_avro()?, &strategy).await?;
+                let bytes = self.encode(Payload::Commit(&commit), &strategy).await?;
                 // A heartbeat is not part of the acknowledged chain: losing one
                 // only delays the next lag reading.
                 drop(send(&self.producer, &self.commits, 0, None, Some(&bytes), &[]).await?);
@@ -616,7 +644,7 @@ impl Publisher<'_> {
                         partitions: vec![],
                     };
                     let strategy = self.commit_strategy.clone();
-                    let bytes = self.encode(begin.to_avro()?, &strategy).await?;
+                    let bytes = self.encode(Payload::Commit(&begin), &strategy).await?;
                     drop(
                         send(
                             &self.producer,
@@ -655,7 +683,7 @@ impl Publisher<'_> {
                         partitions,
                     };
                     let strategy = self.commit_strategy.clone();
-                    let bytes = self.encode(commit.to_avro()?, &strategy).await?;
+                    let bytes = self.encode(Payload::Commit(&commit), &strategy).await?;
                     let pos = last.to_string();
                     let fut = send(
                         &self.producer,
@@ -706,7 +734,7 @@ impl Publisher<'_> {
             .or(row.before.as_deref())
             .context("change without a row image")?;
         let key = self
-            .encode(schemas.key_value(key_row)?, &key_strategy)
+            .encode(Payload::Key(&schemas, key_row), &key_strategy)
             .await?;
         let partition = partition_for_key(&key, partitions);
         let tp = (topic.clone(), partition);
@@ -727,7 +755,7 @@ impl Publisher<'_> {
             ts_ms: now_ms(),
         };
         let value = self
-            .encode(schemas.envelope_value(&event)?, &value_strategy)
+            .encode(Payload::Envelope(&schemas, &event), &value_strategy)
             .await?;
         let pos = row.position.to_string();
         let fut = send(
@@ -760,7 +788,7 @@ impl Publisher<'_> {
                 let after = event.after.as_deref().unwrap_or_default();
                 if pk.iter().any(|&i| before.get(i) != after.get(i)) {
                     Some(
-                        self.encode(schemas.key_value(before)?, &key_strategy)
+                        self.encode(Payload::Key(&schemas, before), &key_strategy)
                             .await?,
                     )
                 } else {

@@ -4,6 +4,8 @@
 //! this crate and nothing else of each other.
 
 pub mod avro_schema;
+/// The envelope in Avro binary without apache-avro `Value` trees.
+pub mod binary;
 /// Avro schemas derived from a table shape, with Avro-legal names.
 #[cfg(feature = "cli")]
 pub mod cli;
