@@ -229,6 +229,10 @@ pub async fn run(
         .set("queued.max.messages.kbytes", "16384")
         .set("fetch.max.bytes", "8388608")
         .set("queued.min.messages", "20000")
+        // With queues this small, librdkafka's default (postpone a full
+        // partition's next fetch by 1 s) stalls a follower that drains a
+        // backlog for a second at a time; re-check every 10 ms instead.
+        .set("fetch.queue.backoff.ms", "10")
         .set("enable.partition.eof", "false");
     for (k, v) in &config.kafka_options {
         cc.set(k, v);
