@@ -59,9 +59,16 @@ pub async fn barista(
     rate: u64,
     duration: Duration,
     partitions: i32,
+    fetch_wait_ms: u64,
 ) -> anyhow::Result<Latencies> {
     let leader = Leader::start(broker, registry, dir, partitions, 0).await?;
-    let follower = Follower::start(broker, registry, dir, &leader.prefix);
+    let follower = Follower::start_with(
+        broker,
+        registry,
+        dir,
+        &leader.prefix,
+        vec![("fetch.wait.max.ms".into(), fetch_wait_ms.to_string())],
+    );
     // Warm: one write all the way through before measuring.
     {
         let mut w = env::writer(&leader.path)?;
@@ -154,6 +161,7 @@ pub async fn raw(
     duration: Duration,
     size: usize,
     partitions: i32,
+    fetch_wait_ms: u64,
 ) -> anyhow::Result<Latencies> {
     let topic = format!("hop{}", rand::random::<u32>());
     broker.create_topic(&topic, partitions).await?;
@@ -163,7 +171,7 @@ pub async fn raw(
         .set("bootstrap.servers", broker.bootstrap())
         .set("group.id", format!("hop-{}", rand::random::<u32>()))
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
         .set("enable.partition.eof", "false")
         .create()
         .context("raw consumer")?;

@@ -23,6 +23,9 @@ pub struct Sustained {
     pub apply_rate: f64,
     /// Position lag sampled once a second while writing.
     pub lag_series: Vec<i64>,
+    /// After the writer stopped, each second: (changes Kafka has not
+    /// acknowledged yet, changes acknowledged but not applied).
+    pub drain_series: Vec<(i64, i64)>,
     /// Process CPU time per change (µs): leader, producer, broker (when in
     /// process) and follower together.
     pub cpu_us: f64,
@@ -74,10 +77,24 @@ pub async fn sustained(
     }
     let (written, wrote_for) = writer.await??;
     let head = env::head(&probe)?;
-    follower
-        .wait_applied(head, Duration::from_secs(600))
-        .await
-        .context("the follower did not catch up")?;
+    // Draining: where the backlog sits each second, producer (not yet
+    // acknowledged by Kafka) or follower (acknowledged, not yet applied).
+    let mut drain_series = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while follower.applied() < head {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the follower did not catch up in 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if Instant::now() >= next_sample {
+            let acked = env::acked(&probe)?;
+            drain_series.push((head - acked, acked - follower.applied()));
+            next_sample += Duration::from_secs(1);
+        }
+        follower.check()?;
+        leader.check()?;
+    }
     let elapsed = t0.elapsed();
     let cpu = env::cpu_time() - cpu0;
     let applied = follower.applied() - base;
@@ -89,6 +106,7 @@ pub async fn sustained(
         write_rate: written as f64 / wrote_for.as_secs_f64(),
         apply_rate: applied as f64 / elapsed.as_secs_f64(),
         lag_series,
+        drain_series,
         cpu_us: cpu.as_secs_f64() * 1e6 / written as f64,
     })
 }

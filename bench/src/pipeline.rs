@@ -102,6 +102,17 @@ pub struct Follower {
 impl Follower {
     /// Starts a follower of `leader`'s topics.
     pub fn start(broker: &Broker, registry: &str, dir: &Path, prefix: &str) -> Follower {
+        Self::start_with(broker, registry, dir, prefix, vec![])
+    }
+
+    /// Starts a follower with extra librdkafka properties (`-X` on the binary).
+    pub fn start_with(
+        broker: &Broker,
+        registry: &str,
+        dir: &Path,
+        prefix: &str,
+        kafka_options: Vec<(String, String)>,
+    ) -> Follower {
         let replica = dir.join(format!("replica-{}.db", rand::random::<u32>()));
         let mut config = FollowerConfig::new(
             &replica,
@@ -110,6 +121,7 @@ impl Follower {
             registry,
         );
         config.topic_prefix = prefix.to_owned();
+        config.kafka_options = kafka_options;
         let shared = Shared::new(&config);
         let token = CancellationToken::new();
         let (t, s) = (token.clone(), shared.clone());
