@@ -54,7 +54,7 @@ impl ProducerConfig {
             tables: Vec::new(),
             partitions: 3,
             replication_factor: 1,
-            poll_interval: Duration::from_millis(2),
+            poll_interval: Duration::from_millis(1),
             heartbeat_interval: Duration::from_millis(1000),
             kafka_options: Vec::new(),
             repair_triggers: false,

@@ -61,7 +61,7 @@ struct Args {
     #[arg(long, env = "BARISTA_DB_NAME")]
     db_name: Option<String>,
     /// How often to look for new commits, in milliseconds.
-    #[arg(long, env = "BARISTA_POLL_INTERVAL_MS", default_value_t = 2)]
+    #[arg(long, env = "BARISTA_POLL_INTERVAL_MS", default_value_t = 1)]
     poll_interval_ms: u64,
     /// Heartbeat interval when the leader is idle, in milliseconds.
     #[arg(long, env = "BARISTA_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
