@@ -186,6 +186,11 @@ impl FieldPlan {
     }
 
     fn read(&self, r: &mut Cursor<'_>) -> Result<SqlValue, ContractError> {
+        self.read_prim(r).map(|(_, v)| v)
+    }
+
+    /// The value and the branch it was written as.
+    fn read_prim(&self, r: &mut Cursor<'_>) -> Result<(Prim, SqlValue), ContractError> {
         let prim = if self.union {
             let i = r.long()?;
             *usize::try_from(i)
@@ -195,7 +200,7 @@ impl FieldPlan {
         } else {
             self.branches[0]
         };
-        Ok(match prim {
+        let v = match prim {
             Prim::Null => SqlValue::Null,
             Prim::Boolean => match r.byte()? {
                 0 => SqlValue::Integer(0),
@@ -216,7 +221,8 @@ impl FieldPlan {
                     .map_err(|e| bad(format!("string is not UTF-8: {e}")))?
                     .to_owned(),
             ),
-        })
+        };
+        Ok((prim, v))
     }
 }
 
@@ -487,7 +493,7 @@ fn read_source(
         ts_ms: 0,
     };
     for (which, plan) in fields {
-        let v = plan.read(r)?;
+        let (prim, v) = plan.read_prim(r)?;
         match which {
             SourceField::Connector => s.connector = text(v, "connector")?,
             SourceField::Db => s.db = text(v, "db")?,
@@ -500,9 +506,9 @@ fn read_source(
                     v => Some(integer(v, "prev_position")?),
                 }
             }
-            // Booleans read as 0/1; the generic path takes only `true`.
+            // As the generic path: only a boolean `true` is a snapshot.
             SourceField::Snapshot => {
-                s.snapshot = plan.branches.contains(&Prim::Boolean) && v == SqlValue::Integer(1)
+                s.snapshot = prim == Prim::Boolean && v == SqlValue::Integer(1)
             }
             SourceField::TsMs => s.ts_ms = integer(v, "ts_ms")?,
             SourceField::Other => {}
