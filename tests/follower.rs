@@ -317,6 +317,48 @@ async fn ready_code(addr: SocketAddr) -> Result<u16, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A producer that falls silent (stopped, or cut off from Kafka) shows up in
+/// the follower's seconds lag once the heartbeat grace has passed, although no
+/// position is known to be missing, and readiness fails; both recover when
+/// the producer is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_producer_shows_up_as_seconds_lag() {
+    let mut s = Setup::new_with(1, "silent").await;
+    let config = producer_config(&s.leader, &s.brokers, s.registry.url(), &s.prefix);
+    let producer = RunningProducer::start(config.clone());
+    let mut fc = s.follower_config("r.db");
+    let addr = free_addr();
+    fc.http_listen = Some(addr);
+    fc.heartbeat_grace = Duration::from_millis(1_500);
+    fc.max_lag_seconds = 2.0;
+    let follower = RunningFollower::start(fc);
+    wait_for_capture(&s.leader).await;
+    s.write(61, 10).await;
+    s.caught_up(&follower).await;
+    assert_eq!(ready_code(addr).await, Ok(200));
+
+    producer.stop().await.unwrap();
+    wait_until(Duration::from_secs(20), || {
+        let st = follower.status();
+        (st.seconds_lag > 2.0 && st.position_lag == 0)
+            .then_some(())
+            .ok_or(format!("{st:?}"))
+    })
+    .await;
+    assert_eq!(
+        ready_code(addr).await,
+        Ok(503),
+        "a follower nobody vouches for is not ready"
+    );
+    same_rows(&s.leader, &follower.replica).unwrap();
+
+    let producer = RunningProducer::start(config);
+    s.caught_up(&follower).await;
+    assert_eq!(ready_code(addr).await, Ok(200));
+    follower.stop().await.unwrap();
+    producer.stop().await.unwrap();
+}
+
 /// A paused follower falls behind in all three units while the leader
 /// writes (and its readiness fails), catches up after resume, and reads zero
 /// seconds behind while the leader is idle, thanks to heartbeats.

@@ -69,6 +69,9 @@ pub struct FollowerConfig {
     pub kafka_options: Vec<(String, String)>,
     /// How often to log a lag line.
     pub log_interval: Duration,
+    /// How long the follower may hear nothing from the producer (commit
+    /// records, heartbeats) before its seconds lag counts the silence.
+    pub heartbeat_grace: Duration,
 }
 
 impl FollowerConfig {
@@ -92,6 +95,7 @@ impl FollowerConfig {
             batch_max: 5_000,
             kafka_options: Vec::new(),
             log_interval: Duration::from_secs(10),
+            heartbeat_grace: Duration::from_secs(3),
         }
     }
 }
@@ -870,6 +874,7 @@ impl Follower {
             self.position_ts,
             self.leader_head,
             self.clock,
+            self.config.heartbeat_grace,
         );
         let m = &self.shared.metrics;
         let mut partitions = std::collections::BTreeMap::new();

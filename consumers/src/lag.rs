@@ -205,21 +205,28 @@ pub fn leader_now_ms(clock: Option<LeaderClock>) -> i64 {
     clock.map_or(wall, |c| c.now_ms().max(wall))
 }
 
-/// Seconds behind: zero when the replica holds everything the leader has;
-/// otherwise how long ago (leader clock) the leader was where the replica is.
+/// Seconds behind, on the leader's clock ([`leader_now_ms`]): how long ago the
+/// leader was where the replica is. Zero when the replica holds everything the
+/// leader is known to have and the producer was heard from (a commit record
+/// or a heartbeat) within `grace`: heartbeats keep an idle follower at zero.
+/// A follower that has heard nothing for longer cannot vouch for being
+/// current, so its lag then counts the silence too (a stopped producer or a
+/// broker that stopped delivering shows up here, not only in positions).
+/// Before anything was heard there is nothing to measure against: zero.
 pub fn seconds_behind(
     applied: i64,
     applied_ts_ms: i64,
     leader: i64,
     clock: Option<LeaderClock>,
+    grace: std::time::Duration,
 ) -> f64 {
-    if applied >= leader {
+    let Some(c) = clock else {
+        return 0.0;
+    };
+    if applied >= leader && c.received.elapsed() <= grace {
         return 0.0;
     }
-    match clock {
-        Some(c) => ((c.now_ms() - applied_ts_ms).max(0)) as f64 / 1000.0,
-        None => 0.0,
-    }
+    ((leader_now_ms(Some(c)) - applied_ts_ms).max(0)) as f64 / 1000.0
 }
 
 #[cfg(test)]
@@ -228,12 +235,31 @@ mod tests {
 
     #[test]
     fn seconds_lag_is_zero_when_caught_up_and_grows_on_the_leader_clock() {
-        let clock = LeaderClock {
-            ts_ms: 10_000,
+        let grace = std::time::Duration::from_secs(3);
+        let now = leader_now_ms(None);
+        let heard = LeaderClock {
+            ts_ms: now,
             received: Instant::now(),
         };
-        assert_eq!(seconds_behind(5, 1_000, 5, Some(clock)), 0.0);
-        let behind = seconds_behind(4, 7_000, 5, Some(clock));
+        // Caught up, heard from just now: zero, however old the position's time.
+        assert_eq!(seconds_behind(5, now - 1_000, 5, Some(heard), grace), 0.0);
+        // Behind: how long ago the leader was where the replica is.
+        let behind = seconds_behind(4, now - 3_000, 5, Some(heard), grace);
         assert!((3.0..3.5).contains(&behind), "{behind}");
+        // Nothing heard at all: nothing to measure against.
+        assert_eq!(seconds_behind(0, 0, 0, None, grace), 0.0);
+    }
+
+    #[test]
+    fn silence_longer_than_the_grace_counts_as_lag() {
+        let grace = std::time::Duration::from_millis(50);
+        let now = leader_now_ms(None);
+        let heard = LeaderClock {
+            ts_ms: now - 2_000,
+            received: Instant::now() - std::time::Duration::from_secs(2),
+        };
+        // Caught up with the last heartbeat, which came 2 s ago.
+        let silent = seconds_behind(5, now - 2_000, 5, Some(heard), grace);
+        assert!((2.0..2.5).contains(&silent), "{silent}");
     }
 }

@@ -59,6 +59,11 @@ struct Args {
     /// /ready answers 503 above this lag, in seconds on the leader's clock.
     #[arg(long, env = "BARISTA_MAX_LAG_SECONDS", default_value_t = 10.0)]
     max_lag_seconds: f64,
+    /// Silence from the producer (no commit record or heartbeat) longer than
+    /// this (ms) counts as lag: the follower can no longer vouch for being
+    /// current. Keep it above the producer's --heartbeat-interval-ms.
+    #[arg(long, env = "BARISTA_HEARTBEAT_GRACE_MS", default_value_t = 3_000)]
+    heartbeat_grace_ms: u64,
     /// How long a gap in the change chain may wait for a resend before the follower halts (ms).
     #[arg(long, env = "BARISTA_GAP_TIMEOUT_MS", default_value_t = 30_000)]
     gap_timeout_ms: u64,
@@ -79,6 +84,7 @@ fn main() -> ExitCode {
     c.http_listen = Some(a.http_listen);
     c.max_lag_seconds = a.max_lag_seconds;
     c.gap_timeout = Duration::from_millis(a.gap_timeout_ms);
+    c.heartbeat_grace = Duration::from_millis(a.heartbeat_grace_ms);
     c.kafka_options = a.kafka_options;
     cli::run_until_signal("consumer", |shutdown| barista_consumer::run(c, shutdown))
 }
