@@ -310,3 +310,67 @@ async fn ddl_behind_the_back_stops_the_producer_and_repair_republishes_the_table
     producer.stop().await.unwrap();
     registry.shutdown().await.unwrap();
 }
+
+/// The registry is asked before the leader is locked: a migration waiting on a registry that
+/// does not answer leaves the leader's writers free, and gives up changing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_migration_waiting_on_the_registry_does_not_block_writers() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let leader = leader_with_customers(dir.path());
+    barista_producer::capture::Capture::install(Connection::open(&leader).unwrap(), &[], false)
+        .unwrap();
+    // A "registry" that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let before = leader_state(&leader);
+    let m = migration(
+        dir.path(),
+        &leader,
+        &url,
+        "evo",
+        "ALTER TABLE customers ADD COLUMN stamps INTEGER NOT NULL DEFAULT 0;",
+    );
+    // `migrate` holds its SQLite connection across awaits: its own thread and runtime.
+    let pending = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(migrate(&m))
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !pending.is_finished(),
+        "the migration should still wait on the registry"
+    );
+
+    // An application write with a short busy timeout goes through meanwhile.
+    let started = std::time::Instant::now();
+    let c = Connection::open(&leader).unwrap();
+    c.busy_timeout(Duration::from_millis(1_000)).unwrap();
+    c.execute_batch("INSERT INTO customers VALUES (3, 'Cy', 'mocha')")
+        .expect("a writer must not wait for the registry");
+    let waited = started.elapsed();
+    assert!(
+        !pending.is_finished(),
+        "the write must happen while the migration waits"
+    );
+
+    let err = pending
+        .join()
+        .unwrap()
+        .expect_err("no registry, no migration");
+    assert!(
+        format!("{err:#}").contains("nothing was changed"),
+        "the error says the leader is unchanged: {err:#}"
+    );
+    let (schema, rows, version) = leader_state(&leader);
+    assert_eq!(
+        (schema, version),
+        (before.0, before.2),
+        "the DDL was not applied"
+    );
+    assert_eq!(rows["customers"].len(), 3, "the write is kept");
+    tracing::info!(?waited, "the write waited");
+}

@@ -1,7 +1,7 @@
 //! Migrate, the leader side of schema evolution: applies DDL to a captured leader in ONE SQLite
-//! transaction that also checks the new Avro schemas against the registry and re-creates the
-//! capture triggers, so a change either happens whole (schema, triggers, schema-change marker)
-//! or not at all.
+//! transaction that also re-creates the capture triggers and records a schema-change marker,
+//! once the registry has judged the new Avro schemas compatible, so a change either happens
+//! whole (schema, triggers, marker) or not at all.
 //!
 //! Reads: the DDL file, the leader's tables, the registry's verdicts. Writes: the leader (DDL,
 //! `_barista_*`), then the new schema versions in the registry.
@@ -69,8 +69,12 @@ struct Before {
 
 /// Applies `m.ddl` if every changed schema passes the registry's compatibility check.
 ///
-/// The leader stays locked (`BEGIN IMMEDIATE`) during the registry round trips: writers wait
-/// on their busy timeout rather than see a half-migrated table.
+/// The registry is asked before the leader is locked: a dry run applies the DDL in a
+/// transaction that is rolled back, to learn the new table shapes; the registry judges
+/// those; then the DDL is applied for real (`BEGIN IMMEDIATE`), and the migration is
+/// abandoned, changing nothing, if the shapes it produces are not the ones the registry
+/// judged (another writer changed a table meanwhile). Writers wait only for local work,
+/// never for a slow or unreachable registry.
 pub async fn migrate(m: &Migration) -> anyhow::Result<Outcome> {
     let mut conn = open_leader(&m.leader)
         .with_context(|| format!("opening leader database {}", m.leader.display()))?;
@@ -89,39 +93,16 @@ pub async fn migrate(m: &Migration) -> anyhow::Result<Outcome> {
         m.leader.display()
     );
 
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let captured: Vec<(i64, String)> = tx
-        .prepare("SELECT id, name FROM _barista_tables ORDER BY id")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    let mut before = Vec::new();
-    for (id, name) in captured {
-        // A table captured once but gone since is not ours to migrate.
-        let Ok(shape) = TableShape::read(&tx, &name) else {
-            continue;
-        };
-        // SQLite refuses DROP COLUMN on a column a trigger names: the triggers go first and
-        // come back, made for the new columns, in this same transaction.
-        tx.execute_batch(&drop_triggers_sql(id))?;
-        before.push(Before { id, name, shape });
-    }
-    if let Err(e) = tx.execute_batch(&m.ddl) {
-        anyhow::bail!("applying the DDL: {e} (rolled back; the leader is unchanged)");
-    }
-
-    let mut changed = Vec::new();
-    for b in &before {
-        let shape = TableShape::read(&tx, &b.name).map_err(|e| {
-            anyhow::anyhow!(
-                "the DDL dropped, renamed or broke captured table {:?} ({e}); migrate changes \
-                 columns only. Rolled back; the leader is unchanged",
-                b.name
-            )
-        })?;
-        if shape != b.shape {
-            changed.push((b, shape));
-        }
-    }
+    let (before, changed) = {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let planned = apply_ddl(&tx, &m.ddl)?;
+        tx.rollback()?;
+        planned
+    };
+    let changed: Vec<(&Before, TableShape)> = changed
+        .into_iter()
+        .map(|(i, shape)| (&before[i], shape))
+        .collect();
 
     let mut problems = Vec::new();
     let mut advice = Vec::new();
@@ -156,8 +137,27 @@ pub async fn migrate(m: &Migration) -> anyhow::Result<Outcome> {
         }
     }
     if !problems.is_empty() {
-        tx.rollback()?;
         return Ok(Outcome::Refused { problems, advice });
+    }
+
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (now_before, now_changed) = apply_ddl(&tx, &m.ddl)?;
+    let same = now_before.len() == before.len()
+        && now_before
+            .iter()
+            .zip(&before)
+            .all(|(a, b)| a.id == b.id && a.shape == b.shape)
+        && now_changed.len() == changed.len()
+        && now_changed
+            .iter()
+            .zip(&changed)
+            .all(|((i, shape), (b, checked))| now_before[*i].id == b.id && shape == checked);
+    if !same {
+        tx.rollback()?;
+        anyhow::bail!(
+            "a captured table changed while the registry checked this migration; nothing was \
+             changed. Run the migration again"
+        );
     }
 
     for b in &before {
@@ -197,6 +197,47 @@ pub async fn migrate(m: &Migration) -> anyhow::Result<Outcome> {
         registered.push(NewVersion { subject, id });
     }
     Ok(Outcome::Applied(registered))
+}
+
+/// In `tx`: drops the captured tables' triggers (SQLite refuses `DROP COLUMN` on a
+/// column a trigger names; they come back, made for the new columns, in the same
+/// transaction) and applies `ddl`. Returns the captured tables as they were and, by
+/// index into them, the new shapes of those the DDL changed.
+#[allow(clippy::type_complexity)]
+fn apply_ddl(
+    tx: &rusqlite::Transaction<'_>,
+    ddl: &str,
+) -> anyhow::Result<(Vec<Before>, Vec<(usize, TableShape)>)> {
+    let captured: Vec<(i64, String)> = tx
+        .prepare("SELECT id, name FROM _barista_tables ORDER BY id")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut before = Vec::new();
+    for (id, name) in captured {
+        // A table captured once but gone since is not ours to migrate.
+        let Ok(shape) = TableShape::read(tx, &name) else {
+            continue;
+        };
+        tx.execute_batch(&drop_triggers_sql(id))?;
+        before.push(Before { id, name, shape });
+    }
+    if let Err(e) = tx.execute_batch(ddl) {
+        anyhow::bail!("applying the DDL: {e} (rolled back; the leader is unchanged)");
+    }
+    let mut changed = Vec::new();
+    for (i, b) in before.iter().enumerate() {
+        let shape = TableShape::read(tx, &b.name).map_err(|e| {
+            anyhow::anyhow!(
+                "the DDL dropped, renamed or broke captured table {:?} ({e}); migrate changes \
+                 columns only. Rolled back; the leader is unchanged",
+                b.name
+            )
+        })?;
+        if shape != b.shape {
+            changed.push((i, shape));
+        }
+    }
+    Ok((before, changed))
 }
 
 /// Asks the registry whether `schema` may follow the latest version of `subject`
