@@ -297,6 +297,42 @@ async fn poison_goes_to_the_dead_letter_topic_and_the_follower_keeps_serving() {
     let ready = reqwest::get(format!("http://{addr}/ready")).await.unwrap();
     assert_eq!(ready.status(), 200, "reads are still served");
 
+    // A poison message claiming a position the leader gives to another change
+    // holds its partition only until that partition's chain passes it.
+    let soon = leader_position(&s.leader) + 3;
+    let o4 = produce_raw(
+        &s.brokers,
+        &topic,
+        0,
+        Some(b"k4"),
+        Some(corrupt),
+        &[(HEADER_POSITION, soon.to_string().as_bytes())],
+    )
+    .await;
+    let key0 = format!("{topic}/0");
+    wait_until(Duration::from_secs(30), || {
+        let st = follower.status();
+        match (&st.partitions[&key0].blocked, st.dead_letters) {
+            (Some(why), 4) if why.contains(&format!("offset {o4}")) => Ok(()),
+            _ => Err(format!("{st:?}")),
+        }
+    })
+    .await;
+    s.write(44, 30).await;
+    s.caught_up_but_offsets(&follower).await;
+    wait_until(Duration::from_secs(30), || {
+        let st = follower.status();
+        let p0 = &st.partitions[&key0];
+        (p0.blocked.is_none() && p0.offset_lag == 0 && p0.next_offset > o4)
+            .then_some(())
+            .ok_or(format!("{st:?}"))
+    })
+    .await;
+    assert!(
+        follower.status().partitions[&key].blocked.is_some(),
+        "position {claimed} is still ahead of its partition's chain"
+    );
+
     follower.stop().await.unwrap();
     producer.stop().await.unwrap();
 }

@@ -141,13 +141,24 @@ struct Part {
     contiguous: i64,
     buffered: BTreeMap<i64, (i64, DecodedChange)>,
     gap_since: Option<Instant>,
-    blocked: Option<(i64, String)>,
+    /// Position-bearing messages that went to the dead-letter topic, oldest
+    /// first: their offsets stay stored until the chain passes them.
+    blocked: Vec<Blocked>,
     hwm: i64,
 }
 
+/// A message that claimed a leader position and could not be applied.
+struct Blocked {
+    offset: i64,
+    position: i64,
+    reason: String,
+}
+
 impl Part {
-    /// Follows the `prev_position` chain through the buffer.
-    fn advance(&mut self) {
+    /// Follows the `prev_position` chain through the buffer. Returns the
+    /// blocked messages the chain has now passed: their positions are not
+    /// (or no longer) missing from this partition, so they hold nothing.
+    fn advance(&mut self) -> Vec<Blocked> {
         let mut c = self.contiguous.max(self.applied);
         for (pos, (_, ch)) in self.buffered.range(c + 1..) {
             if ch.source.prev_position.is_none_or(|p| p <= c) {
@@ -163,12 +174,17 @@ impl Part {
         } else {
             None
         };
+        let (passed, held) = std::mem::take(&mut self.blocked)
+            .into_iter()
+            .partition(|b| b.position <= c);
+        self.blocked = held;
+        passed
     }
 
     /// The next offset that must be read again after a restart.
     fn next_offset(&self) -> i64 {
         let buffered = self.buffered.values().map(|(o, _)| *o).min();
-        let blocked = self.blocked.as_ref().map(|(o, _)| *o);
+        let blocked = self.blocked.iter().map(|b| b.offset).min();
         [Some(self.consumed), buffered, blocked]
             .into_iter()
             .flatten()
@@ -549,7 +565,10 @@ impl Follower {
                     self.shared.metrics.duplicates.inc();
                 } else {
                     part.buffered.insert(p, (offset, change));
-                    part.advance();
+                    for b in part.advance() {
+                        tracing::warn!(topic = %tp.0, partition = tp.1, position = b.position, offset = b.offset,
+                            "the chain passed a dead-lettered message's position: it was not a missing change of this partition; no longer held");
+                    }
                 }
             }
             Ok(None) => {}
@@ -561,18 +580,23 @@ impl Follower {
                     // partition names it as `prev_position`, so the chain stops
                     // there and later changes (same keys among them) wait in
                     // the buffer rather than overtake it. A message that only
-                    // claims a position outside the chain holds nothing back,
-                    // but the stored offset stays at it either way, so a
-                    // restart reads it again. The replica keeps serving reads
+                    // claims a position outside the chain holds nothing back;
+                    // either way the stored offset stays at it (a restart reads
+                    // it again) until the chain passes its position. The replica keeps serving reads
                     // at its position; readiness fails as lag grows.
                     let part = self.parts.get_mut(&tp).context("partition vanished")?;
-                    if part.blocked.is_none() {
+                    // A position the chain already passed is not missing.
+                    if p > part.contiguous {
                         let reason = format!(
                             "position {p} (offset {offset}) went to the dead-letter topic: {why}; changes of {}/{} that follow it in the leader's chain are held back, and the stored offset stays at it",
                             tp.0, tp.1
                         );
                         tracing::error!(topic = %tp.0, partition = tp.1, position = p, offset, error = %why, "partition blocked by a poison change");
-                        part.blocked = Some((offset, reason));
+                        part.blocked.push(Blocked {
+                            offset,
+                            position: p,
+                            reason,
+                        });
                     }
                 }
             }
@@ -830,7 +854,7 @@ impl Follower {
 
     fn check_gaps(&self) -> anyhow::Result<()> {
         for ((t, p), part) in &self.parts {
-            if part.blocked.is_some() {
+            if !part.blocked.is_empty() {
                 continue;
             }
             if let Some(since) = part.gap_since {
@@ -896,7 +920,7 @@ impl Follower {
                     high_watermark: part.hwm,
                     offset_lag: lag,
                     applied_position: part.applied,
-                    blocked: part.blocked.as_ref().map(|b| b.1.clone()),
+                    blocked: part.blocked.first().map(|b| b.reason.clone()),
                 },
             );
         }
