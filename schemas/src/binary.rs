@@ -39,29 +39,10 @@ fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
 }
 
 impl ColumnCodec {
-    /// Appends one value, choosing its union branch as [`ColumnCodec::to_avro`] does.
+    /// Appends one value, in the union branch [`ColumnCodec::branch`] chooses.
     pub fn write(&self, v: &SqlValue, buf: &mut Vec<u8>) -> Result<(), ContractError> {
-        let union = self.nullable || self.classes.len() > 1;
-        let Some(class) = v.class() else {
-            return if self.nullable {
-                put_long(buf, 0);
-                Ok(())
-            } else {
-                Err(ContractError::Malformed("NULL in a NOT NULL column".into()))
-            };
-        };
-        let idx = self
-            .classes
-            .iter()
-            .position(|c| *c == class)
-            .ok_or_else(|| {
-                ContractError::Malformed(format!(
-                    "a {class:?} value in a column typed {:?}",
-                    self.classes
-                ))
-            })?;
-        if union {
-            put_long(buf, (idx + usize::from(self.nullable)) as i64);
+        if let Some(i) = self.branch(v)? {
+            put_long(buf, i as i64);
         }
         match v {
             SqlValue::Integer(i) => put_long(buf, *i),
@@ -524,6 +505,7 @@ fn read_source(
 mod tests {
     use super::*;
     use crate::envelope::decode_envelope;
+    use crate::envelope::tests::any_value;
     use crate::table::TableShape;
     use crate::value::StorageClass;
     use apache_avro::{from_avro_datum, to_avro_datum};
@@ -539,18 +521,6 @@ mod tests {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         conn.execute_batch(ddl).unwrap();
         TableSchemas::derive(TableShape::read(&conn, "t").unwrap()).unwrap()
-    }
-
-    fn any_value() -> impl Strategy<Value = SqlValue> {
-        prop_oneof![
-            Just(SqlValue::Null),
-            any::<i64>().prop_map(SqlValue::Integer),
-            any::<f64>()
-                .prop_filter("NaN is not equal to itself", |f| !f.is_nan())
-                .prop_map(SqlValue::Real),
-            any::<String>().prop_map(SqlValue::Text),
-            proptest::collection::vec(any::<u8>(), 0..40).prop_map(SqlValue::Blob),
-        ]
     }
 
     /// A row the table's codecs can hold: each value moved to a class its

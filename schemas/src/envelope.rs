@@ -381,7 +381,7 @@ pub fn decode_envelope(shape: Arc<RowShape>, v: &Avro) -> Result<DecodedChange, 
 // that schema_registry_converter 6 does not use yet; the bytes are the same.
 #[cfg(test)]
 #[allow(deprecated)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::table::TableShape;
     use apache_avro::{from_avro_datum, to_avro_datum};
@@ -394,7 +394,8 @@ mod tests {
         TableSchemas::derive(TableShape::read(&conn, "t").unwrap()).unwrap()
     }
 
-    fn any_value() -> impl Strategy<Value = SqlValue> {
+    /// Any SQLite value but NaN (SQLite stores NaN as NULL).
+    pub(crate) fn any_value() -> impl Strategy<Value = SqlValue> {
         prop_oneof![
             Just(SqlValue::Null),
             any::<i64>().prop_map(SqlValue::Integer),

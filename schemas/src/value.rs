@@ -151,13 +151,14 @@ impl ColumnCodec {
         }
     }
 
-    /// Encodes one value. Fails only when the value's storage class is not one
-    /// the column can hold (a schema that no longer matches the table).
-    pub fn to_avro(&self, v: &SqlValue) -> Result<Avro, ContractError> {
+    /// The union branch `v` is written as, `None` when the column's type is
+    /// not a union. Fails only when the value's storage class is not one the
+    /// column can hold (a schema that no longer matches the table).
+    pub fn branch(&self, v: &SqlValue) -> Result<Option<usize>, ContractError> {
         let union = self.nullable || self.classes.len() > 1;
         let Some(class) = v.class() else {
             return if self.nullable {
-                Ok(Avro::Union(0, Box::new(Avro::Null)))
+                Ok(Some(0))
             } else {
                 Err(ContractError::Malformed("NULL in a NOT NULL column".into()))
             };
@@ -172,6 +173,12 @@ impl ColumnCodec {
                     self.classes
                 ))
             })?;
+        Ok(union.then_some(idx + usize::from(self.nullable)))
+    }
+
+    /// Encodes one value (see [`ColumnCodec::branch`]).
+    pub fn to_avro(&self, v: &SqlValue) -> Result<Avro, ContractError> {
+        let branch = self.branch(v)?;
         let inner = match v {
             SqlValue::Integer(i) => Avro::Long(*i),
             SqlValue::Real(f) => Avro::Double(*f),
@@ -179,10 +186,9 @@ impl ColumnCodec {
             SqlValue::Blob(b) => Avro::Bytes(b.clone()),
             SqlValue::Null => Avro::Null,
         };
-        Ok(if union {
-            Avro::Union((idx + usize::from(self.nullable)) as u32, Box::new(inner))
-        } else {
-            inner
+        Ok(match branch {
+            Some(i) => Avro::Union(i as u32, Box::new(inner)),
+            None => inner,
         })
     }
 }
