@@ -57,14 +57,7 @@ impl ColumnCodec {
 
 impl TableSchemas {
     fn write_row(&self, row: &[SqlValue], buf: &mut Vec<u8>) -> Result<(), ContractError> {
-        if row.len() != self.codecs.len() {
-            return Err(ContractError::Malformed(format!(
-                "row of {} values for table {:?} of {} columns",
-                row.len(),
-                self.shape.name,
-                self.codecs.len()
-            )));
-        }
+        self.check_row(row)?;
         for ((codec, v), name) in self.codecs.iter().zip(row).zip(&self.field_names) {
             codec.write(v, buf).map_err(|e| {
                 ContractError::Malformed(format!(

@@ -111,15 +111,21 @@ fn source_value(s: &Source) -> Avro {
 }
 
 impl TableSchemas {
-    fn row_value(&self, row: &[SqlValue]) -> Result<Avro, ContractError> {
-        if row.len() != self.codecs.len() {
-            return Err(ContractError::Malformed(format!(
-                "row of {} values for table {:?} of {} columns",
-                row.len(),
-                self.shape.name,
-                self.codecs.len()
-            )));
+    /// Fails unless `row` has one value per column.
+    pub(crate) fn check_row(&self, row: &[SqlValue]) -> Result<(), ContractError> {
+        if row.len() == self.codecs.len() {
+            return Ok(());
         }
+        Err(ContractError::Malformed(format!(
+            "row of {} values for table {:?} of {} columns",
+            row.len(),
+            self.shape.name,
+            self.codecs.len()
+        )))
+    }
+
+    fn row_value(&self, row: &[SqlValue]) -> Result<Avro, ContractError> {
+        self.check_row(row)?;
         let fields = self
             .field_names
             .iter()
