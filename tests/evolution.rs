@@ -77,25 +77,17 @@ fn migration(dir: &Path, leader: &Path, registry: &str, prefix: &str, ddl: &str)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn migrations_evolve_a_running_follower_and_incompatible_ones_change_nothing() {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let leader = leader_with_customers(dir.path());
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let registry = start_registry(dir.path()).await;
-    let prefix = unique("evo");
-    create_topics(&cluster, &prefix, &["customers"]);
-    let producer =
-        RunningProducer::start(producer_config(&leader, &brokers, registry.url(), &prefix));
-    let replica = dir.path().join("replica.db");
-    let follower = RunningFollower::start(follower_config(
-        &replica,
-        &unique("f"),
-        &brokers,
-        registry.url(),
-        &prefix,
-    ));
-    wait_until(Duration::from_secs(60), || same_rows(&leader, &replica)).await;
+    let Running {
+        dir,
+        leader,
+        _cluster,
+        registry,
+        config,
+        producer,
+        replica,
+        follower,
+    } = Running::start("evo").await;
+    let prefix = config.topic_prefix.clone();
 
     // 1. A column with a literal DEFAULT: compatible, applied while both run.
     let m = migration(
@@ -243,27 +235,79 @@ async fn migrations_evolve_a_running_follower_and_incompatible_ones_change_nothi
     registry.shutdown().await.unwrap();
 }
 
+/// Waits for a producer to stop on its own and returns its error.
+async fn failure(producer: RunningProducer) -> String {
+    wait_until(Duration::from_secs(30), || {
+        producer
+            .is_finished()
+            .then_some(())
+            .ok_or("producer still running".into())
+    })
+    .await;
+    format!(
+        "{:#}",
+        producer.stop().await.expect_err("the producer should fail")
+    )
+}
+
+/// The customers leader with capture running, registered and caught up on one follower.
+struct Running {
+    dir: tempfile::TempDir,
+    leader: std::path::PathBuf,
+    _cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    registry: barista_registry::RunningRegistry,
+    config: barista_producer::ProducerConfig,
+    producer: RunningProducer,
+    replica: std::path::PathBuf,
+    follower: RunningFollower,
+}
+
+impl Running {
+    async fn start(name: &str) -> Running {
+        init_tracing();
+        let dir = tempfile::tempdir().unwrap();
+        let leader = leader_with_customers(dir.path());
+        let cluster = MockCluster::new(1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let registry = start_registry(dir.path()).await;
+        let prefix = unique(name);
+        create_topics(&cluster, &prefix, &["customers"]);
+        let config = producer_config(&leader, &brokers, registry.url(), &prefix);
+        let producer = RunningProducer::start(config.clone());
+        let replica = dir.path().join("replica.db");
+        let follower = RunningFollower::start(follower_config(
+            &replica,
+            &unique("f"),
+            &brokers,
+            registry.url(),
+            &prefix,
+        ));
+        wait_until(Duration::from_secs(60), || same_rows(&leader, &replica)).await;
+        Running {
+            dir,
+            leader,
+            _cluster: cluster,
+            registry,
+            config,
+            producer,
+            replica,
+            follower,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ddl_behind_the_back_stops_the_producer_and_repair_republishes_the_table() {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let leader = leader_with_customers(dir.path());
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let registry = start_registry(dir.path()).await;
-    let prefix = unique("drift");
-    create_topics(&cluster, &prefix, &["customers"]);
-    let config = producer_config(&leader, &brokers, registry.url(), &prefix);
-    let producer = RunningProducer::start(config.clone());
-    let replica = dir.path().join("replica.db");
-    let follower = RunningFollower::start(follower_config(
-        &replica,
-        &unique("f"),
-        &brokers,
-        registry.url(),
-        &prefix,
-    ));
-    wait_until(Duration::from_secs(60), || same_rows(&leader, &replica)).await;
+    let Running {
+        dir: _dir,
+        leader,
+        _cluster,
+        registry,
+        config,
+        producer,
+        replica,
+        follower,
+    } = Running::start("drift").await;
 
     // As from the sqlite3 shell: the triggers do not know `stamps`, so these values would be
     // missing from the events.
@@ -273,14 +317,7 @@ async fn ddl_behind_the_back_stops_the_producer_and_repair_republishes_the_table
          UPDATE customers SET stamps = 7 WHERE id = 1;
          INSERT INTO customers VALUES (3, 'Cy', 'mocha', 9);",
     );
-    wait_until(Duration::from_secs(30), || {
-        producer
-            .is_finished()
-            .then_some(())
-            .ok_or("producer still running".into())
-    })
-    .await;
-    let err = format!("{:#}", producer.stop().await.unwrap_err());
+    let err = failure(producer).await;
     assert!(
         err.contains("table \"customers\" changed behind barista's back")
             && err.contains(r#"["id", "name", "coffee", "stamps"]"#)
@@ -373,4 +410,47 @@ async fn a_migration_waiting_on_the_registry_does_not_block_writers() {
     );
     assert_eq!(rows["customers"].len(), 3, "the write is kept");
     tracing::info!(?waited, "the write waited");
+}
+
+/// `--repair-triggers` asks the registry first: a column added behind barista's back that
+/// makes an incompatible schema (NOT NULL with a default Avro cannot express, under BACKWARD)
+/// stops the repair before it touches the leader, naming the field, the rule and the way out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_incompatible_repair_is_refused_before_it_changes_the_leader() {
+    let Running {
+        dir: _dir,
+        leader,
+        _cluster,
+        registry,
+        config,
+        producer,
+        replica: _,
+        follower,
+    } = Running::start("badrepair").await;
+
+    write(
+        &leader,
+        "ALTER TABLE customers ADD COLUMN photo BLOB NOT NULL DEFAULT x'00';",
+    );
+    failure(producer).await;
+
+    let before = leader_state(&leader);
+    let mut repair = config;
+    repair.repair_triggers = true;
+    let producer = RunningProducer::start(repair);
+    let err = failure(producer).await;
+    assert!(
+        err.contains("--repair-triggers stopped before changing anything")
+            && err.contains("customers-value (compatibility BACKWARD)")
+            && err.contains("photo")
+            && err.contains("instead:"),
+        "{err}"
+    );
+    assert_eq!(
+        leader_state(&leader),
+        before,
+        "the refused repair changed the leader"
+    );
+    follower.stop().await.unwrap();
+    registry.shutdown().await.unwrap();
 }

@@ -104,38 +104,19 @@ pub async fn migrate(m: &Migration) -> anyhow::Result<Outcome> {
         .map(|(i, shape)| (&before[i], shape))
         .collect();
 
-    let mut problems = Vec::new();
-    let mut advice = Vec::new();
-    let mut to_register = Vec::new();
-    for (b, new_shape) in &changed {
-        let old = TableSchemas::derive(b.shape.clone())?;
-        let new = TableSchemas::derive(new_shape.clone())?;
-        let topic = table_topic(&m.topic_prefix, &b.name);
-        for (subject, old_json, new_json) in [
-            (key_subject(&topic), &old.key_json, &new.key_json),
-            (value_subject(&topic), &old.value_json, &new.value_json),
-        ] {
-            if old_json == new_json {
-                continue;
-            }
-            let messages = compatibility(&http, &m.registry_url, &subject, new_json).await?;
-            if messages.is_empty() {
-                to_register.push((subject, new_json.clone()));
-                continue;
-            }
-            let level = level(&http, &m.registry_url, &subject).await;
-            problems.extend(
-                messages
-                    .iter()
-                    .map(|msg| format!("{subject} (compatibility {level}): {msg}")),
-            );
-            for line in advise(&old, &new, &messages) {
-                if !advice.contains(&line) {
-                    advice.push(line);
-                }
-            }
-        }
-    }
+    let Verdict {
+        problems,
+        advice,
+        to_register,
+    } = judge(
+        &http,
+        &m.registry_url,
+        &m.topic_prefix,
+        changed
+            .iter()
+            .map(|(b, new)| (b.name.as_str(), &b.shape, new)),
+    )
+    .await?;
     if !problems.is_empty() {
         return Ok(Outcome::Refused { problems, advice });
     }
@@ -197,6 +178,127 @@ pub async fn migrate(m: &Migration) -> anyhow::Result<Outcome> {
         registered.push(NewVersion { subject, id });
     }
     Ok(Outcome::Applied(registered))
+}
+
+/// What the registry says of the new schemas of changed tables.
+struct Verdict {
+    /// `subject (compatibility LEVEL): reason`, one per broken rule.
+    problems: Vec<String>,
+    /// The safe way to make each change.
+    advice: Vec<String>,
+    /// Subjects whose new schema passed: (subject, schema).
+    to_register: Vec<(String, String)>,
+}
+
+/// Asks the registry about every subject whose schema a table change alters.
+async fn judge<'a>(
+    http: &reqwest::Client,
+    registry_url: &str,
+    topic_prefix: &str,
+    changes: impl Iterator<Item = (&'a str, &'a TableShape, &'a TableShape)>,
+) -> anyhow::Result<Verdict> {
+    let mut v = Verdict {
+        problems: Vec::new(),
+        advice: Vec::new(),
+        to_register: Vec::new(),
+    };
+    for (table, old_shape, new_shape) in changes {
+        let old = TableSchemas::derive(old_shape.clone())?;
+        let new = TableSchemas::derive(new_shape.clone())?;
+        let topic = table_topic(topic_prefix, table);
+        for (subject, old_json, new_json) in [
+            (key_subject(&topic), &old.key_json, &new.key_json),
+            (value_subject(&topic), &old.value_json, &new.value_json),
+        ] {
+            if old_json == new_json {
+                continue;
+            }
+            let messages = compatibility(http, registry_url, &subject, new_json).await?;
+            if messages.is_empty() {
+                v.to_register.push((subject, new_json.clone()));
+                continue;
+            }
+            let level = level(http, registry_url, &subject).await;
+            v.problems.extend(
+                messages
+                    .iter()
+                    .map(|msg| format!("{subject} (compatibility {level}): {msg}")),
+            );
+            for line in advise(&old, &new, &messages) {
+                if !v.advice.contains(&line) {
+                    v.advice.push(line);
+                }
+            }
+        }
+    }
+    Ok(v)
+}
+
+/// Before `--repair-triggers` re-creates the triggers of tables changed behind barista's back
+/// (and re-publishes them), the registry judges their new schemas as `migrate` would. A repair
+/// whose events the registry would refuse stops here, before it changes anything, naming the
+/// field, the rule and the safe alternative; otherwise the producer would repair the leader and
+/// then fail on its first event with a 409, with changes in the changelog it can never publish.
+pub async fn check_repair(
+    leader: &std::path::Path,
+    registry_url: &str,
+    topic_prefix: &str,
+) -> anyhow::Result<()> {
+    let drifted: Vec<(String, TableShape, TableShape)> = {
+        let conn = open_leader(leader)
+            .with_context(|| format!("opening leader database {}", leader.display()))?;
+        let installed: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = '_barista_tables'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !installed {
+            return Ok(());
+        }
+        let captured: Vec<(String, String)> = conn
+            .prepare("SELECT name, columns FROM _barista_tables ORDER BY id")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        captured
+            .into_iter()
+            .filter_map(|(name, was)| {
+                let shape = TableShape::read(&conn, &name).ok()?;
+                let was: Vec<String> = serde_json::from_str(&was).unwrap_or_default();
+                // Columns can only have been added behind our back (SQLite refuses to drop
+                // one a trigger names), so the old shape is the new one restricted to them.
+                (was != shape.column_names()).then(|| (name, shape.restricted_to(&was), shape))
+            })
+            .collect()
+    };
+    if drifted.is_empty() {
+        return Ok(());
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("building the registry client")?;
+    let verdict = judge(
+        &http,
+        registry_url,
+        topic_prefix,
+        drifted.iter().map(|(n, old, new)| (n.as_str(), old, new)),
+    )
+    .await
+    .context("checking the repaired tables' schemas before --repair-triggers")?;
+    if verdict.problems.is_empty() {
+        return Ok(());
+    }
+    let mut text = String::from(
+        "--repair-triggers stopped before changing anything: the table changed behind barista's \
+         back has a schema the registry refuses",
+    );
+    for p in &verdict.problems {
+        text.push_str(&format!("\n  {p}"));
+    }
+    for a in &verdict.advice {
+        text.push_str(&format!("\n  instead: {a}"));
+    }
+    anyhow::bail!(text)
 }
 
 /// In `tx`: drops the captured tables' triggers (SQLite refuses `DROP COLUMN` on a

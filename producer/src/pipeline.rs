@@ -105,6 +105,10 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
     let path = config.leader.clone();
     let tables = config.tables.clone();
     let repair = config.repair_triggers;
+    if repair {
+        crate::migrate::check_repair(&config.leader, &config.registry_url, &config.topic_prefix)
+            .await?;
+    }
     let capture = tokio::task::spawn_blocking(move || -> anyhow::Result<Capture> {
         let conn = open_leader(&path)
             .with_context(|| format!("opening leader database {}", path.display()))?;
