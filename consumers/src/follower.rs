@@ -582,8 +582,9 @@ impl Follower {
                     // the buffer rather than overtake it. A message that only
                     // claims a position outside the chain holds nothing back;
                     // either way the stored offset stays at it (a restart reads
-                    // it again) until the chain passes its position. The replica keeps serving reads
-                    // at its position; readiness fails as lag grows.
+                    // it again) until the chain passes its position. The
+                    // replica keeps serving reads at its position; readiness
+                    // fails as lag grows.
                     let part = self.parts.get_mut(&tp).context("partition vanished")?;
                     // A position the chain already passed is not missing.
                     if p > part.contiguous {

@@ -277,14 +277,30 @@ pub async fn check_repair(
         .timeout(Duration::from_secs(10))
         .build()
         .context("building the registry client")?;
-    let verdict = judge(
-        &http,
-        registry_url,
-        topic_prefix,
-        drifted.iter().map(|(n, old, new)| (n.as_str(), old, new)),
-    )
-    .await
-    .context("checking the repaired tables' schemas before --repair-triggers")?;
+    // The registry may still be starting (compose): retry for about a minute.
+    let mut wait = Duration::from_millis(500);
+    let verdict = loop {
+        let judged = judge(
+            &http,
+            registry_url,
+            topic_prefix,
+            drifted.iter().map(|(n, old, new)| (n.as_str(), old, new)),
+        )
+        .await;
+        match judged {
+            Ok(v) => break v,
+            Err(e) if wait < Duration::from_secs(30) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?wait, "--repair-triggers: schema registry unavailable; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => {
+                return Err(
+                    e.context("checking the repaired tables' schemas before --repair-triggers")
+                )
+            }
+        }
+    };
     if verdict.problems.is_empty() {
         return Ok(());
     }
