@@ -135,20 +135,21 @@ pub async fn send(
             value: Some(v.as_bytes()),
         });
     }
+    let mut rec: FutureRecord<'_, [u8], [u8]> =
+        FutureRecord::to(topic).partition(partition).headers(h);
+    if let Some(k) = key {
+        rec = rec.key(k);
+    }
+    if let Some(p) = payload {
+        rec = rec.payload(p);
+    }
     loop {
-        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
-            .partition(partition)
-            .headers(h.clone());
-        if let Some(k) = key {
-            rec = rec.key(k);
-        }
-        if let Some(p) = payload {
-            rec = rec.payload(p);
-        }
+        // A refused record comes back whole, headers included: no copy per attempt.
         match producer.send_result(rec) {
             Ok(f) => return Ok(f),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 // Back-pressure: the broker is slow or down; wait for room.
+                rec = back;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Err((e, _)) => return Err(e),
