@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use rusqlite::Connection;
 
 use crate::pipeline::{
-    changelog_pruned, check_events, stored, wait_for_capture, write_workload_paced, Setup,
+    changelog_pruned, check_events, stored, wait_for_capture, write_workload_paced, Expected, Setup,
 };
 
 pub const TABLES: [&str; 2] = ["customers", "everything"];
@@ -57,16 +57,22 @@ pub fn consumer_args(
     ]
 }
 
-/// Runs `writer` on a blocking thread while killing `proc` with SIGKILL at
-/// random points (and restarting it after a random pause) until the writer
-/// is done. Returns the writer's result and the number of kills.
-async fn kill_while<T: Send + 'static>(
+/// Runs the paced random workload (seed `seed`) on a blocking thread while
+/// killing `proc` with SIGKILL at random points (and restarting it after a
+/// random pause) until the writer is done; at least three kills must land.
+/// Returns what the leader now holds and the number of kills.
+async fn kill_while_writing(
     proc: &mut Proc,
     seed: u64,
-    writer: impl FnOnce() -> T + Send + 'static,
-) -> (T, usize) {
+    leader: &Path,
+    mut expected: Expected,
+) -> (Expected, usize) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let writer = tokio::task::spawn_blocking(writer);
+    let l = leader.to_owned();
+    let writer = tokio::task::spawn_blocking(move || {
+        write_workload_paced(&l, seed, 1500, Duration::from_millis(2), &mut expected);
+        expected
+    });
     let mut kills = 0;
     while !writer.is_finished() {
         tokio::time::sleep(Duration::from_millis(rng.random_range(150..700))).await;
@@ -76,6 +82,11 @@ async fn kill_while<T: Send + 'static>(
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
         proc.restart();
     }
+    eprintln!("{} killed {kills} times mid-stream", proc.name());
+    assert!(
+        kills >= 3,
+        "only {kills} kills: the writer finished too soon"
+    );
     (writer.await.unwrap(), kills)
 }
 
@@ -84,7 +95,7 @@ async fn producer_killed_with_sigkill_resends_everything_in_order() {
     let Setup {
         dir,
         leader,
-        mut expected,
+        expected,
         cluster: _cluster,
         brokers,
         registry,
@@ -104,17 +115,7 @@ async fn producer_killed_with_sigkill_resends_everything_in_order() {
     ));
     wait_for_capture(&leader).await;
 
-    let l = leader.clone();
-    let (exp, kills) = kill_while(&mut producer, 31, move || {
-        write_workload_paced(&l, 31, 1500, Duration::from_millis(2), &mut expected);
-        expected
-    })
-    .await;
-    eprintln!("producer killed {kills} times mid-stream");
-    assert!(
-        kills >= 3,
-        "only {kills} kills: the writer finished too soon"
-    );
+    let (exp, _) = kill_while_writing(&mut producer, 31, &leader, expected).await;
 
     // Every change acknowledged by Kafka: the changelog is pruned to its newest row.
     wait_until(Duration::from_secs(60), || {
@@ -243,17 +244,7 @@ async fn consumer_killed_with_sigkill_applies_every_change_exactly_once() {
     install_audit(&replica);
     consumer.restart();
 
-    let l = leader.clone();
-    let (exp, kills) = kill_while(&mut consumer, 41, move || {
-        write_workload_paced(&l, 41, 1500, Duration::from_millis(2), &mut expected);
-        expected
-    })
-    .await;
-    eprintln!("consumer killed {kills} times mid-stream");
-    assert!(
-        kills >= 3,
-        "only {kills} kills: the writer finished too soon"
-    );
+    let (exp, kills) = kill_while_writing(&mut consumer, 41, &leader, expected).await;
     wait_until(Duration::from_secs(60), || {
         consumer.assert_running();
         same_rows(&leader, &replica)

@@ -20,6 +20,23 @@ use crate::pipeline::{wait_for_capture, write_workload, Setup};
 const TABLES: [&str; 2] = ["customers", "everything"];
 
 impl Setup {
+    fn producer_config(&self) -> barista_producer::ProducerConfig {
+        producer_config(
+            &self.leader,
+            &self.brokers,
+            self.registry.url(),
+            &self.prefix,
+        )
+    }
+
+    /// A follower config that also serves HTTP (status, metrics, reads) on a free port.
+    fn served_follower_config(&self, file: &str) -> (FollowerConfig, SocketAddr) {
+        let mut fc = self.follower_config(file);
+        let addr = free_addr();
+        fc.http_listen = Some(addr);
+        (fc, addr)
+    }
+
     fn follower_config(&self, file: &str) -> FollowerConfig {
         follower_config(
             &self.dir.path().join(file),
@@ -105,7 +122,7 @@ fn stored_changes(brokers: &str, prefix: &str) -> BTreeMap<i64, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn changes_stored_twice_by_the_broker_are_applied_once() {
     let mut s = Setup::new_with(1, "dup").await;
-    let mut pc = producer_config(&s.leader, &s.brokers, s.registry.url(), &s.prefix);
+    let mut pc = s.producer_config();
     pc.kafka_options = vec![("socket.timeout.ms".into(), "400".into())];
     let producer = RunningProducer::start(pc);
     let follower = RunningFollower::start(s.follower_config("r.db"));
@@ -166,15 +183,8 @@ async fn changes_stored_twice_by_the_broker_are_applied_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_goes_to_the_dead_letter_topic_and_the_follower_keeps_serving() {
     let mut s = Setup::new_with(1, "poison").await;
-    let producer = RunningProducer::start(producer_config(
-        &s.leader,
-        &s.brokers,
-        s.registry.url(),
-        &s.prefix,
-    ));
-    let mut fc = s.follower_config("r.db");
-    let addr = free_addr();
-    fc.http_listen = Some(addr);
+    let producer = RunningProducer::start(s.producer_config());
+    let (fc, addr) = s.served_follower_config("r.db");
     let follower_id = fc.follower_id.clone();
     let follower = RunningFollower::start(fc);
     wait_for_capture(&s.leader).await;
@@ -360,11 +370,9 @@ async fn ready_code(addr: SocketAddr) -> Result<u16, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_silent_producer_shows_up_as_seconds_lag() {
     let mut s = Setup::new_with(1, "silent").await;
-    let config = producer_config(&s.leader, &s.brokers, s.registry.url(), &s.prefix);
+    let config = s.producer_config();
     let producer = RunningProducer::start(config.clone());
-    let mut fc = s.follower_config("r.db");
-    let addr = free_addr();
-    fc.http_listen = Some(addr);
+    let (mut fc, addr) = s.served_follower_config("r.db");
     fc.heartbeat_grace = Duration::from_millis(1_500);
     fc.max_lag_seconds = 2.0;
     let follower = RunningFollower::start(fc);
@@ -401,15 +409,8 @@ async fn a_silent_producer_shows_up_as_seconds_lag() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn paused_follower_lag_grows_in_three_units_and_returns_to_zero() {
     let mut s = Setup::new_with(1, "lag").await;
-    let producer = RunningProducer::start(producer_config(
-        &s.leader,
-        &s.brokers,
-        s.registry.url(),
-        &s.prefix,
-    ));
-    let mut fc = s.follower_config("r.db");
-    let addr = free_addr();
-    fc.http_listen = Some(addr);
+    let producer = RunningProducer::start(s.producer_config());
+    let (mut fc, addr) = s.served_follower_config("r.db");
     fc.max_lag_seconds = 1.0;
     let follower = RunningFollower::start(fc);
     wait_for_capture(&s.leader).await;
@@ -530,15 +531,8 @@ fn sample(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_scraped_over_http_match_the_replica() {
     let mut s = Setup::new_with(1, "metrics").await;
-    let producer = RunningProducer::start(producer_config(
-        &s.leader,
-        &s.brokers,
-        s.registry.url(),
-        &s.prefix,
-    ));
-    let mut fc = s.follower_config("r.db");
-    let addr = free_addr();
-    fc.http_listen = Some(addr);
+    let producer = RunningProducer::start(s.producer_config());
+    let (fc, addr) = s.served_follower_config("r.db");
     let follower = RunningFollower::start(fc);
     wait_for_capture(&s.leader).await;
     s.write(61, 80).await;

@@ -41,6 +41,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// The program's file name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Starts `name` (a workspace binary) with `args`; stdout and stderr are
     /// appended to `log`.
     pub fn start<I, S>(name: &str, args: I, log: &Path) -> Self
