@@ -15,6 +15,8 @@
 //! Setups are interleaved round by round; medians are reported with the ratio
 //! barista/raw (changes per second).
 
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -80,18 +82,6 @@ const RAW_UPSERT: &str = "INSERT INTO customers(id, name, coffee, visits, update
 const COFFEES: [&str; 5] = ["espresso", "flat white", "cortado", "latte", "filter"];
 const SCHEMA_ID: u32 = 1;
 
-/// A small deterministic generator (xorshift64*), so every run writes the
-/// same stream without a dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 /// The change stream: events in position order and their wire bytes.
 struct Stream {
     events: Vec<ChangeEvent>,
@@ -103,7 +93,8 @@ fn make_stream(changes: usize, keys: usize) -> anyhow::Result<Stream> {
     let conn = Connection::open_in_memory()?;
     conn.execute_batch(TABLE_SQL)?;
     let schemas = TableSchemas::derive(TableShape::read(&conn, TABLE)?)?;
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    // Seeded: every run writes the same stream.
+    let mut rng = StdRng::seed_from_u64(0x9e37_79b9_7f4a_7c15);
     let mut rows: Vec<Option<Vec<SqlValue>>> = vec![None; keys + 1];
     let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schemas.value).build()?;
     let mut events = Vec::with_capacity(changes);
@@ -113,7 +104,7 @@ fn make_stream(changes: usize, keys: usize) -> anyhow::Result<Stream> {
         let id = if i < keys {
             i + 1
         } else {
-            (rng.next() % keys as u64) as usize + 1
+            rng.random_range(1..=keys)
         };
         let before = rows[id].clone();
         let visits = match &before {
@@ -126,7 +117,7 @@ fn make_stream(changes: usize, keys: usize) -> anyhow::Result<Stream> {
         let after = vec![
             SqlValue::Integer(id as i64),
             SqlValue::Text(format!("customer {id}")),
-            SqlValue::Text(COFFEES[(rng.next() % 5) as usize].to_owned()),
+            SqlValue::Text(COFFEES[rng.random_range(0..COFFEES.len())].to_owned()),
             SqlValue::Integer(visits),
             SqlValue::Real(1.7e9 + position as f64 / 1000.0),
         ];

@@ -7,6 +7,8 @@
 //! runs on a fresh database in a temporary directory; setups are interleaved
 //! and repeated, and the medians are compared as cost ratios (time per row).
 
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -344,27 +346,16 @@ const COFFEES: [&str; 6] = [
     "mocha",
 ];
 
-/// xorshift64*: deterministic keys, the same sequence for every setup of a
-/// round, so setups are compared on identical work.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 /// Alternates a new key (appended after the preloaded ones) with a random
 /// existing one: half inserts, half updates.
 fn upserts(rows: usize, customers: usize, seed: u64) -> Vec<Upsert> {
-    let mut rng = Rng(seed | 1);
+    // Seeded: the same keys for every setup of a round, so setups are
+    // compared on identical work.
+    let mut rng = StdRng::seed_from_u64(seed);
     let mut next_new = customers as i64 + 1;
     (0..rows)
         .map(|i| {
-            let r = rng.next();
+            let r: u64 = rng.random();
             let id = if i % 2 == 1 || customers == 0 {
                 next_new += 1;
                 next_new - 1
