@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use barista_consumer::FollowerConfig;
-use barista_schemas::cli::{self, parse_kv};
+use barista_runtime::args::parse_kv;
+use barista_runtime::{exit, logs, run_until_signal};
 use clap::Parser;
 
 /// mimalloc rather than glibc malloc: with many small short-lived buffers per
@@ -74,9 +75,9 @@ struct Args {
 
 fn main() -> ExitCode {
     let a = Args::parse();
-    cli::init_tracing();
+    logs::init_tracing();
     if a.follower_id.trim().is_empty() {
-        return cli::bad_configuration("consumer", "--follower-id must not be empty");
+        return exit::bad_configuration("consumer", "--follower-id must not be empty");
     }
     let mut c = FollowerConfig::new(a.replica, &a.follower_id, &a.brokers, &a.registry_url);
     c.topic_prefix = a.topic_prefix;
@@ -86,5 +87,5 @@ fn main() -> ExitCode {
     c.gap_timeout = Duration::from_millis(a.gap_timeout_ms);
     c.heartbeat_grace = Duration::from_millis(a.heartbeat_grace_ms);
     c.kafka_options = a.kafka_options;
-    cli::run_until_signal("consumer", |shutdown| barista_consumer::run(c, shutdown))
+    run_until_signal("consumer", |shutdown| barista_consumer::run(c, shutdown))
 }

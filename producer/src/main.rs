@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use barista_producer::migrate::{Migration, Outcome};
 use barista_producer::ProducerConfig;
-use barista_schemas::cli::{self, parse_kv};
+use barista_runtime::args::parse_kv;
+use barista_runtime::{exit, logs, run_until_signal};
 use clap::{Parser, Subcommand};
 
 /// mimalloc rather than glibc malloc: with many small short-lived buffers per
@@ -187,12 +188,12 @@ fn main() -> ExitCode {
     if let Some(Command::Migrate(m)) = args.command.take() {
         return migrate(m);
     }
-    cli::init_tracing();
+    logs::init_tracing();
     let config = match args.into_config() {
         Ok(c) => c,
-        Err(e) => return cli::bad_configuration("producer", e),
+        Err(e) => return exit::bad_configuration("producer", e),
     };
-    cli::run_until_signal("producer", |shutdown| {
+    run_until_signal("producer", |shutdown| {
         barista_producer::run(config, shutdown)
     })
 }

@@ -3,12 +3,10 @@
 //! topics, subjects and headers. Both the producer and the consumers depend on
 //! this crate and nothing else of each other.
 
+/// Avro schemas derived from a table shape, with Avro-legal names.
 pub mod avro_schema;
 /// The envelope in Avro binary without apache-avro `Value` trees.
 pub mod binary;
-/// Avro schemas derived from a table shape, with Avro-legal names.
-#[cfg(feature = "cli")]
-pub mod cli;
 /// Commit groups and heartbeats on the commits topic.
 pub mod commit;
 /// Topic, subject and header names: every name that crosses a process boundary.

@@ -1,36 +1,9 @@
-//! What every barista binary shares (feature `cli`): logs to stderr through
-//! `tracing` (`RUST_LOG`), `-X key=value` librdkafka options, shutdown on
-//! SIGINT/SIGTERM, and the exit codes: 0 clean stop, 1 runtime failure, 2 bad
-//! configuration.
+//! Shutdown on SIGINT/SIGTERM: the signal resolves a future that the
+//! process's `run(config, shutdown)` drains on.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitCode;
-
-/// Logs to stderr; `RUST_LOG` overrides the default filter.
-pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-/// Parses `key=value` (clap value parser for `-X`).
-pub fn parse_kv(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| format!("expected key=value, got {s:?}"))
-}
-
-/// Says what is wrong with the configuration; exit code 2.
-pub fn bad_configuration(binary: &str, why: impl std::fmt::Display) -> ExitCode {
-    eprintln!("{binary}: bad configuration: {why}");
-    ExitCode::from(2)
-}
 
 /// Resolves on the first SIGINT or SIGTERM.
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -49,7 +22,7 @@ where
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{binary}: starting the runtime: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(crate::exit::FAILURE);
         }
     };
     let result = rt.block_on(async {
@@ -66,10 +39,6 @@ where
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "{binary} failed");
-            eprintln!("{binary}: {e:#}");
-            ExitCode::from(1)
-        }
+        Err(e) => crate::exit::failure(binary, &e),
     }
 }

@@ -1,0 +1,21 @@
+//! How every barista process runs, shared by all of its binaries and by the
+//! long-running loops inside them.
+//!
+//! In the order a process meets them:
+
+/// `key=value` flags (librdkafka's `-X`).
+pub mod args;
+/// Retry pacing for a broker or registry that is down.
+pub mod backoff;
+/// Exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration.
+pub mod exit;
+/// Locks whose poisoning stops the process instead of resetting state.
+pub mod locks;
+/// Logs to stderr through `tracing`, filtered by `RUST_LOG`.
+pub mod logs;
+/// SIGINT/SIGTERM → a shutdown future; the runtime that runs until then.
+pub mod signals;
+
+pub use backoff::Backoff;
+pub use locks::{lock, Poisoned};
+pub use signals::{run_until_signal, Shutdown};
