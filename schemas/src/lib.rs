@@ -28,12 +28,54 @@ pub use value::SqlValue;
 
 /// A leader position: the change sequence number assigned by the changelog.
 /// Strictly increasing and never reused, even after the changelog is pruned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+/// Zero means "before the first change". On the wire (Avro, JSON, SQLite) it
+/// is a plain integer.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Position(pub i64);
+
+impl Position {
+    /// Before the first change.
+    pub const ZERO: Position = Position(0);
+
+    /// The position right after this one.
+    pub fn next(self) -> Position {
+        Position(self.0 + 1)
+    }
+
+    /// How many positions `self` is ahead of `other` (0 when it is not).
+    pub fn ahead_of(self, other: Position) -> i64 {
+        (self.0 - other.0).max(0)
+    }
+}
 
 impl std::fmt::Display for Position {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+impl From<i64> for Position {
+    fn from(p: i64) -> Position {
+        Position(p)
+    }
+}
+
+impl From<Position> for i64 {
+    fn from(p: Position) -> i64 {
+        p.0
     }
 }
 
