@@ -25,6 +25,12 @@
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
+/// The leader's position (its changelog head) and its clock, for a leader
+/// serving the read API from its own file (`barista_reads::read_row` and
+/// `read_page` take it as their position SQL).
+pub const LEADER_POSITION_SQL: &str = "SELECT coalesce(max(position), 0), \
+     CAST(unixepoch('subsec') * 1000 AS INTEGER) FROM _barista_changelog";
+
 /// The SQL that reads the token; run it inside the write transaction, after
 /// its writes and before `COMMIT`.
 pub const COMMIT_POSITION_SQL: &str = "SELECT coalesce(max(position), 0) FROM _barista_changelog";
