@@ -12,110 +12,16 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::compat::{self, CompatibilityLevel, Incompatibility};
 
+mod candidate;
+mod error;
+mod levels;
+
+pub(crate) use candidate::Candidate;
+pub(crate) use error::{confluent_messages, RegistryError};
+use levels::effective_level;
+
 /// The only schema type this registry stores.
 pub(crate) const AVRO: &str = "AVRO";
-
-/// Why a registry operation failed; [`crate::api`] maps each variant to Confluent's error code.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum RegistryError {
-    /// The subject has no versions (40401).
-    #[error("Subject '{0}' not found.")]
-    SubjectNotFound(String),
-    /// The subject exists but not that version (40402).
-    #[error("Version {version} not found.")]
-    VersionNotFound { version: u32 },
-    /// No schema with that id, or the schema is not under the subject (40403).
-    #[error("{0}")]
-    SchemaNotFound(String),
-    /// The subject has no level of its own (40408).
-    #[error("Subject '{0}' does not have subject-level compatibility configured")]
-    SubjectLevelNotFound(String),
-    /// The schema does not parse, or uses what this registry does not support (42201).
-    #[error("Invalid schema: {0}")]
-    InvalidSchema(String),
-    /// The new schema breaks the subject's level (409).
-    #[error(
-        "Schema being registered is incompatible with an earlier schema for subject \"{subject}\", \
-         details: [{}]",
-        confluent_details(incompatibility)
-    )]
-    Incompatible {
-        subject: String,
-        incompatibility: Box<Incompatibility>,
-    },
-    /// SQLite failed (50001).
-    #[error("Error in the backend data store: {0}")]
-    Storage(#[from] rusqlite::Error),
-    /// Stored data no longer parses (50001).
-    #[error("Error in the backend data store: {0}")]
-    Corrupt(String),
-}
-
-/// The details list of a 409, in the shape Confluent prints it.
-pub(crate) fn confluent_details(incompatibility: &Incompatibility) -> String {
-    let mut details: Vec<String> = confluent_messages(incompatibility);
-    details.push(format!("{{oldSchemaVersion: {}}}", incompatibility.version));
-    details.push(format!("{{compatibility: '{}'}}", incompatibility.level));
-    details.join(", ")
-}
-
-/// One `{errorType:…, description:…, additionalInfo:…}` entry per reason.
-pub(crate) fn confluent_messages(incompatibility: &Incompatibility) -> Vec<String> {
-    incompatibility
-        .reasons
-        .iter()
-        .map(|reason| {
-            format!(
-                "{{errorType:'{}', description:'{}: {}', additionalInfo:'{}'}}",
-                reason.rule,
-                incompatibility.direction_phrase(),
-                reason,
-                reason.field.as_deref().unwrap_or(&reason.path)
-            )
-        })
-        .collect()
-}
-
-/// A schema from a request, parsed.
-pub(crate) struct Candidate {
-    /// As the client sent it.
-    text: String,
-    schema: Schema,
-    /// apache-avro's re-serialisation; the identity of a schema (see `store.sql`).
-    normalized: String,
-}
-
-impl Candidate {
-    /// Parses a request's schema; only Avro without references is supported.
-    pub(crate) fn parse(
-        text: &str,
-        schema_type: Option<&str>,
-        has_references: bool,
-    ) -> Result<Self, RegistryError> {
-        if let Some(other) = schema_type.filter(|t| !t.eq_ignore_ascii_case(AVRO)) {
-            return Err(RegistryError::InvalidSchema(format!(
-                "schema type {other} is not supported, only AVRO"
-            )));
-        }
-        if has_references {
-            return Err(RegistryError::InvalidSchema(
-                "schema references are not supported by the embedded registry".into(),
-            ));
-        }
-        let schema =
-            Schema::parse_str(text).map_err(|e| RegistryError::InvalidSchema(format!("{e}")))?;
-        let normalized = normalize(&schema)?;
-        Ok(Self {
-            text: text.to_owned(),
-            schema,
-            normalized,
-        })
-    }
-}
-
-fn normalize(schema: &Schema) -> Result<String, RegistryError> {
-    serde_json::to_string(schema).map_err(|e| RegistryError::InvalidSchema(e.to_string()))
-}
 
 /// A subject's version or `latest`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,58 +270,6 @@ impl Store {
         ))
     }
 
-    /// The global level: as last set, else the configured default.
-    pub(crate) fn global_level(&self) -> Result<CompatibilityLevel, RegistryError> {
-        global_level(&self.conn, self.default_level)
-    }
-
-    /// Sets the global level.
-    pub(crate) fn set_global_level(&self, level: CompatibilityLevel) -> Result<(), RegistryError> {
-        self.conn.execute(
-            "INSERT INTO global_config (singleton, compatibility) VALUES (1, ?1)
-             ON CONFLICT (singleton) DO UPDATE SET compatibility = excluded.compatibility",
-            params![level.as_str()],
-        )?;
-        Ok(())
-    }
-
-    /// The subject's own level, if it has one.
-    pub(crate) fn subject_level(
-        &self,
-        subject: &str,
-    ) -> Result<Option<CompatibilityLevel>, RegistryError> {
-        subject_level(&self.conn, subject)
-    }
-
-    /// Sets the subject's own level.
-    pub(crate) fn set_subject_level(
-        &self,
-        subject: &str,
-        level: CompatibilityLevel,
-    ) -> Result<(), RegistryError> {
-        self.conn.execute(
-            "INSERT INTO subject_config (subject, compatibility) VALUES (?1, ?2)
-             ON CONFLICT (subject) DO UPDATE SET compatibility = excluded.compatibility",
-            params![subject, level.as_str()],
-        )?;
-        Ok(())
-    }
-
-    /// Removes the subject's own level and returns it; 40408 if it had none.
-    pub(crate) fn delete_subject_level(
-        &self,
-        subject: &str,
-    ) -> Result<CompatibilityLevel, RegistryError> {
-        let level = self
-            .subject_level(subject)?
-            .ok_or_else(|| RegistryError::SubjectLevelNotFound(subject.to_owned()))?;
-        self.conn.execute(
-            "DELETE FROM subject_config WHERE subject = ?1",
-            params![subject],
-        )?;
-        Ok(level)
-    }
-
     /// Deletes every version of the subject and returns their numbers. Schemas keep their ids
     /// (consumers may still hold data written with them).
     pub(crate) fn delete_subject(&mut self, subject: &str) -> Result<Vec<u32>, RegistryError> {
@@ -500,74 +354,12 @@ fn load_versions(conn: &Connection, subject: &str) -> Result<Vec<(u32, Schema)>,
     Ok(versions)
 }
 
-fn parse_level(stored: &str) -> Result<CompatibilityLevel, RegistryError> {
-    stored
-        .parse()
-        .map_err(|e| RegistryError::Corrupt(format!("stored compatibility level: {e}")))
-}
-
-fn global_level(
-    conn: &Connection,
-    default_level: CompatibilityLevel,
-) -> Result<CompatibilityLevel, RegistryError> {
-    let stored: Option<String> = conn
-        .query_row(
-            "SELECT compatibility FROM global_config WHERE singleton = 1",
-            [],
-            |row| row.get(0),
-        )
-        .optional()?;
-    stored.map_or(Ok(default_level), |s| parse_level(&s))
-}
-
-fn subject_level(
-    conn: &Connection,
-    subject: &str,
-) -> Result<Option<CompatibilityLevel>, RegistryError> {
-    let stored: Option<String> = conn
-        .query_row(
-            "SELECT compatibility FROM subject_config WHERE subject = ?1",
-            params![subject],
-            |row| row.get(0),
-        )
-        .optional()?;
-    stored.map(|s| parse_level(&s)).transpose()
-}
-
-/// The level that governs `subject`: its own, else the global one.
-fn effective_level(
-    conn: &Connection,
-    subject: &str,
-    default_level: CompatibilityLevel,
-) -> Result<CompatibilityLevel, RegistryError> {
-    match subject_level(conn, subject)? {
-        Some(level) => Ok(level),
-        None => global_level(conn, default_level),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn candidate(text: &str) -> Candidate {
         Candidate::parse(text, None, false).unwrap()
-    }
-
-    #[test]
-    fn identity_ignores_layout_but_keeps_defaults() {
-        let a = candidate(r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"}]}"#);
-        let b = candidate(
-            r#"{ "name": "R", "type": "record",
-                 "fields": [ { "type": "int", "name": "a" } ] }"#,
-        );
-        let c = candidate(
-            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","default":1}]}"#,
-        );
-        assert_eq!(a.normalized, b.normalized);
-        assert_ne!(a.normalized, c.normalized);
-        // Parsing Canonical Form would have called them equal.
-        assert_eq!(a.schema.canonical_form(), c.schema.canonical_form());
     }
 
     #[test]
