@@ -3,6 +3,7 @@
 //! Tells poison (never decodable) from trouble that passes (registry down).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use apache_avro::reader::datum::GenericDatumReader;
@@ -70,7 +71,9 @@ impl Decoder {
     /// The reader and shape of a writer schema, fetched from the registry
     /// once per id.
     async fn writer(&self, id: u32) -> Result<Arc<Writer>, DecodeError> {
-        if let Some(w) = self.writers.lock().ok().and_then(|m| m.get(&id).cloned()) {
+        // A cache of immutable readers: a panicking holder cannot leave it
+        // half-updated, so a poisoned lock is safe to take over.
+        if let Some(w) = self.cache().get(&id).cloned() {
             return Ok(w);
         }
         let schema = self.avro.get_schema(id).await.map_err(|e| {
@@ -102,11 +105,14 @@ impl Decoder {
             reader,
             shape,
         });
-        if let Ok(mut m) = self.writers.lock() {
-            // Two decoders racing on a new id both leak one copy; harmless.
-            return Ok(m.entry(id).or_insert(w).clone());
-        }
-        Ok(w)
+        // Two decoders racing on a new id both leak one copy; harmless.
+        Ok(self.cache().entry(id).or_insert(w).clone())
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<Writer>>> {
+        self.writers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Decodes a change-event value.
@@ -135,5 +141,32 @@ impl Decoder {
             Self::classify(e)
         })?;
         Commit::from_avro(r.value).map_err(|e| DecodeError::Poison(e.to_string()))
+    }
+}
+/// Decodes with `f`, waiting out an unreachable registry (retried with
+/// backoff; poison is returned at once). `Ok(None)` when `shutdown` resolves
+/// first.
+pub async fn with_registry_retry<'a, T, F, Fut>(
+    decoder: &'a Decoder,
+    f: F,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<Option<T>, DecodeError>
+where
+    F: Fn(&'a Decoder) -> Fut,
+    Fut: Future<Output = Result<T, DecodeError>> + 'a,
+{
+    let mut backoff = barista_runtime::Backoff::new();
+    loop {
+        match f(decoder).await {
+            Ok(v) => return Ok(Some(v)),
+            Err(DecodeError::Unavailable(e)) => {
+                tracing::warn!(error = %e, retry_in = ?backoff.peek(), "schema registry unavailable; waiting");
+                tokio::select! {
+                    _ = &mut *shutdown => return Ok(None),
+                    _ = backoff.wait() => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The follower's HTTP side: `/metrics` (Prometheus), `/status` (JSON),
 //! `/ready` (503 above the configured lag or when halted), and
 //! `/admin/pause` / `/admin/resume` for operators and tests, and the read
-//! API (`/tables/…`, see [`crate::reads`]).
+//! API (`/tables/…`, see [`crate::serve`]).
 
 use std::sync::Arc;
 
@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use crate::follower::Shared;
+use crate::serve::poisoned;
+use crate::state::Shared;
 
 /// The follower's routes.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -22,7 +23,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/admin/pause", post(pause))
         .route("/admin/resume", post(resume))
         .with_state(shared.clone())
-        .merge(crate::reads::router(shared))
+        .merge(crate::serve::router(shared))
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
@@ -41,12 +42,17 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn status(State(s): State<Arc<Shared>>) -> Response {
-    let st = s.status.lock().map(|g| g.clone()).unwrap_or_default();
-    Json(st).into_response()
+    match s.status() {
+        Ok(st) => Json(st.clone()).into_response(),
+        Err(e) => poisoned(e),
+    }
 }
 
 async fn ready(State(s): State<Arc<Shared>>) -> Response {
-    let st = s.status.lock().map(|g| g.clone()).unwrap_or_default();
+    let st = match s.status() {
+        Ok(st) => st.clone(),
+        Err(e) => return poisoned(e),
+    };
     let body = serde_json::json!({
         "ready": st.halted.is_none() && st.seconds_lag <= s.max_lag_seconds,
         "seconds_lag": st.seconds_lag,

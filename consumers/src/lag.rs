@@ -5,8 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
-use std::time::Instant;
 
+use barista_reads::{leader_now_ms, LeaderClock};
+use barista_schemas::Position;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -137,7 +138,7 @@ pub struct PartitionStatus {
     /// high_watermark - next_offset.
     pub offset_lag: i64,
     /// Last leader position applied from this partition.
-    pub applied_position: i64,
+    pub applied_position: Position,
     /// Why this partition is blocked, if it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
@@ -149,9 +150,9 @@ pub struct Status {
     /// Follower id (consumer group).
     pub follower: String,
     /// The replica's position.
-    pub applied_position: i64,
+    pub applied_position: Position,
     /// The leader's newest known position.
-    pub leader_position: i64,
+    pub leader_position: Position,
     /// leader_position - applied_position.
     pub position_lag: i64,
     /// Seconds behind the leader on the leader's clock; 0 when caught up.
@@ -173,38 +174,6 @@ pub struct Status {
     pub halted: Option<String>,
 }
 
-/// The leader clock as last heard from, so "now on the leader" can be
-/// estimated with this machine's monotonic clock (never its wall clock).
-#[derive(Debug, Clone, Copy)]
-pub struct LeaderClock {
-    /// Leader time of the newest commit record or heartbeat.
-    pub ts_ms: i64,
-    /// When it was received here.
-    pub received: Instant,
-}
-
-impl LeaderClock {
-    /// Estimated leader time now.
-    pub fn now_ms(&self) -> i64 {
-        self.ts_ms + self.received.elapsed().as_millis() as i64
-    }
-}
-
-/// The leader's clock now, as a bounded-staleness check must assume it: the
-/// leader time last heard plus the time since, but never earlier than this
-/// machine's wall clock. The first alone runs late by the heartbeat's transit
-/// time (up to a broker round trip), which would let a read through that is
-/// staler than asked; taking the later of the two never does on one machine or
-/// with synchronised clocks, and a follower whose clock runs ahead only
-/// refuses more, never less.
-pub fn leader_now_ms(clock: Option<LeaderClock>) -> i64 {
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    clock.map_or(wall, |c| c.now_ms().max(wall))
-}
-
 /// Seconds behind, on the leader's clock ([`leader_now_ms`]): how long ago the
 /// leader was where the replica is. Zero when the replica holds everything the
 /// leader is known to have and the producer was heard from (a commit record
@@ -214,9 +183,9 @@ pub fn leader_now_ms(clock: Option<LeaderClock>) -> i64 {
 /// broker that stopped delivering shows up here, not only in positions).
 /// Before anything was heard there is nothing to measure against: zero.
 pub fn seconds_behind(
-    applied: i64,
+    applied: Position,
     applied_ts_ms: i64,
-    leader: i64,
+    leader: Position,
     clock: Option<LeaderClock>,
     grace: std::time::Duration,
 ) -> f64 {
@@ -232,6 +201,9 @@ pub fn seconds_behind(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
+
+    const P: fn(i64) -> Position = Position;
 
     #[test]
     fn seconds_lag_is_zero_when_caught_up_and_grows_on_the_leader_clock() {
@@ -242,12 +214,15 @@ mod tests {
             received: Instant::now(),
         };
         // Caught up, heard from just now: zero, however old the position's time.
-        assert_eq!(seconds_behind(5, now - 1_000, 5, Some(heard), grace), 0.0);
+        assert_eq!(
+            seconds_behind(P(5), now - 1_000, P(5), Some(heard), grace),
+            0.0
+        );
         // Behind: how long ago the leader was where the replica is.
-        let behind = seconds_behind(4, now - 3_000, 5, Some(heard), grace);
+        let behind = seconds_behind(P(4), now - 3_000, P(5), Some(heard), grace);
         assert!((3.0..3.5).contains(&behind), "{behind}");
         // Nothing heard at all: nothing to measure against.
-        assert_eq!(seconds_behind(0, 0, 0, None, grace), 0.0);
+        assert_eq!(seconds_behind(P(0), 0, P(0), None, grace), 0.0);
     }
 
     #[test]
@@ -259,7 +234,7 @@ mod tests {
             received: Instant::now() - std::time::Duration::from_secs(2),
         };
         // Caught up with the last heartbeat, which came 2 s ago.
-        let silent = seconds_behind(5, now - 2_000, 5, Some(heard), grace);
+        let silent = seconds_behind(P(5), now - 2_000, P(5), Some(heard), grace);
         assert!((2.0..2.5).contains(&silent), "{silent}");
     }
 }

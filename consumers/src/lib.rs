@@ -1,26 +1,41 @@
 //! barista's consumers: the follower side of the pipeline.
 //!
-//! Kafka ─► decode (writer schema from the registry) ─► buffer until a commit
-//! group is whole ─► apply (one replica transaction with offsets and
-//! position) ─► replica.db; lag, status and reads over HTTP.
+//! Kafka ─► decode (writer schema from the registry) ─► chain per partition ─►
+//! commit groups, applied whole ─► replica.db (one transaction with offsets
+//! and position); lag, status and reads over HTTP.
+//!
+//! Modules in dataflow order:
 
-/// Confluent-framed Avro → changes and commit records.
+/// Per partition, pure: duplicate, gap, blocked; the restart offset.
+pub mod chain;
+/// Validated configuration.
+pub mod config;
+/// Poison messages → the dead-letter topic.
+pub mod dead_letter;
+/// Confluent-framed Avro → changes and commit records; registry retries.
 pub mod decode;
-/// The consume → apply loop.
+/// The loop that feeds the cores and carries out their plans.
 pub mod follower;
+/// Commit groups, pure: completeness → the plan of one replica transaction.
+pub mod groups;
 /// Metrics, status, readiness and admin endpoints.
 pub mod http;
-/// Lag in offsets, positions and seconds; metrics.
+/// The consumer, topics, assignment from stored offsets, watermarks.
+pub mod kafka;
+/// Lag in offsets, positions and seconds; status; metrics.
 pub mod lag;
-/// Rows over HTTP with the position they were read at; consistency options.
-pub mod reads;
 /// The replica file and the apply transaction.
 pub mod replica;
+/// The read API served from the replica.
+pub mod serve;
+/// The applied position and its freshness, published to everything else.
+pub mod state;
 
 use std::future::Future;
 use std::sync::Arc;
 
-pub use follower::{FollowerConfig, Shared};
+pub use config::FollowerConfig;
+pub use state::{FollowerState, Shared};
 
 /// Runs a follower with its HTTP endpoints until `shutdown` resolves.
 pub async fn run(
@@ -31,18 +46,35 @@ pub async fn run(
     run_with(config, shared, shutdown).await
 }
 
-/// Like [`run`], with shared state the caller keeps (tests, the demo).
+/// Like [`run`], with shared state the caller keeps (tests, the demo); binds
+/// `config.http_listen` when set.
 pub async fn run_with(
     config: FollowerConfig,
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let token = tokio_util::sync::CancellationToken::new();
-    let server = match config.http_listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
+    let listener = match config.http_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    run_on(listener, config, shared, shutdown).await
+}
+
+/// Like [`run_with`], serving HTTP on a listener the caller already bound
+/// (tests bind port 0 and read the address back: no port race), or none.
+pub async fn run_on(
+    listener: Option<tokio::net::TcpListener>,
+    config: FollowerConfig,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let token = tokio_util::sync::CancellationToken::new();
+    let server = match listener {
+        Some(listener) => {
             tracing::info!(addr = %listener.local_addr()?, "follower HTTP listening");
             let app = http::router(shared.clone());
             let t = token.clone();

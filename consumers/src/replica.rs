@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use barista_schemas::envelope::{DecodedChange, RowShape};
-use barista_schemas::{Op, SqlValue};
+use barista_schemas::{Op, Position, SqlValue};
 use rusqlite::{params, params_from_iter, Connection};
+
+use crate::chain::TopicPartition;
 
 const REPLICA_SQL: &str = include_str!("sql/replica.sql");
 
@@ -22,9 +24,9 @@ fn quote(ident: &str) -> String {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
     /// (topic, partition) → (next offset, last applied position).
-    pub offsets: HashMap<(String, i32), (i64, i64)>,
+    pub offsets: HashMap<TopicPartition, (i64, Position)>,
     /// Every leader change up to here is applied.
-    pub position: i64,
+    pub position: Position,
     /// Leader clock at `position`.
     pub leader_ts_ms: i64,
 }
@@ -35,9 +37,9 @@ pub struct Batch {
     /// Changes in leader position order.
     pub changes: Vec<DecodedChange>,
     /// Offsets and applied positions to store.
-    pub offsets: Vec<((String, i32), (i64, i64))>,
+    pub offsets: Vec<(TopicPartition, (i64, Position))>,
     /// The replica's new position and its leader time.
-    pub position: Option<(i64, i64)>,
+    pub position: Option<(Position, i64)>,
 }
 
 /// Statements prepared for one table under one writer shape.

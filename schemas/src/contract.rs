@@ -6,6 +6,9 @@ pub const DEFAULT_TOPIC_PREFIX: &str = "barista";
 /// Suffix of the commits topic (`<prefix>.__commits`), one partition, that
 /// carries commit groups and heartbeats.
 pub const COMMITS_TOPIC_SUFFIX: &str = "__commits";
+/// Suffix of the dead-letter topic (`<prefix>.__dead_letters`), where
+/// followers put messages they can never apply.
+pub const DEAD_LETTERS_TOPIC_SUFFIX: &str = "__dead_letters";
 /// Value of `source.connector`.
 pub const CONNECTOR: &str = "barista";
 
@@ -20,6 +23,8 @@ pub const HEADER_TOMBSTONE: &str = "barista.tombstone";
 /// open replica transaction instead of holding it in memory. The group's
 /// commit record (no such header) still closes it.
 pub const HEADER_GROUP: &str = "barista.group";
+/// Value of [`HEADER_GROUP`] on a begin record.
+pub const GROUP_BEGIN: &str = "begin";
 /// Dead-letter headers: the error, and where the message came from.
 pub const HEADER_DLQ_ERROR: &str = "barista.dlq.error";
 /// Dead-letter header: original topic.
@@ -47,6 +52,14 @@ pub fn table_topic(prefix: &str, table: &str) -> String {
     format!("{prefix}.{}", topic_safe(table))
 }
 
+/// True for barista's own topics (commits, dead letters) under any prefix:
+/// they carry no table's changes.
+pub fn is_internal_topic(topic: &str) -> bool {
+    topic.rsplit_once('.').is_some_and(|(_, suffix)| {
+        suffix == COMMITS_TOPIC_SUFFIX || suffix == DEAD_LETTERS_TOPIC_SUFFIX
+    })
+}
+
 /// The commits topic of a prefix.
 pub fn commits_topic(prefix: &str) -> String {
     format!("{prefix}.{COMMITS_TOPIC_SUFFIX}")
@@ -54,7 +67,7 @@ pub fn commits_topic(prefix: &str) -> String {
 
 /// The dead-letter topic a follower writes poison messages to.
 pub fn dead_letter_topic(prefix: &str) -> String {
-    format!("{prefix}.__dead_letters")
+    format!("{prefix}.{DEAD_LETTERS_TOPIC_SUFFIX}")
 }
 
 /// Subject of a topic's keys (Confluent's TopicNameStrategy).

@@ -67,6 +67,19 @@ impl std::fmt::Display for Position {
     }
 }
 
+/// Stored as an INTEGER (changelog, replica position and offsets tables).
+impl rusqlite::ToSql for Position {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        self.0.to_sql()
+    }
+}
+
+impl rusqlite::types::FromSql for Position {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        i64::column_result(v).map(Position)
+    }
+}
+
 impl From<i64> for Position {
     fn from(p: i64) -> Position {
         Position(p)

@@ -24,11 +24,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use barista_consumer::reads::{
-    read_page, read_row, ReadError, ReadPool, ReadRequest, Snapshot, LEADER_POSITION_SQL,
-    RETRY_HINT,
-};
-use barista_producer::token::write_with_token;
+use barista_producer::token::{write_with_token, LEADER_POSITION_SQL};
+use barista_reads::{read_page, read_row, ReadError, ReadPool, ReadRequest, Snapshot, RETRY_HINT};
+use barista_schemas::Position;
 use rusqlite::{params, Connection};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -217,7 +215,7 @@ async fn rows(
 
 /// The leader's answer has the same shape as a follower's; it is never
 /// stale. A `min_position` beyond its head is a token from another leader.
-fn answer(table: &str, min: Option<i64>, r: Result<Snapshot<Value>, ReadError>) -> Response {
+fn answer(table: &str, min: Option<Position>, r: Result<Snapshot<Value>, ReadError>) -> Response {
     let snap = match r {
         Ok(s) => s,
         Err(e) => return e.into_response(),

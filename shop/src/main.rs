@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use barista_runtime::{exit, logs, run_until_signal};
 use clap::Parser;
 
 /// Take coffee orders over HTTP, write them to the leader database, and answer
@@ -31,51 +32,14 @@ struct Args {
 
 fn main() -> ExitCode {
     let a = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logs::init_tracing_with("info");
     if let Err(e) = barista_shop::create_schema(&a.leader) {
-        eprintln!("barista-shop: {e:#}");
-        return ExitCode::from(2);
+        return exit::bad_configuration("barista-shop", format!("{e:#}"));
     }
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("barista-shop: starting the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let r = rt.block_on(async {
+    run_until_signal("barista-shop", |shutdown| async move {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .map_err(|e| anyhow::anyhow!("binding {}: {e}", a.listen))?;
-        barista_shop::serve(listener, a.leader, shutdown_signal()).await
-    });
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "shop failed");
-            eprintln!("barista-shop: {e:#}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
-        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-    }
-    #[cfg(not(unix))]
-    ctrl_c.await.unwrap_or(());
-    tracing::info!("shutdown requested");
+        barista_shop::serve(listener, a.leader, shutdown).await
+    })
 }

@@ -26,7 +26,7 @@ use anyhow::Context as _;
 use barista_consumer::decode::Decoder;
 use barista_consumer::replica::{Batch, Replica};
 use barista_schemas::envelope::DecodedChange;
-use barista_schemas::{ChangeEvent, Op, Source, SqlValue, TableSchemas, TableShape};
+use barista_schemas::{ChangeEvent, Op, Position, Source, SqlValue, TableSchemas, TableShape};
 use clap::Parser;
 use rusqlite::Connection;
 
@@ -229,7 +229,7 @@ fn run_raw(path: &Path, stream: &Stream, batch: usize) -> anyhow::Result<()> {
 fn batch_of(changes: Vec<DecodedChange>, next_offset: i64) -> Batch {
     let last = changes
         .last()
-        .map_or((0, 0), |c| (c.source.position, c.ts_ms));
+        .map_or((Position(0), 0), |c| (Position(c.source.position), c.ts_ms));
     Batch {
         changes,
         offsets: vec![(("bench.customers".to_owned(), 0), (next_offset, last.0))],

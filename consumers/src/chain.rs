@@ -1,0 +1,423 @@
+//! The per-partition chain, pure (no Kafka, SQLite or tokio): decoded changes
+//! of one data partition buffered by position, and the `prev_position` chain
+//! the producer threads through them.
+//!
+//! A change whose predecessor this partition never received is a **gap**: it
+//! waits for a resend, and [`PartitionChain::gap`] says how long it has. A
+//! change at or below what was applied, or already buffered, is a
+//! **duplicate** (a resend after a producer rewind). A change that went to the
+//! dead-letter topic **blocks** the chain at its position until the chain
+//! passes it; meanwhile its offset stays the restart point.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use barista_schemas::envelope::DecodedChange;
+use barista_schemas::Position;
+
+/// A data partition: `(topic, partition)`.
+pub type TopicPartition = (String, i32);
+
+/// A message that claimed a leader position and could not be applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocked {
+    /// Its Kafka offset.
+    pub offset: i64,
+    /// The position it claimed.
+    pub position: Position,
+    /// Why it is held, for `/status`.
+    pub reason: String,
+}
+
+/// What [`PartitionChain::offer`] did with a change.
+#[derive(Debug, PartialEq)]
+pub enum Offer {
+    /// Already applied or buffered: dropped.
+    Duplicate,
+    /// Buffered. The chain passed these dead-lettered messages' positions:
+    /// they were not missing changes of this partition and hold nothing now.
+    Buffered {
+        /// Blocked messages no longer held.
+        released: Vec<Blocked>,
+    },
+}
+
+/// A change waiting for a predecessor that has not arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// The first change past the chain.
+    pub position: Position,
+    /// The predecessor it names.
+    pub prev: Option<Position>,
+    /// How far the chain reaches.
+    pub have: Position,
+    /// How long it has waited.
+    pub waited: Duration,
+}
+
+/// One data partition's buffer and chain.
+#[derive(Debug, Default)]
+pub struct PartitionChain {
+    /// The offset after the last message consumed.
+    consumed: i64,
+    /// The last position applied from this partition.
+    applied: Position,
+    /// The chain reaches here without a hole.
+    contiguous: Position,
+    buffered: BTreeMap<Position, (i64, DecodedChange)>,
+    gap_since: Option<Instant>,
+    /// Oldest first: their offsets stay stored until the chain passes them.
+    blocked: Vec<Blocked>,
+    /// The partition's high watermark as last seen.
+    pub high_watermark: i64,
+}
+
+impl PartitionChain {
+    /// A chain resuming at `next_offset`, with `applied` the last position
+    /// the replica holds from this partition.
+    pub fn new(next_offset: i64, applied: Position) -> Self {
+        PartitionChain {
+            consumed: next_offset,
+            applied,
+            contiguous: applied,
+            ..PartitionChain::default()
+        }
+    }
+
+    /// The last position applied from this partition.
+    pub fn applied(&self) -> Position {
+        self.applied
+    }
+
+    /// How far the chain reaches without a hole.
+    pub fn contiguous(&self) -> Position {
+        self.contiguous
+    }
+
+    /// Why the partition is blocked, if it is.
+    pub fn blocked(&self) -> Option<&Blocked> {
+        self.blocked.first()
+    }
+
+    /// Records that the message at `offset` was consumed.
+    pub fn consumed(&mut self, offset: i64) {
+        self.consumed = offset + 1;
+    }
+
+    /// True when a message claiming `position` needs no decoding: applied
+    /// here or by the replica (`floor`, the replica's position).
+    pub fn is_applied(&self, position: Position, floor: Position) -> bool {
+        position <= self.applied.max(floor)
+    }
+
+    /// Buffers a decoded change read at `offset`, unless it is a duplicate,
+    /// and follows the chain as far as it now reaches.
+    pub fn offer(
+        &mut self,
+        offset: i64,
+        change: DecodedChange,
+        floor: Position,
+        now: Instant,
+    ) -> Offer {
+        let p = Position(change.source.position);
+        if self.is_applied(p, floor) || self.buffered.contains_key(&p) {
+            return Offer::Duplicate;
+        }
+        self.buffered.insert(p, (offset, change));
+        Offer::Buffered {
+            released: self.advance(now),
+        }
+    }
+
+    /// Follows the `prev_position` chain through the buffer; starts or ends
+    /// the gap clock. Returns the blocked messages the chain has passed.
+    fn advance(&mut self, now: Instant) -> Vec<Blocked> {
+        let mut c = self.contiguous.max(self.applied);
+        for (pos, (_, ch)) in self.buffered.range(c.next()..) {
+            if ch.source.prev_position.is_none_or(|p| Position(p) <= c) {
+                c = *pos;
+            } else {
+                break;
+            }
+        }
+        self.contiguous = c;
+        let waiting = self.buffered.range(c.next()..).next().is_some();
+        self.gap_since = waiting.then(|| self.gap_since.unwrap_or(now));
+        let (released, held) = std::mem::take(&mut self.blocked)
+            .into_iter()
+            .partition(|b| b.position <= c);
+        self.blocked = held;
+        released
+    }
+
+    /// A message claiming `position` went to the dead-letter topic. Unless
+    /// the chain already passed that position, it holds the chain (the next
+    /// change names it as `prev_position`) and keeps its offset as the
+    /// restart point. Returns whether it now blocks.
+    pub fn block(&mut self, offset: i64, position: Position, reason: String) -> bool {
+        if position <= self.contiguous {
+            return false;
+        }
+        self.blocked.push(Blocked {
+            offset,
+            position,
+            reason,
+        });
+        true
+    }
+
+    /// A gap that has waited longer than `timeout`, unless a dead-lettered
+    /// message explains it (then the partition is blocked, not lost).
+    pub fn gap(&self, now: Instant, timeout: Duration) -> Option<Gap> {
+        if !self.blocked.is_empty() {
+            return None;
+        }
+        let waited = now.saturating_duration_since(self.gap_since?);
+        if waited <= timeout {
+            return None;
+        }
+        let (pos, (_, ch)) = self.buffered.range(self.contiguous.next()..).next()?;
+        Some(Gap {
+            position: *pos,
+            prev: ch.source.prev_position.map(Position),
+            have: self.contiguous,
+            waited,
+        })
+    }
+
+    /// How many buffered changes are at or below `upto`.
+    pub fn pending_through(&self, upto: Position) -> usize {
+        self.buffered.range(..=upto).count()
+    }
+
+    /// How many buffered changes at or below `upto` the chain reaches.
+    pub fn ready_through(&self, upto: Position) -> usize {
+        self.pending_through(upto.min(self.contiguous))
+    }
+
+    /// Takes the buffered changes at or below `upto`, in position order, and
+    /// counts them as applied.
+    pub fn take_through(&mut self, upto: Position) -> Vec<DecodedChange> {
+        let rest = self.buffered.split_off(&upto.next());
+        let taken = std::mem::replace(&mut self.buffered, rest);
+        if let Some((&last, _)) = taken.iter().next_back() {
+            self.applied = last;
+        }
+        taken.into_values().map(|(_, c)| c).collect()
+    }
+
+    /// The offset a restart must read from: the oldest of what was consumed
+    /// but not applied (buffered or blocked), else the next one.
+    pub fn next_offset(&self) -> i64 {
+        let buffered = self.buffered.values().map(|(o, _)| *o);
+        let blocked = self.blocked.iter().map(|b| b.offset);
+        buffered
+            .chain(blocked)
+            .fold(self.consumed, |low, o| low.min(o))
+    }
+
+    /// Offsets behind the high watermark.
+    pub fn offset_lag(&self) -> i64 {
+        (self.high_watermark - self.next_offset()).max(0)
+    }
+}
+
+/// Decoded changes built by hand, for the pure cores' tests.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use std::sync::Arc;
+
+    use barista_schemas::envelope::{DecodedChange, RowShape};
+    use barista_schemas::{Op, Source, SqlValue};
+
+    /// A change to table `t` at `position`, chained after `prev`.
+    pub fn change(position: i64, prev: Option<i64>) -> DecodedChange {
+        DecodedChange {
+            shape: Arc::new(RowShape {
+                table: "t".into(),
+                columns: Vec::new(),
+            }),
+            op: Op::Create,
+            before: None,
+            after: Some(vec![SqlValue::Integer(position)]),
+            source: Source {
+                connector: "barista".into(),
+                db: "test".into(),
+                table: "t".into(),
+                position,
+                txn: position,
+                prev_position: prev,
+                snapshot: false,
+                ts_ms: 0,
+            },
+            ts_ms: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::change;
+    use super::*;
+
+    const P: fn(i64) -> Position = Position;
+
+    fn offer(c: &mut PartitionChain, offset: i64, pos: i64, prev: Option<i64>) -> Offer {
+        c.offer(offset, change(pos, prev), Position::ZERO, Instant::now())
+    }
+
+    fn positions(changes: &[DecodedChange]) -> Vec<i64> {
+        changes.iter().map(|c| c.source.position).collect()
+    }
+
+    #[test]
+    fn changes_in_chain_order_advance_the_chain() {
+        let mut c = PartitionChain::new(0, Position::ZERO);
+        for (o, (p, prev)) in [(1, None), (4, Some(1)), (9, Some(4))]
+            .into_iter()
+            .enumerate()
+        {
+            assert!(matches!(
+                offer(&mut c, o as i64, p, prev),
+                Offer::Buffered { .. }
+            ));
+        }
+        assert_eq!(c.contiguous(), P(9));
+        assert_eq!(
+            c.gap(Instant::now() + Duration::from_secs(99), Duration::ZERO),
+            None
+        );
+    }
+
+    #[test]
+    fn a_resent_change_is_a_duplicate_whether_buffered_or_applied() {
+        let mut c = PartitionChain::new(0, Position::ZERO);
+        offer(&mut c, 0, 1, None);
+        offer(&mut c, 1, 2, Some(1));
+        assert_eq!(offer(&mut c, 2, 2, Some(1)), Offer::Duplicate);
+        assert_eq!(positions(&c.take_through(P(2))), [1, 2]);
+        assert_eq!(c.applied(), P(2));
+        assert_eq!(offer(&mut c, 3, 1, None), Offer::Duplicate);
+        // Below the replica's position, even if this partition applied less.
+        let mut fresh = PartitionChain::new(0, Position::ZERO);
+        let dup = fresh.offer(0, change(5, None), P(7), Instant::now());
+        assert_eq!(dup, Offer::Duplicate);
+        assert!(fresh.is_applied(P(7), P(7)) && !fresh.is_applied(P(8), P(7)));
+    }
+
+    #[test]
+    fn a_gap_holds_the_chain_until_the_resend_fills_it() {
+        let t0 = Instant::now();
+        let mut c = PartitionChain::new(0, Position::ZERO);
+        c.offer(0, change(1, None), Position::ZERO, t0);
+        // 3 names 2, which has not arrived: the chain stops at 1.
+        c.offer(1, change(3, Some(2)), Position::ZERO, t0);
+        assert_eq!(c.contiguous(), P(1));
+        assert_eq!(c.ready_through(P(3)), 1);
+        let timeout = Duration::from_secs(30);
+        assert_eq!(c.gap(t0 + Duration::from_secs(10), timeout), None);
+        let gap = c.gap(t0 + Duration::from_secs(31), timeout).unwrap();
+        assert_eq!((gap.position, gap.prev, gap.have), (P(3), Some(P(2)), P(1)));
+        // The resend arrives (a rewind resends from the acknowledged point).
+        c.offer(
+            2,
+            change(2, Some(1)),
+            Position::ZERO,
+            t0 + Duration::from_secs(20),
+        );
+        assert_eq!(c.contiguous(), P(3));
+        assert_eq!(c.gap(t0 + Duration::from_secs(99), timeout), None);
+    }
+
+    #[test]
+    fn the_gap_clock_starts_at_the_first_wait_not_the_latest() {
+        let t0 = Instant::now();
+        let mut c = PartitionChain::new(0, Position::ZERO);
+        c.offer(0, change(3, Some(2)), Position::ZERO, t0);
+        c.offer(
+            1,
+            change(4, Some(3)),
+            Position::ZERO,
+            t0 + Duration::from_secs(5),
+        );
+        let gap = c.gap(t0 + Duration::from_secs(7), Duration::from_secs(6));
+        assert_eq!(gap.map(|g| g.waited), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn the_restart_offset_is_the_oldest_unapplied_message() {
+        let mut c = PartitionChain::new(10, P(0));
+        assert_eq!(c.next_offset(), 10);
+        for (o, p, prev) in [(10, 1, None), (11, 2, Some(1)), (12, 3, Some(2))] {
+            c.consumed(o);
+            offer(&mut c, o, p, prev);
+        }
+        assert_eq!(c.next_offset(), 10);
+        c.take_through(P(2));
+        assert_eq!(c.next_offset(), 12);
+        c.take_through(P(3));
+        assert_eq!(c.next_offset(), 13);
+        c.high_watermark = 20;
+        assert_eq!(c.offset_lag(), 7);
+    }
+
+    #[test]
+    fn a_dead_lettered_change_blocks_and_keeps_its_offset_until_passed() {
+        let mut c = PartitionChain::new(0, P(0));
+        c.consumed(0);
+        offer(&mut c, 0, 1, None);
+        c.consumed(1);
+        assert!(c.block(1, P(2), "poison".into()));
+        c.consumed(2);
+        offer(&mut c, 2, 3, Some(2));
+        assert_eq!(c.contiguous(), P(1));
+        assert_eq!(c.blocked().map(|b| b.position), Some(P(2)));
+        // A blocked partition is not a lost one: no gap, however long.
+        assert_eq!(
+            c.gap(Instant::now() + Duration::from_secs(999), Duration::ZERO),
+            None
+        );
+        c.take_through(P(1));
+        assert_eq!(
+            c.next_offset(),
+            1,
+            "the poison's offset is the restart point"
+        );
+        // A message already passed by the chain blocks nothing.
+        assert!(!c.block(0, P(1), "late".into()));
+    }
+
+    #[test]
+    fn a_blocked_position_the_chain_passes_is_released() {
+        let mut c = PartitionChain::new(0, P(0));
+        offer(&mut c, 0, 1, None);
+        // A message that only claimed position 2: the chain goes 1 → 3.
+        assert!(c.block(1, P(2), "claimed".into()));
+        match offer(&mut c, 2, 3, Some(1)) {
+            Offer::Buffered { released } => assert_eq!(
+                released
+                    .iter()
+                    .map(|b| (b.offset, b.position))
+                    .collect::<Vec<_>>(),
+                [(1, P(2))]
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.blocked(), None);
+        assert_eq!(c.contiguous(), P(3));
+    }
+
+    #[test]
+    fn take_through_leaves_later_changes_buffered() {
+        let mut c = PartitionChain::new(0, P(0));
+        offer(&mut c, 0, 2, None);
+        offer(&mut c, 1, 5, Some(2));
+        offer(&mut c, 2, 7, Some(5));
+        assert_eq!(c.pending_through(P(6)), 2);
+        assert_eq!(positions(&c.take_through(P(6))), [2, 5]);
+        assert_eq!(c.applied(), P(5));
+        assert_eq!(positions(&c.take_through(P(6))), Vec::<i64>::new());
+        assert_eq!(c.applied(), P(5), "taking nothing moves nothing");
+        assert_eq!(c.pending_through(P(7)), 1);
+    }
+}

@@ -1,0 +1,275 @@
+//! Commit groups, pure (no Kafka, SQLite or tokio): the records of the
+//! commits topic, queued until every partition they name holds their
+//! changes, then turned into the plan of ONE replica transaction.
+//!
+//! A group is **complete** when it follows the replica's position and every
+//! partition it names reaches (without a hole) the group's last position
+//! there. A partition of a topic this follower follows but does not hold (a
+//! table or partition that appeared after it started) is NOT complete: the
+//! group waits rather than be applied without those rows. Partitions of
+//! topics left out on purpose (`--tables`) are not waited for.
+//!
+//! A **begin record** announces a group too large for one chunk: once enough
+//! of its changes are in chain order, they are streamed into an open replica
+//! transaction that the group's commit record closes.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use barista_schemas::envelope::DecodedChange;
+use barista_schemas::{Commit, Position};
+
+use crate::chain::{PartitionChain, TopicPartition};
+
+/// The data partitions a follower holds.
+pub type Chains = HashMap<TopicPartition, PartitionChain>;
+
+/// Which data topics the follower follows.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// `None`: every table topic; otherwise only these topics.
+    only: Option<HashSet<String>>,
+}
+
+impl Scope {
+    /// Every table topic of the prefix.
+    pub fn all() -> Self {
+        Scope { only: None }
+    }
+
+    /// Only these topics (`--tables`).
+    pub fn only(topics: impl IntoIterator<Item = String>) -> Self {
+        Scope {
+            only: Some(topics.into_iter().collect()),
+        }
+    }
+
+    /// True when this follower applies `topic`'s changes.
+    pub fn follows(&self, topic: &str) -> bool {
+        self.only.as_ref().is_none_or(|o| o.contains(topic))
+    }
+}
+
+/// What one replica transaction applies: whole commit groups up to
+/// `position`, and where every partition resumes after it.
+#[derive(Debug)]
+pub struct ApplyPlan {
+    /// The replica's position once applied.
+    pub position: Position,
+    /// The leader time the new position is known fresh as of.
+    pub leader_ts_ms: i64,
+    /// In leader position order.
+    pub changes: Vec<DecodedChange>,
+    /// Per partition (the commits topic's included): the next offset to
+    /// read after a restart, and the last position applied from it.
+    pub offsets: Vec<(TopicPartition, (i64, Position))>,
+}
+
+/// What to do next.
+#[derive(Debug)]
+pub enum Plan {
+    /// Apply whole groups in one transaction.
+    Apply(ApplyPlan),
+    /// Write these changes of a large group (position order) into the open
+    /// transaction; its commit record closes it later.
+    Stream(Vec<DecodedChange>),
+    /// Nothing to apply yet.
+    Wait,
+}
+
+/// A plan, and what the commits read meanwhile say about freshness.
+#[derive(Debug)]
+pub struct Planned {
+    /// The plan.
+    pub plan: Plan,
+    /// With no `Apply`: heartbeats and commit records at or below the
+    /// replica's position say it was current at this leader time.
+    pub fresh_ts_ms: Option<i64>,
+}
+
+/// The commits topic's records not yet applied.
+#[derive(Debug)]
+pub struct CommitGroups {
+    topic: String,
+    scope: Scope,
+    /// The offset after the last commits-topic message consumed.
+    consumed: i64,
+    queue: VecDeque<(i64, Commit)>,
+    /// Begin records of large groups: first position → (offset, last position).
+    begun: BTreeMap<Position, (i64, Position)>,
+}
+
+impl CommitGroups {
+    /// Groups read from `topic` (the commits topic) from `next_offset`.
+    pub fn new(topic: String, next_offset: i64, scope: Scope) -> Self {
+        CommitGroups {
+            topic,
+            scope,
+            consumed: next_offset,
+            queue: VecDeque::new(),
+            begun: BTreeMap::new(),
+        }
+    }
+
+    /// The commits topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Records that the commits-topic message at `offset` was consumed
+    /// (decodable or not).
+    pub fn consumed(&mut self, offset: i64) {
+        self.consumed = offset + 1;
+    }
+
+    /// Queues a commit record (or heartbeat), or notes a begin record.
+    pub fn record(&mut self, offset: i64, commit: Commit, begin: bool) {
+        if begin {
+            let last = Position(commit.last_position);
+            self.begun
+                .insert(Position(commit.first_position), (offset, last));
+        } else {
+            self.queue.push_back((offset, commit));
+        }
+    }
+
+    /// The partitions `c` names that this follower follows but does not
+    /// hold: the group cannot complete until it holds them.
+    pub fn unheld(&self, c: &Commit, chains: &Chains) -> Vec<TopicPartition> {
+        c.partitions
+            .iter()
+            .filter(|t| self.scope.follows(&t.topic))
+            .map(|t| (t.topic.clone(), t.partition))
+            .filter(|tp| !chains.contains_key(tp))
+            .collect()
+    }
+
+    /// True when `c` follows `current` and every partition it names that
+    /// this follower follows holds its changes up to the group's tail there.
+    fn complete(&self, c: &Commit, current: Position, chains: &Chains) -> bool {
+        Position(c.first_position) <= current.next()
+            && c.partitions
+                .iter()
+                .filter(|t| self.scope.follows(&t.topic))
+                .all(|t| {
+                    chains
+                        .get(&(t.topic.clone(), t.partition))
+                        .is_some_and(|p| p.contiguous() >= Position(t.last_position))
+                })
+    }
+
+    /// The next group after `current`, complete or not (heartbeats skipped).
+    pub fn next_group(&self, current: Position) -> Option<&Commit> {
+        self.queue.iter().map(|(_, c)| c).find(|c| {
+            !c.is_heartbeat()
+                && Position(c.first_position) <= current.next()
+                && Position(c.last_position) > current
+        })
+    }
+
+    /// Plans the next replica transaction from the replica's `position`
+    /// (known fresh as of `position_ts_ms`): every complete group in a row,
+    /// up to about `batch_max` changes, or else part of a large group.
+    pub fn plan(
+        &mut self,
+        chains: &mut Chains,
+        position: Position,
+        position_ts_ms: i64,
+        batch_max: usize,
+    ) -> Planned {
+        let mut target: Option<(Position, i64)> = None;
+        let mut count = 0usize;
+        loop {
+            let current = target.map_or(position, |t| t.0);
+            let Some(c) = self.next_group(current) else {
+                break;
+            };
+            if !self.complete(c, current, chains) {
+                break;
+            }
+            let last = Position(c.last_position);
+            // Changes up to this group's end, earlier groups' included.
+            let pending: usize = chains.values().map(|p| p.pending_through(last)).sum();
+            if count > 0 && pending > batch_max {
+                break;
+            }
+            count = pending;
+            target = Some((last, c.ts_ms));
+        }
+        // Heartbeats only move the clock; drop the ones already covered, but
+        // first let them tell how fresh the new position is: the newest leader
+        // time at which the leader was at or below it.
+        let covered = target.map_or(position, |t| t.0);
+        let fresh = self
+            .queue
+            .iter()
+            .filter(|(_, c)| Position(c.last_position) <= covered)
+            .map(|(_, c)| c.ts_ms)
+            .max();
+        self.queue
+            .retain(|(_, c)| !(c.is_heartbeat() || Position(c.last_position) <= covered));
+        let Some((target, ts)) = target else {
+            return Planned {
+                plan: self.stream(chains, position, batch_max),
+                fresh_ts_ms: fresh,
+            };
+        };
+        // What was fresh for the old position is fresh for a newer one.
+        let leader_ts_ms = fresh.map_or(ts, |f| f.max(ts)).max(position_ts_ms);
+        let mut changes = Vec::with_capacity(count);
+        let mut offsets = Vec::with_capacity(chains.len() + 1);
+        for (tp, chain) in chains.iter_mut() {
+            changes.extend(chain.take_through(target));
+            offsets.push((tp.clone(), (chain.next_offset(), chain.applied())));
+        }
+        changes.sort_by_key(|c| c.source.position);
+        self.begun.retain(|_, (_, last)| *last > target);
+        offsets.push(((self.topic.clone(), 0), (self.next_offset(), target)));
+        Planned {
+            plan: Plan::Apply(ApplyPlan {
+                position: target,
+                leader_ts_ms,
+                changes,
+                offsets,
+            }),
+            fresh_ts_ms: None,
+        }
+    }
+
+    /// The commits-topic offset a restart must read from: the oldest record
+    /// not yet applied (queued or a begin record), else the next one.
+    pub fn next_offset(&self) -> i64 {
+        let queued = self.queue.iter().map(|(o, _)| *o);
+        let begun = self.begun.values().map(|(o, _)| *o);
+        queued.chain(begun).min().unwrap_or(self.consumed)
+    }
+
+    /// The current group is incomplete but its begin record said where it
+    /// ends: once `batch_max` of its changes are in chain order on their
+    /// partitions, they go into the open transaction. Memory stays bounded;
+    /// readers still see the group all at once.
+    fn stream(&self, chains: &mut Chains, current: Position, batch_max: usize) -> Plan {
+        let Some(last) = self
+            .begun
+            .iter()
+            .find(|(first, (_, last))| **first <= current.next() && *last > current)
+            .map(|(_, (_, last))| *last)
+        else {
+            return Plan::Wait;
+        };
+        let ready: usize = chains.values().map(|p| p.ready_through(last)).sum();
+        if ready < batch_max.max(1) {
+            return Plan::Wait;
+        }
+        let mut changes = Vec::with_capacity(ready);
+        for chain in chains.values_mut() {
+            let upto = last.min(chain.contiguous());
+            changes.extend(chain.take_through(upto));
+        }
+        changes.sort_by_key(|c| c.source.position);
+        Plan::Stream(changes)
+    }
+}
+
+#[cfg(test)]
+#[path = "groups_tests.rs"]
+mod tests;

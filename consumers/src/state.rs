@@ -1,0 +1,185 @@
+//! The follower's state as the rest of the process sees it. [`FollowerState`]
+//! owns the applied position and what makes it fresh; the loop changes it
+//! only after a replica commit or a commit record, and publishes it through
+//! one `watch` in [`Shared`], which the status, metrics and reads all read.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use barista_reads::LeaderClock;
+use barista_runtime::Poisoned;
+use barista_schemas::{Commit, Position};
+use tokio::sync::watch;
+
+use crate::config::FollowerConfig;
+use crate::lag::{seconds_behind, Metrics, Status};
+
+/// Where the replica is, and how fresh that is on the leader's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FollowerState {
+    /// The replica's position: every leader change up to here is applied.
+    pub position: Position,
+    /// The newest leader time at which the leader was at or below
+    /// `position`: the replica holds every write committed before it.
+    pub leader_ts_ms: i64,
+    /// The leader's newest known position.
+    pub leader_position: Position,
+    /// The leader clock as last heard (commit records, heartbeats).
+    pub clock: Option<LeaderClock>,
+}
+
+impl FollowerState {
+    /// Resuming a replica at `position`, fresh as of `leader_ts_ms`.
+    pub fn resumed(position: Position, leader_ts_ms: i64) -> Self {
+        FollowerState {
+            position,
+            leader_ts_ms,
+            leader_position: position,
+            clock: None,
+        }
+    }
+
+    /// A commit record or heartbeat arrived at `now`.
+    pub fn heard(&mut self, c: &Commit, now: Instant) {
+        self.leader_position = self.leader_position.max(Position(c.last_position));
+        self.clock = Some(LeaderClock {
+            ts_ms: self.clock.map_or(c.ts_ms, |k| k.ts_ms.max(c.ts_ms)),
+            received: now,
+        });
+        // The leader was at or below our position at `ts_ms`: the replica
+        // holds every write committed before then.
+        if Position(c.last_position) <= self.position {
+            self.fresh_as_of(c.ts_ms);
+        }
+    }
+
+    /// The replica's position is known current as of leader time `ts_ms`.
+    pub fn fresh_as_of(&mut self, ts_ms: i64) {
+        self.leader_ts_ms = self.leader_ts_ms.max(ts_ms);
+    }
+
+    /// A replica transaction committed `position`, fresh as of `ts_ms`.
+    pub fn applied(&mut self, position: Position, ts_ms: i64) {
+        self.position = position;
+        self.leader_ts_ms = ts_ms;
+        self.leader_position = self.leader_position.max(position);
+    }
+
+    /// Leader positions not applied yet.
+    pub fn position_lag(&self) -> i64 {
+        self.leader_position.ahead_of(self.position)
+    }
+
+    /// Seconds behind on the leader's clock (see [`seconds_behind`]).
+    pub fn seconds_lag(&self, grace: Duration) -> f64 {
+        seconds_behind(
+            self.position,
+            self.leader_ts_ms,
+            self.leader_position,
+            self.clock,
+            grace,
+        )
+    }
+
+    /// The leader time a snapshot read at `position` (stored with
+    /// `stored_ts_ms`) is known fresh as of: this state's freshness holds
+    /// for the snapshot only if the snapshot is at least as new.
+    pub fn fresh_ts_for(&self, position: Position, stored_ts_ms: i64) -> i64 {
+        if self.position <= position {
+            stored_ts_ms.max(self.leader_ts_ms)
+        } else {
+            stored_ts_ms
+        }
+    }
+}
+
+/// State shared with the HTTP side.
+pub struct Shared {
+    /// The one published copy of the follower's state; reads wait on it for
+    /// `min_position` (woken by the apply transaction's commit).
+    pub state: watch::Sender<FollowerState>,
+    /// Current status, rebuilt by the loop on every tick and apply.
+    pub status: Mutex<Status>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Operator pause switch.
+    pub paused: watch::Sender<bool>,
+    /// Readiness threshold.
+    pub max_lag_seconds: f64,
+    /// Replica file, for reads.
+    pub replica: PathBuf,
+}
+
+impl Shared {
+    /// Fresh shared state for a follower.
+    pub fn new(config: &FollowerConfig) -> Arc<Shared> {
+        Arc::new(Shared {
+            state: watch::channel(FollowerState::default()).0,
+            status: Mutex::new(Status {
+                follower: config.follower_id.clone(),
+                ..Status::default()
+            }),
+            metrics: Metrics::new(),
+            paused: watch::channel(false).0,
+            max_lag_seconds: config.max_lag_seconds,
+            replica: config.replica.clone(),
+        })
+    }
+
+    /// The follower's state now.
+    pub fn state(&self) -> FollowerState {
+        *self.state.borrow()
+    }
+
+    /// The status; an error when a panic poisoned it (the follower loop then
+    /// stops, and HTTP answers 500 rather than a made-up status).
+    pub fn status(&self) -> Result<MutexGuard<'_, Status>, Poisoned> {
+        barista_runtime::lock(&self.status, "follower status")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(first: i64, last: i64, ts_ms: i64) -> Commit {
+        Commit {
+            db: "test".into(),
+            first_position: first,
+            last_position: last,
+            ts_ms,
+            partitions: vec![],
+        }
+    }
+
+    #[test]
+    fn commit_records_move_the_leader_head_and_freshness_only_when_covered() {
+        let mut s = FollowerState::resumed(Position(10), 1_000);
+        s.heard(&commit(11, 15, 2_000), Instant::now());
+        assert_eq!((s.leader_position, s.leader_ts_ms), (Position(15), 1_000));
+        assert_eq!(s.position_lag(), 5);
+        // A heartbeat at our position: current as of its time.
+        s.heard(&commit(11, 10, 3_000), Instant::now());
+        assert_eq!(s.leader_ts_ms, 3_000);
+        assert_eq!(s.leader_position, Position(15), "the head never goes back");
+        s.applied(Position(15), 3_500);
+        assert_eq!((s.position_lag(), s.leader_ts_ms), (0, 3_500));
+    }
+
+    #[test]
+    fn the_clock_keeps_the_newest_leader_time() {
+        let mut s = FollowerState::default();
+        s.heard(&commit(1, 0, 5_000), Instant::now());
+        s.heard(&commit(1, 0, 4_000), Instant::now());
+        assert_eq!(s.clock.map(|c| c.ts_ms), Some(5_000));
+    }
+
+    #[test]
+    fn freshness_holds_for_a_snapshot_only_if_it_is_as_new() {
+        let mut s = FollowerState::resumed(Position(7), 100);
+        s.fresh_as_of(900);
+        assert_eq!(s.fresh_ts_for(Position(7), 100), 900);
+        assert_eq!(s.fresh_ts_for(Position(6), 100), 100, "an older snapshot");
+    }
+}
