@@ -2,7 +2,8 @@
 //! subject, with Confluent Schema Registry's levels and rule names.
 //!
 //! A level says which earlier versions to check and in which direction (this file); whether one
-//! schema can read data written with another, and where not, is [`resolution`]'s part.
+//! schema can read data written with another, and where not, is [`can_read`]'s part
+//! (`compat/resolution.rs`).
 
 use std::fmt;
 use std::str::FromStr;
