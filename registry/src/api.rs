@@ -1,23 +1,28 @@
 //! HTTP API: the subset of Confluent Schema Registry's REST API that Confluent clients use,
 //! read from requests and written as Confluent-shaped JSON, backed by [`Store`].
+//!
+//! This file holds the store handle, the routes and their handlers; `request` reads bodies, path
+//! segments and query flags, `response` writes answers and errors in Confluent's shapes.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::compat::CompatibilityLevel;
-use crate::store::{self, Candidate, RegistryError, Store, SubjectVersion, VersionRef, AVRO};
+use crate::store::{self, RegistryError, Store, VersionRef, AVRO};
 
-/// The content type Confluent answers with; clients also accept it for requests.
-const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+mod request;
+mod response;
+
+use request::{
+    flag, parse_body, parse_id, parse_level, parse_version, ConfigRequest, SchemaRequest,
+};
+use response::{ok, raw_schema, version_body, with_schema_type, ApiError};
 
 /// Shared handle to the store.
 ///
@@ -93,179 +98,6 @@ pub(crate) fn router(registry: Registry) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(registry)
 }
-
-/// A Confluent error: HTTP status plus `{"error_code", "message"}`.
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    status: StatusCode,
-    code: u32,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: u32, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    fn internal(message: String) -> Self {
-        tracing::error!(%message, "registry request failed");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, 50001, message)
-    }
-}
-
-impl From<RegistryError> for ApiError {
-    fn from(err: RegistryError) -> Self {
-        let (status, code) = match &err {
-            RegistryError::SubjectNotFound(_) => (StatusCode::NOT_FOUND, 40401),
-            RegistryError::VersionNotFound { .. } => (StatusCode::NOT_FOUND, 40402),
-            RegistryError::SchemaNotFound(_) => (StatusCode::NOT_FOUND, 40403),
-            RegistryError::SubjectLevelNotFound(_) => (StatusCode::NOT_FOUND, 40408),
-            RegistryError::InvalidSchema(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
-            RegistryError::Incompatible { .. } => (StatusCode::CONFLICT, 409),
-            RegistryError::Storage(_) | RegistryError::Corrupt(_) => {
-                return Self::internal(err.to_string());
-            }
-        };
-        Self::new(status, code, err.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        reply(
-            self.status,
-            json!({ "error_code": self.code, "message": self.message }),
-        )
-    }
-}
-
-fn reply(status: StatusCode, body: Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        body.to_string(),
-    )
-        .into_response()
-}
-
-fn ok(body: Value) -> Result<Response, ApiError> {
-    Ok(reply(StatusCode::OK, body))
-}
-
-/// Parses a JSON body whatever its content type (Confluent's, `application/json`, or curl's
-/// form default): 400 if it is not JSON, 422 if it has the wrong shape.
-fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, 422, e.to_string())
-        }
-        _ => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            400,
-            format!("Malformed JSON body: {e}"),
-        ),
-    })
-}
-
-/// Whether the query string sets `name=true`.
-fn flag(query: &Option<String>, name: &str) -> bool {
-    query.as_deref().unwrap_or_default().split('&').any(|pair| {
-        pair.split_once('=')
-            .is_some_and(|(k, v)| k == name && v.eq_ignore_ascii_case("true"))
-    })
-}
-
-/// `latest`, `-1`, or 1..=2^31-1, else 42202.
-fn parse_version(raw: &str) -> Result<VersionRef, ApiError> {
-    if raw == "latest" || raw == "-1" {
-        return Ok(VersionRef::Latest);
-    }
-    match raw.parse::<u32>() {
-        Ok(n) if (1..=i32::MAX as u32).contains(&n) => Ok(VersionRef::Number(n)),
-        _ => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            42202,
-            format!(
-                "The specified version '{raw}' is not a valid version id. Allowed values are \
-                 between [1, 2^31-1] and the string \"latest\""
-            ),
-        )),
-    }
-}
-
-fn parse_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
-        ApiError::from(RegistryError::SchemaNotFound(format!(
-            "Schema {raw} not found"
-        )))
-    })
-}
-
-fn parse_level(raw: &str) -> Result<CompatibilityLevel, ApiError> {
-    raw.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            42203,
-            format!(
-                "Invalid compatibility level '{raw}'. Valid values are none, backward, forward, \
-                 full, backward_transitive, forward_transitive, and full_transitive"
-            ),
-        )
-    })
-}
-
-/// `{"schema", "schemaType"?, "references"?}`; other fields (metadata, ruleSet) are ignored.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SchemaRequest {
-    schema: String,
-    schema_type: Option<String>,
-    references: Option<Vec<Value>>,
-}
-
-impl SchemaRequest {
-    fn candidate(body: &[u8]) -> Result<Candidate, ApiError> {
-        let request: SchemaRequest = parse_body(body)?;
-        let has_references = request.references.is_some_and(|r| !r.is_empty());
-        Ok(Candidate::parse(
-            &request.schema,
-            request.schema_type.as_deref(),
-            has_references,
-        )?)
-    }
-}
-
-/// `{"compatibility": "FULL"}` (`compatibilityLevel` also accepted).
-#[derive(Deserialize)]
-struct ConfigRequest {
-    #[serde(alias = "compatibilityLevel")]
-    compatibility: String,
-}
-
-/// Adds `schemaType` to a response when it is not Avro, as Confluent does.
-fn with_schema_type(mut body: Value, schema_type: &str) -> Value {
-    if schema_type != AVRO {
-        body["schemaType"] = json!(schema_type);
-    }
-    body
-}
-
-fn version_body(found: SubjectVersion) -> Value {
-    with_schema_type(
-        json!({
-            "subject": found.subject,
-            "version": found.version,
-            "id": found.id,
-            "schema": found.schema,
-        }),
-        &found.schema_type,
-    )
-}
-
 async fn root() -> Result<Response, ApiError> {
     ok(json!({}))
 }
@@ -364,16 +196,6 @@ async fn raw_schema_of_version(
         .with_store(move |s| s.version(&subject, version))
         .await?;
     Ok(raw_schema(found.schema))
-}
-
-/// The schema text itself as the body, as Confluent's `/schema` routes answer.
-fn raw_schema(schema: String) -> Response {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        schema,
-    )
-        .into_response()
 }
 
 async fn lookup(
