@@ -2,15 +2,20 @@
 //! Registry's REST API the Confluent clients use, persists in SQLite and applies the same
 //! compatibility rules. Tests and the embedded demo run it in process ([`spawn`]); the
 //! `barista-registry` binary runs it standalone ([`serve`]).
+//!
+//! In the order a registration meets them, then the CI gate that reuses the rules:
 
-// Compatibility rules, also used by the schema check and migration commands.
-pub mod compat;
-// Checked-in contracts per subject: version chains, live drift, export.
-pub mod contracts;
-// SQLite state: schemas by id, subject versions, levels; enforces the rules on register.
-mod store;
-// HTTP routes in Confluent's shapes over the store.
+/// HTTP routes in Confluent's shapes over the store.
 mod api;
+
+/// SQLite state: schemas by id, subject versions, levels; enforces the rules on register.
+mod store;
+
+/// Compatibility rules, also used by the schema check and migration commands.
+pub mod compat;
+
+/// Checked-in contracts per subject: version chains, live drift, export.
+pub mod contracts;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
