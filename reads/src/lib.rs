@@ -22,22 +22,22 @@
 //!
 //! In the order a request meets them:
 
-/// Query string → [`ReadRequest`]: key or page, consistency options.
-pub mod request;
-/// Read-only connections, one blocking task at a time each.
-pub mod pool;
-/// Row and page lookups read with their position in one transaction.
-pub mod lookup;
 /// The leader clock that staleness is judged on.
 pub mod clock;
 /// Why a read failed, as an HTTP answer.
 pub mod error;
+/// Row and page lookups read with their position in one transaction.
+pub mod lookup;
+/// Read-only connections, one blocking task at a time each.
+pub mod pool;
+/// Query string → [`ReadRequest`]: key or page, consistency options.
+pub mod request;
 
 pub use clock::{leader_now_ms, LeaderClock};
 pub use error::ReadError;
 pub use lookup::{read_page, read_row, Page, Snapshot, REPLICA_POSITION_SQL};
 pub use pool::ReadPool;
 pub use request::{
-    Consistency, ReadRequest, RowKey, DEFAULT_LIMIT, DEFAULT_TIMEOUT_MS, MAX_LIMIT,
-    MAX_TIMEOUT_MS, RETRY_HINT,
+    Consistency, ReadRequest, RowKey, DEFAULT_LIMIT, DEFAULT_TIMEOUT_MS, MAX_LIMIT, MAX_TIMEOUT_MS,
+    RETRY_HINT,
 };

@@ -84,7 +84,7 @@ fn bad_requests_and_barista_tables_are_refused() {
         Err(ReadError::UnknownTable(_))
     ));
     assert!(ReadRequest::parse(&q(&[("lmit", "3")]), true).is_err());
-    let r = ReadRequest::parse(&q(&[("min_position", "7"), ("timeout_ms", "999999")]), true)
-        .unwrap();
+    let r =
+        ReadRequest::parse(&q(&[("min_position", "7"), ("timeout_ms", "999999")]), true).unwrap();
     assert_eq!(r.consistency.timeout, Duration::from_millis(MAX_TIMEOUT_MS));
 }

@@ -33,7 +33,11 @@ impl ReadPool {
         tokio::task::spawn_blocking(move || {
             // A list of idle connections holds no state that a panicking holder
             // could leave half-updated: a poisoned lock is safe to take over.
-            let conn = pool.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let conn = pool
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
             let mut conn = match conn {
                 Some(c) => c,
                 None => {
