@@ -6,30 +6,30 @@
 //!
 //! Modules in dataflow order:
 
-/// Per partition, pure: duplicate, gap, blocked; the restart offset.
-pub mod chain;
 /// Validated configuration.
 pub mod config;
-/// Poison messages → the dead-letter topic.
-pub mod dead_letter;
-/// Confluent-framed Avro → changes and commit records; registry retries.
-pub mod decode;
-/// The loop that feeds the cores and carries out their plans.
-pub mod follower;
-/// Commit groups, pure: completeness → the plan of one replica transaction.
-pub mod groups;
-/// Metrics, status, readiness and admin endpoints.
-pub mod http;
 /// The consumer, topics, assignment from stored offsets, watermarks.
 pub mod kafka;
-/// Lag in offsets, positions and seconds; status; metrics.
-pub mod lag;
+/// Confluent-framed Avro → changes and commit records; registry retries.
+pub mod decode;
+/// Per partition, pure: duplicate, gap, blocked; the restart offset.
+pub mod chain;
+/// Commit groups, pure: completeness → the plan of one replica transaction.
+pub mod groups;
 /// The replica file and the apply transaction.
 pub mod replica;
-/// The read API served from the replica.
-pub mod serve;
+/// Poison messages → the dead-letter topic.
+pub mod dead_letter;
+/// The loop that feeds the cores and carries out their plans.
+pub mod follower;
 /// The applied position and its freshness, published to everything else.
 pub mod state;
+/// Lag in offsets, positions and seconds; status; metrics.
+pub mod lag;
+/// Metrics, status, readiness and admin endpoints.
+pub mod http;
+/// The read API served from the replica.
+pub mod serve;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -22,16 +22,16 @@
 //!
 //! In the order a request meets them:
 
+/// Query string → [`ReadRequest`]: key or page, consistency options.
+pub mod request;
+/// Read-only connections, one blocking task at a time each.
+pub mod pool;
+/// Row and page lookups read with their position in one transaction.
+pub mod lookup;
 /// The leader clock that staleness is judged on.
 pub mod clock;
 /// Why a read failed, as an HTTP answer.
 pub mod error;
-/// Row and page lookups read with their position in one transaction.
-pub mod lookup;
-/// Read-only connections, one blocking task at a time each.
-pub mod pool;
-/// Query string → [`ReadRequest`]: key or page, consistency options.
-pub mod request;
 
 pub use clock::{leader_now_ms, LeaderClock};
 pub use error::ReadError;

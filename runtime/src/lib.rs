@@ -5,16 +5,16 @@
 
 /// `key=value` flags (librdkafka's `-X`).
 pub mod args;
-/// Retry pacing for a broker or registry that is down.
-pub mod backoff;
-/// Exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration.
-pub mod exit;
-/// Locks whose poisoning stops the process instead of resetting state.
-pub mod locks;
 /// Logs to stderr through `tracing`, filtered by `RUST_LOG`.
 pub mod logs;
 /// SIGINT/SIGTERM → a shutdown future; the runtime that runs until then.
 pub mod signals;
+/// Exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration.
+pub mod exit;
+/// Retry pacing for a broker or registry that is down.
+pub mod backoff;
+/// Locks whose poisoning stops the process instead of resetting state.
+pub mod locks;
 
 pub use backoff::Backoff;
 pub use locks::{lock, Poisoned};
