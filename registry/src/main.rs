@@ -6,10 +6,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use barista_registry::{CompatibilityLevel, RegistryConfig};
+use barista_runtime::Shutdown;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+
+/// The name errors are printed under.
+const BINARY: &str = "barista-registry";
 
 /// Confluent-compatible schema registry for barista, persisted in SQLite.
 #[derive(Debug, Parser)]
@@ -48,25 +50,14 @@ struct Args {
     compatibility: CompatibilityLevel,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // clap exits with code 2 on bad flags or environment.
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("barista-registry: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    barista_runtime::logs::init_tracing_with("info");
+    barista_runtime::run_until_signal(BINARY, |shutdown| run(args, shutdown))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     let config = RegistryConfig {
         db_path: args.db.clone(),
         default_level: args.compatibility,
@@ -78,27 +69,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         compatibility = %args.compatibility,
         "registry listening"
     );
-    shutdown_signal().await?;
-    tracing::info!("shutting down");
+    shutdown.await;
     registry.shutdown().await?;
     tracing::info!("registry stopped");
     Ok(())
-}
-
-/// Resolves on the first SIGINT or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut terminate =
-            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        tokio::select! {
-            interrupted = tokio::signal::ctrl_c() => interrupted.context("waiting for SIGINT"),
-            _ = terminate.recv() => Ok(()),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
-    }
 }

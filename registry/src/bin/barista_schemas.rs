@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use barista_registry::contracts::{self, Exported};
+use barista_runtime::exit;
 use clap::{Parser, Subcommand};
+
+/// The name errors are printed under.
+const BINARY: &str = "barista-schemas";
 
 /// Versioned Avro contracts per subject, checked with Confluent Schema Registry's rules.
 #[derive(Debug, Parser)]
@@ -82,21 +86,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn usage(e: impl std::fmt::Display) -> ExitCode {
-    eprintln!("barista-schemas: {e}");
-    ExitCode::from(2)
-}
-
 fn check(dir: &std::path::Path, leader: Option<&std::path::Path>, prefix: &str) -> ExitCode {
     let (subjects, mut failures) = match contracts::load(dir) {
         Ok(loaded) => loaded,
-        Err(e) => return usage(e),
+        Err(e) => return exit::bad_configuration(BINARY, e),
     };
     failures.extend(contracts::check_chains(&subjects));
     if let Some(leader) = leader {
         match contracts::derive_from_leader(leader, prefix) {
             Ok((live, _skipped)) => failures.extend(contracts::check_live(&subjects, &live)),
-            Err(e) => return usage(e),
+            Err(e) => return exit::bad_configuration(BINARY, e),
         }
     }
     if failures.is_empty() {
@@ -116,17 +115,17 @@ fn check(dir: &std::path::Path, leader: Option<&std::path::Path>, prefix: &str) 
         eprintln!("{failure}");
     }
     eprintln!(
-        "barista-schemas: {} problem(s) in {}",
+        "{BINARY}: {} problem(s) in {}",
         failures.len(),
         dir.display()
     );
-    ExitCode::from(1)
+    ExitCode::from(exit::FAILURE)
 }
 
 fn export(leader: &std::path::Path, prefix: &str, dir: &std::path::Path) -> ExitCode {
     let (live, skipped) = match contracts::derive_from_leader(leader, prefix) {
         Ok(live) => live,
-        Err(e) => return usage(e),
+        Err(e) => return exit::bad_configuration(BINARY, e),
     };
     for table in skipped {
         println!("skipped table {table}: no primary key, the producer does not capture it");
@@ -143,9 +142,11 @@ fn export(leader: &std::path::Path, prefix: &str, dir: &std::path::Path) -> Exit
             }
             ExitCode::SUCCESS
         }
+        // Printed by hand rather than through `exit::failure`: the error's message already
+        // includes its I/O cause, which `{:#}` would print a second time.
         Err(e) => {
-            eprintln!("barista-schemas: {e}");
-            ExitCode::from(1)
+            eprintln!("{BINARY}: {e}");
+            ExitCode::from(exit::FAILURE)
         }
     }
 }
