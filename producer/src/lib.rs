@@ -13,6 +13,8 @@ pub mod migrate;
 pub mod pipeline;
 /// Kafka producer, topics and sends.
 pub mod publish;
+/// The registry door: the one place that speaks to the schema registry.
+pub mod registry;
 /// Tokens: the position a write transaction commits at, for read-your-writes.
 pub mod token;
 

@@ -10,17 +10,20 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use barista_runtime::Backoff;
 use barista_schemas::avro_schema::avro_default;
 use barista_schemas::contract::{key_subject, table_topic, value_subject};
 use barista_schemas::{TableSchemas, TableShape};
 use rusqlite::{params, TransactionBehavior};
-use serde_json::{json, Value};
 
 use crate::capture::{
     drop_triggers_sql, open_leader, record_schema_change, trigger_sql, widen_changelog,
 };
 
-const SCHEMA_REGISTRY_JSON: &str = "application/vnd.schemaregistry.v1+json";
+use crate::registry::Registry;
+
+/// How long a registry request may take.
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What to migrate.
 #[derive(Debug, Clone)]
@@ -78,10 +81,7 @@ struct Before {
 pub async fn migrate(m: &Migration) -> anyhow::Result<Outcome> {
     let mut conn = open_leader(&m.leader)
         .with_context(|| format!("opening leader database {}", m.leader.display()))?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("building the registry client")?;
+    let registry = Registry::new(&m.registry_url, REGISTRY_TIMEOUT)?;
     let installed: bool = conn.query_row(
         "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = '_barista_tables'",
         [],
@@ -109,8 +109,7 @@ pub async fn migrate(m: &Migration) -> anyhow::Result<Outcome> {
         advice,
         to_register,
     } = judge(
-        &http,
-        &m.registry_url,
+        &registry,
         &m.topic_prefix,
         changed
             .iter()
@@ -167,7 +166,8 @@ pub async fn migrate(m: &Migration) -> anyhow::Result<Outcome> {
     for (subject, schema) in to_register {
         // The producer would register it with its first event anyway; doing it now makes the
         // new version visible to consumers and tools at once.
-        let id = register(&http, &m.registry_url, &subject, &schema)
+        let id = registry
+            .register(&subject, &schema)
             .await
             .with_context(|| {
                 format!(
@@ -175,7 +175,10 @@ pub async fn migrate(m: &Migration) -> anyhow::Result<Outcome> {
                      registers it with the table's next change"
                 )
             })?;
-        registered.push(NewVersion { subject, id });
+        registered.push(NewVersion {
+            subject,
+            id: u64::from(id),
+        });
     }
     Ok(Outcome::Applied(registered))
 }
@@ -192,8 +195,7 @@ struct Verdict {
 
 /// Asks the registry about every subject whose schema a table change alters.
 async fn judge<'a>(
-    http: &reqwest::Client,
-    registry_url: &str,
+    registry: &Registry,
     topic_prefix: &str,
     changes: impl Iterator<Item = (&'a str, &'a TableShape, &'a TableShape)>,
 ) -> anyhow::Result<Verdict> {
@@ -213,12 +215,23 @@ async fn judge<'a>(
             if old_json == new_json {
                 continue;
             }
-            let messages = compatibility(http, registry_url, &subject, new_json).await?;
+            let messages = registry
+                .compatibility(&subject, new_json)
+                .await
+                .with_context(|| {
+                    format!(
+                        "asking the schema registry at {} about {subject} (nothing was changed)",
+                        registry.url()
+                    )
+                })?;
             if messages.is_empty() {
                 v.to_register.push((subject, new_json.clone()));
                 continue;
             }
-            let level = level(http, registry_url, &subject).await;
+            let level = registry
+                .level(&subject)
+                .await
+                .unwrap_or_else(|_| "unknown level".to_owned());
             v.problems.extend(
                 messages
                     .iter()
@@ -273,26 +286,21 @@ pub async fn check_repair(
     if drifted.is_empty() {
         return Ok(());
     }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("building the registry client")?;
+    let registry = Registry::new(registry_url, REGISTRY_TIMEOUT)?;
     // The registry may still be starting (compose): retry for about a minute.
-    let mut wait = Duration::from_millis(500);
+    let mut backoff = Backoff::between(Duration::from_millis(500), Duration::from_secs(32));
     let verdict = loop {
         let judged = judge(
-            &http,
-            registry_url,
+            &registry,
             topic_prefix,
             drifted.iter().map(|(n, old, new)| (n.as_str(), old, new)),
         )
         .await;
         match judged {
             Ok(v) => break v,
-            Err(e) if wait < Duration::from_secs(30) => {
-                tracing::warn!(error = %format!("{e:#}"), retry_in = ?wait, "--repair-triggers: schema registry unavailable; retrying");
-                tokio::time::sleep(wait).await;
-                wait *= 2;
+            Err(e) if backoff.peek() < Duration::from_secs(30) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff.peek(), "--repair-triggers: schema registry unavailable; retrying");
+                backoff.wait().await;
             }
             Err(e) => {
                 return Err(
@@ -356,98 +364,6 @@ fn apply_ddl(
         }
     }
     Ok((before, changed))
-}
-
-/// Asks the registry whether `schema` may follow the latest version of `subject`
-/// (`POST /compatibility/subjects/{subject}/versions/latest?verbose=true`). Returns the
-/// registry's reasons, empty when compatible or when the subject is new.
-async fn compatibility(
-    http: &reqwest::Client,
-    url: &str,
-    subject: &str,
-    schema: &str,
-) -> anyhow::Result<Vec<String>> {
-    let endpoint = format!(
-        "{}/compatibility/subjects/{subject}/versions/latest?verbose=true",
-        url.trim_end_matches('/')
-    );
-    let response = http
-        .post(&endpoint)
-        .header(reqwest::header::CONTENT_TYPE, SCHEMA_REGISTRY_JSON)
-        .json(&json!({ "schema": schema }))
-        .send()
-        .await
-        .with_context(|| format!("asking the schema registry at {url} (nothing was changed)"))?;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    if status == reqwest::StatusCode::NOT_FOUND {
-        // No version yet (40401 subject / 40402 version not found): anything is compatible.
-        return Ok(Vec::new());
-    }
-    anyhow::ensure!(
-        status.is_success(),
-        "the schema registry answered {status} to the compatibility check of {subject}: {body} \
-         (nothing was changed)"
-    );
-    if body["is_compatible"].as_bool() == Some(true) {
-        return Ok(Vec::new());
-    }
-    let messages: Vec<String> = body["messages"]
-        .as_array()
-        .map(|m| {
-            m.iter()
-                .filter_map(Value::as_str)
-                .filter(|m| !m.starts_with("{oldSchemaVersion") && !m.starts_with("{compatibility"))
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(if messages.is_empty() {
-        vec!["incompatible (the registry gave no reason)".to_owned()]
-    } else {
-        messages
-    })
-}
-
-/// The subject's compatibility level as the registry applies it, for messages.
-async fn level(http: &reqwest::Client, url: &str, subject: &str) -> String {
-    let endpoint = format!(
-        "{}/config/{subject}?defaultToGlobal=true",
-        url.trim_end_matches('/')
-    );
-    let answer = async {
-        let body: Value = http.get(&endpoint).send().await?.json().await?;
-        Ok::<_, reqwest::Error>(body)
-    }
-    .await;
-    answer
-        .ok()
-        .and_then(|b| b["compatibilityLevel"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| "unknown level".to_owned())
-}
-
-/// Registers a schema under a subject; returns its id.
-async fn register(
-    http: &reqwest::Client,
-    url: &str,
-    subject: &str,
-    schema: &str,
-) -> anyhow::Result<u64> {
-    let response = http
-        .post(format!(
-            "{}/subjects/{subject}/versions",
-            url.trim_end_matches('/')
-        ))
-        .header(reqwest::header::CONTENT_TYPE, SCHEMA_REGISTRY_JSON)
-        .json(&json!({ "schema": schema }))
-        .send()
-        .await?;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    anyhow::ensure!(status.is_success(), "{status}: {body}");
-    body["id"]
-        .as_u64()
-        .with_context(|| format!("no id in the registry's answer {body}"))
 }
 
 /// Whether a column's Avro field has a default (nullable, or NOT NULL with a literal DEFAULT).
