@@ -13,6 +13,14 @@ use std::time::Duration;
 use barista_schemas::{Op, SqlValue, TableSchemas, TableShape};
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
+use crate::triggers::{self, OP_DELETE, OP_INSERT, OP_UPDATE};
+
+mod history;
+#[cfg(test)]
+mod tests;
+
+use history::{load_history, schemas_at, SchemaHistory};
+
 const SCHEMA_SQL: &str = include_str!("sql/changelog.sql");
 
 /// Errors of the capture stage.
@@ -54,10 +62,7 @@ pub enum CaptureError {
     },
 }
 
-/// `_barista_changelog.op` of a schema-change marker: the table's shape changed at this
-/// position (a0 = shape before, a1 = shape after, as [`TableShape::to_json`]). Rows before it
-/// were captured with the old columns, rows after it with the new ones.
-pub const OP_SCHEMA_CHANGE: i64 = 5;
+pub use crate::triggers::OP_SCHEMA_CHANGE;
 
 /// Opens the leader database for capture: WAL (so the producer's reads never
 /// block writers) and a busy timeout (so barista's own short writes wait for
@@ -86,10 +91,6 @@ pub fn open_leader(path: &Path) -> Result<Connection, CaptureError> {
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 /// One change read back from the changelog.
@@ -130,107 +131,6 @@ pub struct Capture {
     schema_version: i64,
 }
 
-/// The trigger bodies for a table: only column references, no functions, so
-/// their cost is one extra row insert per change.
-pub(crate) fn trigger_sql(id: i64, table: &str, columns: &[String]) -> String {
-    let t = quote(table);
-    let a: Vec<String> = (0..columns.len()).map(|i| format!("a{i}")).collect();
-    let b: Vec<String> = (0..columns.len()).map(|i| format!("b{i}")).collect();
-    let new: Vec<String> = columns
-        .iter()
-        .map(|c| format!("NEW.{}", quote(c)))
-        .collect();
-    let old: Vec<String> = columns
-        .iter()
-        .map(|c| format!("OLD.{}", quote(c)))
-        .collect();
-    format!(
-        "CREATE TRIGGER \"_barista_{id}_ins\" AFTER INSERT ON {t} BEGIN \
-           INSERT INTO _barista_changelog(tbl, op, {a}) VALUES ({id}, 1, {new}); END;\n\
-         CREATE TRIGGER \"_barista_{id}_upd\" AFTER UPDATE ON {t} BEGIN \
-           INSERT INTO _barista_changelog(tbl, op, {b}, {a}) VALUES ({id}, 2, {old}, {new}); END;\n\
-         CREATE TRIGGER \"_barista_{id}_del\" AFTER DELETE ON {t} BEGIN \
-           INSERT INTO _barista_changelog(tbl, op, {b}) VALUES ({id}, 3, {old}); END;",
-        a = a.join(", "),
-        b = b.join(", "),
-        new = new.join(", "),
-        old = old.join(", "),
-    )
-}
-
-pub(crate) fn drop_triggers_sql(id: i64) -> String {
-    format!(
-        "DROP TRIGGER IF EXISTS \"_barista_{id}_ins\"; DROP TRIGGER IF EXISTS \"_barista_{id}_upd\"; \
-         DROP TRIGGER IF EXISTS \"_barista_{id}_del\";"
-    )
-}
-
-/// Makes the changelog wide enough for `width` columns.
-pub(crate) fn widen_changelog(conn: &Connection, width: usize) -> rusqlite::Result<()> {
-    // Schema-change markers keep two shapes in a0 and a1.
-    let width = width.max(2);
-    let have: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_info('_barista_changelog')")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for i in 0..width {
-        for side in ["a", "b"] {
-            let col = format!("{side}{i}");
-            if !have.contains(&col) {
-                conn.execute_batch(&format!("ALTER TABLE _barista_changelog ADD COLUMN {col}"))?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Appends a schema-change marker for table `id` (see [`OP_SCHEMA_CHANGE`]).
-pub(crate) fn record_schema_change(
-    conn: &Connection,
-    id: i64,
-    before: &TableShape,
-    after: &TableShape,
-) -> rusqlite::Result<i64> {
-    conn.execute(
-        "INSERT INTO _barista_changelog(tbl, op, a0, a1) VALUES (?1, ?2, ?3, ?4)",
-        params![id, OP_SCHEMA_CHANGE, before.to_json(), after.to_json()],
-    )?;
-    Ok(conn.last_insert_rowid())
-}
-
-/// Appends every row of `table` to the changelog as a snapshot read (`op = 4`).
-fn snapshot(
-    conn: &Connection,
-    id: i64,
-    table: &str,
-    columns: &[String],
-) -> rusqlite::Result<usize> {
-    let a: Vec<String> = (0..columns.len()).map(|i| format!("a{i}")).collect();
-    let cols: Vec<String> = columns.iter().map(|c| quote(c)).collect();
-    conn.execute(
-        &format!(
-            "INSERT INTO _barista_changelog(tbl, op, {}) SELECT {id}, 4, {} FROM {}",
-            a.join(", "),
-            cols.join(", "),
-            quote(table)
-        ),
-        [],
-    )
-}
-
-/// The number of barista triggers on table `id`.
-fn trigger_count(conn: &Connection, id: i64) -> rusqlite::Result<i64> {
-    conn.query_row(
-        "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND name IN (?1, ?2, ?3)",
-        params![
-            format!("_barista_{id}_ins"),
-            format!("_barista_{id}_upd"),
-            format!("_barista_{id}_del")
-        ],
-        |r| r.get(0),
-    )
-}
-
 impl Capture {
     /// Installs capture on `tables` (every table with a primary key when
     /// empty) in ONE write transaction: bookkeeping tables, triggers, and a
@@ -269,12 +169,12 @@ impl Capture {
                         Err(e)
                     }
                 })?;
-            widen_changelog(&tx, columns.len())?;
+            triggers::widen_changelog(&tx, columns.len())?;
             let id = match existing {
                 Some((id, was)) => {
                     let was: Vec<String> = serde_json::from_str(&was).unwrap_or_default();
                     let drifted = was != columns;
-                    let lost_triggers = trigger_count(&tx, id)? != 3;
+                    let lost_triggers = !triggers::installed(&tx, id)?;
                     if drifted || lost_triggers {
                         if !repair {
                             return Err(if drifted {
@@ -290,21 +190,19 @@ impl Capture {
                             });
                         }
                         tracing::warn!(table = %name, ?was, now = ?columns, "re-creating capture triggers and re-publishing the table as a snapshot");
-                        tx.execute(
-                            "UPDATE _barista_tables SET columns = ?1 WHERE id = ?2",
-                            params![serde_json::to_string(&columns).unwrap_or_default(), id],
-                        )?;
+                        triggers::record_columns(&tx, id, &columns)?;
                         // Changes still in the changelog were captured with the old columns: a
                         // marker tells the reader so. Columns can only have been added behind
                         // our back (SQLite refuses to drop one a trigger names), so the old
                         // shape is the new one restricted to the old names.
                         if drifted {
-                            record_schema_change(&tx, id, &shape.restricted_to(&was), &shape)?;
+                            let old = shape.restricted_to(&was);
+                            triggers::record_schema_change(&tx, id, &old, &shape)?;
                         }
                         // The rows as they are now, after the marker and in the same
                         // transaction as the new triggers: whatever was written to the new
                         // columns while the triggers were blind reaches Kafka this way.
-                        let n = snapshot(&tx, id, name, &columns)?;
+                        let n = triggers::snapshot(&tx, id, name, &columns)?;
                         tracing::info!(table = %name, rows = n, "snapshot re-published after repair");
                     }
                     id
@@ -312,16 +210,15 @@ impl Capture {
                 None => {
                     tx.execute(
                         "INSERT INTO _barista_tables(name, columns) VALUES (?1, ?2)",
-                        params![name, serde_json::to_string(&columns).unwrap_or_default()],
+                        params![name, triggers::columns_json(&columns)],
                     )?;
                     let id = tx.last_insert_rowid();
-                    let n = snapshot(&tx, id, name, &columns)?;
+                    let n = triggers::snapshot(&tx, id, name, &columns)?;
                     tracing::info!(table = %name, rows = n, "snapshot taken");
                     id
                 }
             };
-            tx.execute_batch(&drop_triggers_sql(id))?;
-            tx.execute_batch(&trigger_sql(id, name, &columns))?;
+            triggers::replace(&tx, id, name, &columns)?;
             captured.insert(
                 id,
                 CapturedTable {
@@ -373,7 +270,7 @@ impl Capture {
                     now,
                 });
             }
-            if trigger_count(&self.conn, id)? != 3 {
+            if !triggers::installed(&self.conn, id)? {
                 return Err(CaptureError::TriggersMissing { table: name });
             }
         }
@@ -502,9 +399,9 @@ impl Capture {
                     .collect()
             };
             let (op, before, after) = match op_code {
-                1 => (Op::Create, None, Some(image("a")?)),
-                2 => (Op::Update, Some(image("b")?), Some(image("a")?)),
-                3 => (Op::Delete, Some(image("b")?), None),
+                OP_INSERT => (Op::Create, None, Some(image("a")?)),
+                OP_UPDATE => (Op::Update, Some(image("b")?), Some(image("a")?)),
+                OP_DELETE => (Op::Delete, Some(image("b")?), None),
                 _ => (Op::Read, None, Some(image("a")?)),
             };
             out.push(ChangeRow {
@@ -557,139 +454,5 @@ impl Capture {
         Ok(self
             .conn
             .query_row("SELECT count(*) FROM _barista_changelog", [], |r| r.get(0))?)
-    }
-}
-
-/// Per table, the schema-change markers still in the changelog: (marker position, the schemas
-/// rows before it were captured with), oldest first.
-type SchemaHistory = HashMap<i64, Vec<(i64, Arc<TableSchemas>)>>;
-
-/// The schemas a change of `table_id` at `position` was captured with: those before the first
-/// later schema-change marker, else the current ones.
-fn schemas_at(
-    tables: &HashMap<i64, CapturedTable>,
-    history: &SchemaHistory,
-    table_id: i64,
-    position: i64,
-) -> Option<Arc<TableSchemas>> {
-    let current = &tables.get(&table_id)?.schemas;
-    Some(
-        history
-            .get(&table_id)
-            .and_then(|markers| markers.iter().find(|(at, _)| *at > position))
-            .map_or_else(|| current.clone(), |(_, before)| before.clone()),
-    )
-}
-
-/// The schema-change markers in the changelog, per table: (position, schemas before it).
-fn load_history(conn: &Connection) -> Result<SchemaHistory, CaptureError> {
-    let mut stmt = conn.prepare(
-        "SELECT position, tbl, a0 FROM _barista_changelog WHERE op = ?1 ORDER BY position",
-    )?;
-    let markers = stmt
-        .query_map([OP_SCHEMA_CHANGE], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut history: SchemaHistory = HashMap::new();
-    for (position, table, before) in markers {
-        let before = Arc::new(TableSchemas::derive(TableShape::from_json(&before)?)?);
-        history.entry(table).or_default().push((position, before));
-    }
-    Ok(history)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn leader() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = open_leader(&dir.path().join("leader.db")).unwrap();
-        conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
-            .unwrap();
-        (dir, conn)
-    }
-
-    #[test]
-    fn snapshot_then_stream_with_every_storage_class() {
-        let (dir, conn) = leader();
-        conn.execute("INSERT INTO t VALUES (1, 'before capture')", [])
-            .unwrap();
-        let mut cap = Capture::install(conn, &[], false).unwrap();
-        let app = open_leader(&dir.path().join("leader.db")).unwrap();
-        app.execute_batch(
-            "BEGIN; INSERT INTO t VALUES (2, x'00ff'); UPDATE t SET v = 9223372036854775807 WHERE id = 1;
-             INSERT INTO t VALUES (3, 1.5); DELETE FROM t WHERE id = 2; COMMIT;",
-        )
-        .unwrap();
-        let (rows, _) = cap.read(0, cap.head().unwrap(), 100).unwrap();
-        let ops: Vec<_> = rows.iter().map(|r| (r.position, r.op)).collect();
-        assert_eq!(
-            ops,
-            [
-                (1, Op::Read),
-                (2, Op::Create),
-                (3, Op::Update),
-                (4, Op::Create),
-                (5, Op::Delete)
-            ]
-        );
-        assert_eq!(
-            rows[1].after.as_ref().unwrap()[1],
-            SqlValue::Blob(vec![0, 255])
-        );
-        assert_eq!(
-            rows[2].after.as_ref().unwrap()[1],
-            SqlValue::Integer(i64::MAX)
-        );
-        assert_eq!(
-            rows[2].before.as_ref().unwrap()[1],
-            SqlValue::Text("before capture".into())
-        );
-    }
-
-    #[test]
-    fn positions_are_never_reused_after_pruning() {
-        let (dir, conn) = leader();
-        let mut cap = Capture::install(conn, &[], false).unwrap();
-        let app = open_leader(&dir.path().join("leader.db")).unwrap();
-        app.execute_batch("INSERT INTO t VALUES (1, 'a'); INSERT INTO t VALUES (2, 'b');")
-            .unwrap();
-        assert_eq!(cap.head().unwrap(), 2);
-        cap.prune(2, &HashMap::new()).unwrap();
-        assert_eq!(
-            cap.backlog().unwrap(),
-            1,
-            "the newest row is kept so its number is never handed out again"
-        );
-        app.execute_batch("VACUUM; INSERT INTO t VALUES (3, 'c');")
-            .unwrap();
-        let (rows, _) = cap.read(2, cap.head().unwrap(), 10).unwrap();
-        assert_eq!(rows.iter().map(|r| r.position).collect::<Vec<_>>(), [3]);
-    }
-
-    #[test]
-    fn refuses_tables_without_key_and_detects_drift() {
-        let (dir, conn) = leader();
-        conn.execute_batch("CREATE TABLE loose(a, b)").unwrap();
-        let err = Capture::install(conn, &["loose".into()], false)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains("no PRIMARY KEY"), "{err}");
-        let conn = open_leader(&dir.path().join("leader.db")).unwrap();
-        drop(Capture::install(conn, &["t".into()], false).unwrap());
-        let conn = open_leader(&dir.path().join("leader.db")).unwrap();
-        conn.execute_batch("ALTER TABLE t ADD COLUMN w").unwrap();
-        let err = Capture::install(conn, &["t".into()], false)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains("changed behind barista's back"), "{err}");
     }
 }

@@ -15,6 +15,8 @@ pub mod pipeline;
 pub mod publish;
 /// The registry door: the one place that speaks to the schema registry.
 pub mod registry;
+/// Triggers: the SQL that puts every write to a captured table in the changelog.
+pub mod triggers;
 /// Tokens: the position a write transaction commits at, for read-your-writes.
 pub mod token;
 

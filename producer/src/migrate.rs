@@ -14,13 +14,11 @@ use barista_runtime::Backoff;
 use barista_schemas::avro_schema::avro_default;
 use barista_schemas::contract::{key_subject, table_topic, value_subject};
 use barista_schemas::{TableSchemas, TableShape};
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::TransactionBehavior;
 
-use crate::capture::{
-    drop_triggers_sql, open_leader, record_schema_change, trigger_sql, widen_changelog,
-};
-
+use crate::capture::open_leader;
 use crate::registry::Registry;
+use crate::triggers;
 
 /// How long a registry request may take.
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,13 +80,8 @@ pub async fn migrate(m: &Migration) -> anyhow::Result<Outcome> {
     let mut conn = open_leader(&m.leader)
         .with_context(|| format!("opening leader database {}", m.leader.display()))?;
     let registry = Registry::new(&m.registry_url, REGISTRY_TIMEOUT)?;
-    let installed: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = '_barista_tables'",
-        [],
-        |r| r.get(0),
-    )?;
     anyhow::ensure!(
-        installed,
+        triggers::capture_installed(&conn)?,
         "capture is not installed in {}: start the producer on it once, then migrate",
         m.leader.display()
     );
@@ -146,15 +139,12 @@ pub async fn migrate(m: &Migration) -> anyhow::Result<Outcome> {
             .find(|(c, _)| c.id == b.id)
             .map_or(&b.shape, |(_, s)| s);
         let columns = shape.column_names();
-        widen_changelog(&tx, columns.len())?;
-        tx.execute_batch(&trigger_sql(b.id, &b.name, &columns))?;
-        tx.execute(
-            "UPDATE _barista_tables SET columns = ?1 WHERE id = ?2",
-            params![serde_json::to_string(&columns)?, b.id],
-        )?;
+        triggers::widen_changelog(&tx, columns.len())?;
+        triggers::replace(&tx, b.id, &b.name, &columns)?;
+        triggers::record_columns(&tx, b.id, &columns)?;
     }
     for (b, new_shape) in &changed {
-        let at = record_schema_change(&tx, b.id, &b.shape, new_shape)?;
+        let at = triggers::record_schema_change(&tx, b.id, &b.shape, new_shape)?;
         tracing::info!(table = %b.name, position = at, "schema change recorded");
     }
     tx.commit().context("committing the migration")?;
@@ -260,12 +250,7 @@ pub async fn check_repair(
     let drifted: Vec<(String, TableShape, TableShape)> = {
         let conn = open_leader(leader)
             .with_context(|| format!("opening leader database {}", leader.display()))?;
-        let installed: bool = conn.query_row(
-            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = '_barista_tables'",
-            [],
-            |r| r.get(0),
-        )?;
-        if !installed {
+        if !triggers::capture_installed(&conn)? {
             return Ok(());
         }
         let captured: Vec<(String, String)> = conn
@@ -344,7 +329,7 @@ fn apply_ddl(
         let Ok(shape) = TableShape::read(tx, &name) else {
             continue;
         };
-        tx.execute_batch(&drop_triggers_sql(id))?;
+        tx.execute_batch(&triggers::drop_sql(id))?;
         before.push(Before { id, name, shape });
     }
     if let Err(e) = tx.execute_batch(ddl) {

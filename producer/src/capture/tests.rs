@@ -1,0 +1,87 @@
+use super::*;
+
+fn leader() -> (tempfile::TempDir, Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = open_leader(&dir.path().join("leader.db")).unwrap();
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+        .unwrap();
+    (dir, conn)
+}
+
+#[test]
+fn snapshot_then_stream_with_every_storage_class() {
+    let (dir, conn) = leader();
+    conn.execute("INSERT INTO t VALUES (1, 'before capture')", [])
+        .unwrap();
+    let mut cap = Capture::install(conn, &[], false).unwrap();
+    let app = open_leader(&dir.path().join("leader.db")).unwrap();
+    app.execute_batch(
+        "BEGIN; INSERT INTO t VALUES (2, x'00ff'); UPDATE t SET v = 9223372036854775807 WHERE id = 1;
+         INSERT INTO t VALUES (3, 1.5); DELETE FROM t WHERE id = 2; COMMIT;",
+    )
+    .unwrap();
+    let (rows, _) = cap.read(0, cap.head().unwrap(), 100).unwrap();
+    let ops: Vec<_> = rows.iter().map(|r| (r.position, r.op)).collect();
+    assert_eq!(
+        ops,
+        [
+            (1, Op::Read),
+            (2, Op::Create),
+            (3, Op::Update),
+            (4, Op::Create),
+            (5, Op::Delete)
+        ]
+    );
+    assert_eq!(
+        rows[1].after.as_ref().unwrap()[1],
+        SqlValue::Blob(vec![0, 255])
+    );
+    assert_eq!(
+        rows[2].after.as_ref().unwrap()[1],
+        SqlValue::Integer(i64::MAX)
+    );
+    assert_eq!(
+        rows[2].before.as_ref().unwrap()[1],
+        SqlValue::Text("before capture".into())
+    );
+}
+
+#[test]
+fn positions_are_never_reused_after_pruning() {
+    let (dir, conn) = leader();
+    let mut cap = Capture::install(conn, &[], false).unwrap();
+    let app = open_leader(&dir.path().join("leader.db")).unwrap();
+    app.execute_batch("INSERT INTO t VALUES (1, 'a'); INSERT INTO t VALUES (2, 'b');")
+        .unwrap();
+    assert_eq!(cap.head().unwrap(), 2);
+    cap.prune(2, &HashMap::new()).unwrap();
+    assert_eq!(
+        cap.backlog().unwrap(),
+        1,
+        "the newest row is kept so its number is never handed out again"
+    );
+    app.execute_batch("VACUUM; INSERT INTO t VALUES (3, 'c');")
+        .unwrap();
+    let (rows, _) = cap.read(2, cap.head().unwrap(), 10).unwrap();
+    assert_eq!(rows.iter().map(|r| r.position).collect::<Vec<_>>(), [3]);
+}
+
+#[test]
+fn refuses_tables_without_key_and_detects_drift() {
+    let (dir, conn) = leader();
+    conn.execute_batch("CREATE TABLE loose(a, b)").unwrap();
+    let err = Capture::install(conn, &["loose".into()], false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no PRIMARY KEY"), "{err}");
+    let conn = open_leader(&dir.path().join("leader.db")).unwrap();
+    drop(Capture::install(conn, &["t".into()], false).unwrap());
+    let conn = open_leader(&dir.path().join("leader.db")).unwrap();
+    conn.execute_batch("ALTER TABLE t ADD COLUMN w").unwrap();
+    let err = Capture::install(conn, &["t".into()], false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("changed behind barista's back"), "{err}");
+}
