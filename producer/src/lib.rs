@@ -7,12 +7,12 @@
 pub mod capture;
 /// Validated configuration.
 pub mod config;
+/// Kafka: the idempotent producer, topics, one send with back-pressure.
+pub mod kafka;
 /// Schema changes: DDL, compatibility check and new triggers in one transaction.
 pub mod migrate;
 /// Encode changes as Confluent-framed Avro and publish them, tracking acks.
 pub mod pipeline;
-/// Kafka producer, topics and sends.
-pub mod publish;
 /// The registry door: the one place that speaks to the schema registry.
 pub mod registry;
 /// Triggers: the SQL that puts every write to a captured table in the changelog.

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::capture::{open_leader, Capture, ChangeRow};
 use crate::config::ProducerConfig;
-use crate::publish::{send, KafkaSettings};
+use crate::kafka::{send, KafkaSettings};
 
 fn now_ms() -> i64 {
     SystemTime::now()

@@ -1,6 +1,7 @@
-//! Publish: the Kafka side of the producer. Creates topics, sends encoded
-//! events with explicit partitions, and tracks delivery reports in send order
-//! so that "acknowledged" always means "this position and everything before it".
+//! Kafka, the client side of publish: the idempotent producer, topic creation, and one send
+//! with back-pressure.
+//!
+//! Reads: broker metadata. Writes: topics and records.
 
 use std::collections::HashMap;
 use std::time::Duration;
