@@ -10,9 +10,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use barista_schemas::{Op, SqlValue, TableSchemas, TableShape};
+use barista_schemas::{Op, Position, SqlValue, TableSchemas, TableShape};
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
+use crate::ack::TopicPartition;
 use crate::triggers::{self, OP_DELETE, OP_INSERT, OP_UPDATE};
 
 mod history;
@@ -97,7 +98,7 @@ pub fn open_leader(path: &Path) -> Result<Connection, CaptureError> {
 #[derive(Debug, Clone)]
 pub struct ChangeRow {
     /// Leader position.
-    pub position: i64,
+    pub position: Position,
     /// `_barista_tables.id` of the table.
     pub table_id: i64,
     /// What happened.
@@ -292,17 +293,17 @@ impl Capture {
     }
 
     /// The newest committed position (0 when nothing was ever captured).
-    pub fn head(&self) -> Result<i64, CaptureError> {
+    pub fn head(&self) -> Result<Position, CaptureError> {
         let max: Option<i64> =
             self.conn
                 .query_row("SELECT max(position) FROM _barista_changelog", [], |r| {
                     r.get(0)
                 })?;
-        Ok(max.unwrap_or(0).max(self.acked()?))
+        Ok(Position(max.unwrap_or(0)).max(self.acked()?))
     }
 
     /// Every change up to this position is acknowledged by Kafka.
-    pub fn acked(&self) -> Result<i64, CaptureError> {
+    pub fn acked(&self) -> Result<Position, CaptureError> {
         let v: Option<i64> = self
             .conn
             .query_row(
@@ -317,16 +318,16 @@ impl Capture {
                     Err(e)
                 }
             })?;
-        Ok(v.unwrap_or(0))
+        Ok(Position(v.unwrap_or(0)))
     }
 
     /// Last acknowledged position per (topic, partition).
-    pub fn acked_partitions(&self) -> Result<HashMap<(String, i32), i64>, CaptureError> {
+    pub fn acked_partitions(&self) -> Result<HashMap<TopicPartition, Position>, CaptureError> {
         let mut stmt = self
             .conn
             .prepare("SELECT topic, partition, last_position FROM _barista_partitions")?;
         let rows = stmt
-            .query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?
+            .query_map([], |r| Ok(((r.get(0)?, r.get(1)?), Position(r.get(2)?))))?
             .collect::<Result<_, _>>()?;
         Ok(rows)
     }
@@ -336,10 +337,10 @@ impl Capture {
     /// tables not captured now are scanned but not returned).
     pub fn read(
         &mut self,
-        after: i64,
-        upto: i64,
+        after: Position,
+        upto: Position,
         limit: usize,
-    ) -> Result<(Vec<ChangeRow>, Option<i64>), CaptureError> {
+    ) -> Result<(Vec<ChangeRow>, Option<Position>), CaptureError> {
         // Disjoint borrows: the statement borrows the connection while markers update the
         // table schemas and their history.
         let (conn, tables, history) = (&self.conn, &mut self.tables, &mut self.history);
@@ -350,9 +351,9 @@ impl Capture {
         let idx = |n: &str| names.iter().position(|c| c == n);
         let mut out = Vec::new();
         let mut scanned = None;
-        let mut rows = stmt.query(params![after, upto, limit as i64])?;
+        let mut rows = stmt.query(params![after.0, upto.0, limit as i64])?;
         while let Some(r) = rows.next()? {
-            let position: i64 = r.get(0)?;
+            let position = Position(r.get(0)?);
             scanned = Some(position);
             let table_id: i64 = r.get(1)?;
             let op_code: i64 = r.get(2)?;
@@ -370,7 +371,7 @@ impl Capture {
                         )?)?))
                     };
                     let (before, after) = (shape("a0")?, shape("a1")?);
-                    tracing::info!(position, table = %after.shape.name, columns = ?after.shape.column_names(), "schema change");
+                    tracing::info!(position = %position, table = %after.shape.name, columns = ?after.shape.column_names(), "schema change");
                     history
                         .entry(table_id)
                         .or_default()
@@ -383,7 +384,7 @@ impl Capture {
                 // A table captured by an earlier configuration but not now: its
                 // changes are skipped on purpose, and said so.
                 tracing::debug!(
-                    position,
+                    position = %position,
                     table_id,
                     "change of a table not captured now, skipped"
                 );
@@ -420,8 +421,8 @@ impl Capture {
     /// shipped changelog rows, keeping the newest row (see changelog.sql).
     pub fn prune(
         &mut self,
-        acked: i64,
-        partitions: &HashMap<(String, i32), i64>,
+        acked: Position,
+        partitions: &HashMap<TopicPartition, Position>,
     ) -> Result<usize, CaptureError> {
         let tx = self
             .conn
@@ -429,7 +430,7 @@ impl Capture {
         tx.execute(
             "INSERT INTO _barista_state(key, value) VALUES ('acked', ?1) \
              ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
-            [acked],
+            [acked.0],
         )?;
         {
             let mut stmt = tx.prepare_cached(
@@ -437,13 +438,13 @@ impl Capture {
                  ON CONFLICT(topic, partition) DO UPDATE SET last_position = max(last_position, excluded.last_position)",
             )?;
             for ((topic, partition), last) in partitions {
-                stmt.execute(params![topic, partition, last])?;
+                stmt.execute(params![topic, partition, last.0])?;
             }
         }
         let n = tx.execute(
             "DELETE FROM _barista_changelog WHERE position <= ?1 \
              AND position < (SELECT max(position) FROM _barista_changelog)",
-            [acked],
+            [acked.0],
         )?;
         tx.commit()?;
         Ok(n)

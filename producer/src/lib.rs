@@ -1,24 +1,33 @@
 //! barista's producer: the leader side of the pipeline.
 //!
-//! leader.db ─► capture (triggers + changelog) ─► encode (Avro, registry) ─►
-//! publish (idempotent Kafka producer) ─► prune once acknowledged.
+//! leader.db ─► triggers ─► capture (changelog) ─► tail (capture thread) ─►
+//! encode (Avro, registry) ─► publish (Kafka) ─► ack ─► prune, back in capture.
 
-/// Triggers, changelog, snapshot, pruning.
-pub mod capture;
 /// Validated configuration.
 pub mod config;
-/// Kafka: the idempotent producer, topics, one send with back-pressure.
-pub mod kafka;
-/// Schema changes: DDL, compatibility check and new triggers in one transaction.
-pub mod migrate;
-/// Encode changes as Confluent-framed Avro and publish them, tracking acks.
-pub mod pipeline;
-/// The registry door: the one place that speaks to the schema registry.
-pub mod registry;
 /// Triggers: the SQL that puts every write to a captured table in the changelog.
 pub mod triggers;
+/// Capture: install, snapshot, read the changelog by position, prune.
+pub mod capture;
+/// Tail: the capture thread, handing commit groups to the publisher in chunks.
+mod tail;
+/// The registry door: the one place that speaks to the schema registry.
+pub mod registry;
+/// Encode: Confluent-framed Avro with each subject's registered schema.
+mod encode;
+/// Kafka: the idempotent producer, topics, one send with back-pressure.
+pub mod kafka;
+/// Publish: change events, tombstones and commit records to Kafka; rewinds after a failure.
+mod publish;
+/// Ack: how far Kafka has acknowledged, what to prune, where to rewind to.
+mod ack;
+/// The run: wires the stages together, drains on shutdown.
+pub mod pipeline;
+/// Schema changes: DDL, compatibility check and new triggers in one transaction.
+pub mod migrate;
 /// Tokens: the position a write transaction commits at, for read-your-writes.
 pub mod token;
 
+pub use ack::TopicPartition;
 pub use config::ProducerConfig;
 pub use pipeline::run;

@@ -95,7 +95,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(t3, 3);
-        assert_eq!(cap.head().unwrap(), 3);
+        assert_eq!(cap.head().unwrap(), barista_schemas::Position(3));
 
         // A rolled-back transaction's number is handed out again: its token
         // must never be used, which is why the token is read before COMMIT

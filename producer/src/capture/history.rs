@@ -7,14 +7,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use barista_schemas::{TableSchemas, TableShape};
+use barista_schemas::{Position, TableSchemas, TableShape};
 use rusqlite::Connection;
 
 use super::{CaptureError, CapturedTable, OP_SCHEMA_CHANGE};
 
 /// Per table, the schema-change markers still in the changelog: (marker position, the schemas
 /// rows before it were captured with), oldest first.
-pub(super) type SchemaHistory = HashMap<i64, Vec<(i64, Arc<TableSchemas>)>>;
+pub(super) type SchemaHistory = HashMap<i64, Vec<(Position, Arc<TableSchemas>)>>;
 
 /// The schemas a change of `table_id` at `position` was captured with: those before the first
 /// later schema-change marker, else the current ones.
@@ -22,7 +22,7 @@ pub(super) fn schemas_at(
     tables: &HashMap<i64, CapturedTable>,
     history: &SchemaHistory,
     table_id: i64,
-    position: i64,
+    position: Position,
 ) -> Option<Arc<TableSchemas>> {
     let current = &tables.get(&table_id)?.schemas;
     Some(
@@ -41,7 +41,7 @@ pub(super) fn load_history(conn: &Connection) -> Result<SchemaHistory, CaptureEr
     let markers = stmt
         .query_map([OP_SCHEMA_CHANGE], |r| {
             Ok((
-                r.get::<_, i64>(0)?,
+                Position(r.get(0)?),
                 r.get::<_, i64>(1)?,
                 r.get::<_, String>(2)?,
             ))

@@ -1,5 +1,7 @@
 use super::*;
 
+use barista_schemas::Position as P;
+
 fn leader() -> (tempfile::TempDir, Connection) {
     let dir = tempfile::tempdir().unwrap();
     let conn = open_leader(&dir.path().join("leader.db")).unwrap();
@@ -20,16 +22,16 @@ fn snapshot_then_stream_with_every_storage_class() {
          INSERT INTO t VALUES (3, 1.5); DELETE FROM t WHERE id = 2; COMMIT;",
     )
     .unwrap();
-    let (rows, _) = cap.read(0, cap.head().unwrap(), 100).unwrap();
+    let (rows, _) = cap.read(P(0), cap.head().unwrap(), 100).unwrap();
     let ops: Vec<_> = rows.iter().map(|r| (r.position, r.op)).collect();
     assert_eq!(
         ops,
         [
-            (1, Op::Read),
-            (2, Op::Create),
-            (3, Op::Update),
-            (4, Op::Create),
-            (5, Op::Delete)
+            (P(1), Op::Read),
+            (P(2), Op::Create),
+            (P(3), Op::Update),
+            (P(4), Op::Create),
+            (P(5), Op::Delete)
         ]
     );
     assert_eq!(
@@ -53,8 +55,8 @@ fn positions_are_never_reused_after_pruning() {
     let app = open_leader(&dir.path().join("leader.db")).unwrap();
     app.execute_batch("INSERT INTO t VALUES (1, 'a'); INSERT INTO t VALUES (2, 'b');")
         .unwrap();
-    assert_eq!(cap.head().unwrap(), 2);
-    cap.prune(2, &HashMap::new()).unwrap();
+    assert_eq!(cap.head().unwrap(), P(2));
+    cap.prune(P(2), &HashMap::new()).unwrap();
     assert_eq!(
         cap.backlog().unwrap(),
         1,
@@ -62,8 +64,8 @@ fn positions_are_never_reused_after_pruning() {
     );
     app.execute_batch("VACUUM; INSERT INTO t VALUES (3, 'c');")
         .unwrap();
-    let (rows, _) = cap.read(2, cap.head().unwrap(), 10).unwrap();
-    assert_eq!(rows.iter().map(|r| r.position).collect::<Vec<_>>(), [3]);
+    let (rows, _) = cap.read(P(2), cap.head().unwrap(), 10).unwrap();
+    assert_eq!(rows.iter().map(|r| r.position).collect::<Vec<_>>(), [P(3)]);
 }
 
 #[test]

@@ -1,0 +1,416 @@
+//! Publish, the stage between encode and ack: turns the tail's chunks into Kafka records (a
+//! change event per change on its key's partition, a tombstone where a key disappears, and a
+//! commit record closing each group on the commits topic) and hands each sent record's
+//! delivery report to the acker. After a failed delivery it rewinds: a fresh Kafka producer,
+//! and capture restarted from the oldest unacknowledged position, so Kafka never holds a gap
+//! (only, at worst, duplicates, which followers drop by position).
+//!
+//! Reads: [`CaptureMsg`]s. Writes: Kafka records; [`Pending`] reports to the acker;
+//! [`Control::Rewind`] to the tail.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use barista_runtime::{lock, Backoff, Poisoned};
+use barista_schemas::contract::{
+    key_subject, partition_for_key, value_subject, HEADER_GROUP, HEADER_POSITION, HEADER_TOMBSTONE,
+};
+use barista_schemas::{ChangeEvent, Commit, Op, PartitionTail, Position, Source, TableSchemas};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer as _};
+use tokio::sync::mpsc;
+
+use crate::ack::{Acks, Sent, TopicPartition};
+use crate::capture::ChangeRow;
+use crate::encode::{Encoder, Payload};
+use crate::kafka::{send, KafkaSettings};
+use crate::tail::{now_ms, CaptureMsg, Control};
+
+/// What the [`Acks`] lock guards, for the poisoned-lock error.
+pub(crate) const ACKS: &str = "acknowledged position";
+
+/// A sent record whose delivery report is awaited.
+pub(crate) struct Pending {
+    sent: Sent,
+    fut: DeliveryFuture,
+}
+
+/// Why an acker stopped before its channel closed.
+#[derive(Debug)]
+pub(crate) enum AckerStop {
+    /// A record of generation `gen` was not delivered: rewind, if that is still the current one.
+    Failed {
+        /// The acker's generation.
+        gen: u64,
+        /// Which position, and Kafka's error.
+        error: String,
+    },
+    /// The acknowledgement state is poisoned: the run must end.
+    Poisoned(Poisoned),
+}
+
+/// A captured table's topic, partition count, schemas and subjects.
+pub(crate) struct TableOut {
+    /// `<prefix>.<table>`.
+    pub topic: String,
+    /// The topic's partition count, as the broker reports it.
+    pub partitions: i32,
+    /// The schemas of the last change sent (they change at schema-change markers).
+    pub schemas: Arc<TableSchemas>,
+    /// `<topic>-key`.
+    pub key_subject: String,
+    /// `<topic>-value`.
+    pub value_subject: String,
+}
+
+impl TableOut {
+    /// The output of `topic` with `partitions` partitions.
+    pub fn new(topic: String, partitions: i32, schemas: Arc<TableSchemas>) -> TableOut {
+        TableOut {
+            key_subject: key_subject(&topic),
+            value_subject: value_subject(&topic),
+            topic,
+            partitions,
+            schemas,
+        }
+    }
+}
+
+/// The publish stage's state.
+pub(crate) struct Publisher<'a> {
+    /// `source.db` and `Commit::db`.
+    pub db_name: String,
+    /// For a fresh producer after a rewind.
+    pub kafka: &'a KafkaSettings,
+    /// Key, envelope and commit encoding.
+    pub encoder: Encoder,
+    /// By `_barista_tables.id`.
+    pub outs: HashMap<i64, TableOut>,
+    /// The commits topic.
+    pub commits: String,
+    /// Its value subject.
+    pub commits_subject: String,
+    /// Chunks of other generations were read before a rewind and are dropped.
+    pub gen: u64,
+    /// The current Kafka producer.
+    pub producer: FutureProducer,
+    /// Last position sent per partition: the next event's `prev_position`.
+    pub last_sent: HashMap<TopicPartition, Position>,
+    /// Tails of the commit group being sent: last position and count per partition.
+    pub tails: BTreeMap<TopicPartition, (Position, i64)>,
+    /// Shared with the acker.
+    pub acks: Arc<Mutex<Acks>>,
+    /// To the tail.
+    pub ctl_tx: std_mpsc::Sender<Control>,
+    /// One pace for every retry: the registry, and rewinds after failed deliveries. Reset by
+    /// each change that is sent.
+    pub backoff: Backoff,
+    /// Change events sent, for progress logs.
+    pub published: u64,
+    /// First position of the group whose begin record was sent.
+    pub begun: Option<Position>,
+}
+
+impl Publisher<'_> {
+    /// Starts an acker for the current generation: it awaits delivery reports in send order
+    /// and feeds them to [`Acks`], telling the tail what to prune. It stops at the first
+    /// failed delivery, or on a poisoned lock, and says which on `stop_tx`.
+    pub fn spawn_acker(
+        &self,
+        stop_tx: mpsc::UnboundedSender<AckerStop>,
+    ) -> (mpsc::UnboundedSender<Pending>, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
+        let gen = self.gen;
+        let acks = self.acks.clone();
+        let ctl = self.ctl_tx.clone();
+        let handle = tokio::spawn(async move {
+            while let Some(Pending { sent, fut }) = rx.recv().await {
+                let position = sent.position;
+                let error = match fut.await {
+                    Ok(Ok(_)) => {
+                        // The guard is dropped before the next await.
+                        let prune = match lock(&acks, ACKS) {
+                            Ok(mut a) => a.delivered(gen, sent, Instant::now(), rx.is_empty()),
+                            Err(e) => {
+                                let _ = stop_tx.send(AckerStop::Poisoned(e));
+                                return;
+                            }
+                        };
+                        if let Some(acked) = prune {
+                            // The tail may be gone at shutdown; the final prune is sent again.
+                            let _ = ctl.send(Control::Prune(acked));
+                        }
+                        continue;
+                    }
+                    Ok(Err((e, _))) => format!("position {position}: {e}"),
+                    Err(_) => format!("position {position}: delivery report lost"),
+                };
+                let _ = stop_tx.send(AckerStop::Failed { gen, error });
+                return;
+            }
+        });
+        (tx, handle)
+    }
+
+    /// After a failed delivery: a fresh producer (the old one's idempotence
+    /// state may be fenced or its queue poisoned) and capture restarted from
+    /// the oldest unacknowledged position.
+    pub fn rewind(&mut self) -> anyhow::Result<()> {
+        self.producer
+            .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        self.producer = self.kafka.producer()?;
+        let rewind = lock(&self.acks, ACKS)?.rewind();
+        self.gen = rewind.gen;
+        self.last_sent = rewind.last_sent;
+        self.tails.clear();
+        self.begun = None;
+        self.ctl_tx
+            .send(Control::Rewind {
+                gen: rewind.gen,
+                from: rewind.from,
+            })
+            .context("capture thread gone")?;
+        tracing::info!(from = rewind.from.0 + 1, generation = self.gen, "resending");
+        Ok(())
+    }
+
+    /// Publishes one message of the tail's.
+    pub async fn publish(
+        &mut self,
+        msg: CaptureMsg,
+        pending: &mpsc::UnboundedSender<Pending>,
+    ) -> anyhow::Result<()> {
+        match msg {
+            CaptureMsg::Chunk { gen, .. } | CaptureMsg::Heartbeat { gen, .. }
+                if gen != self.gen =>
+            {
+                Ok(())
+            }
+            CaptureMsg::Heartbeat {
+                position, ts_ms, ..
+            } => {
+                let heartbeat = self.commit(Position(position.0 + 1), position, ts_ms, vec![]);
+                // A heartbeat is not part of the acknowledged chain: losing one
+                // only delays the next lag reading.
+                drop(self.send_commit(&heartbeat, &[]).await?);
+                Ok(())
+            }
+            CaptureMsg::Chunk {
+                first,
+                last,
+                ts_ms,
+                rows,
+                done,
+                ..
+            } => {
+                if !done && self.begun != Some(first) {
+                    // A group of several chunks: say where it ends before
+                    // sending it, so followers need not hold it in memory.
+                    self.begun = Some(first);
+                    let begin = self.commit(first, last, ts_ms, vec![]);
+                    drop(self.send_commit(&begin, &[(HEADER_GROUP, "begin")]).await?);
+                }
+                if done {
+                    self.begun = None;
+                }
+                for row in rows {
+                    self.publish_row(row, last, ts_ms, pending).await?;
+                }
+                if done {
+                    let partitions = std::mem::take(&mut self.tails)
+                        .into_iter()
+                        .map(|((topic, partition), (last, count))| PartitionTail {
+                            topic,
+                            partition,
+                            last_position: last.0,
+                            count,
+                        })
+                        .collect();
+                    let commit = self.commit(first, last, ts_ms, partitions);
+                    let pos = last.to_string();
+                    let fut = self
+                        .send_commit(&commit, &[(HEADER_POSITION, &pos)])
+                        .await?;
+                    let sent = Sent {
+                        position: last,
+                        chain: None,
+                        group_end: true,
+                    };
+                    let _ = pending.send(Pending { sent, fut });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A record for the commits topic.
+    fn commit(
+        &self,
+        first: Position,
+        last: Position,
+        ts_ms: i64,
+        partitions: Vec<PartitionTail>,
+    ) -> Commit {
+        Commit {
+            db: self.db_name.clone(),
+            first_position: first.0,
+            last_position: last.0,
+            ts_ms,
+            partitions,
+        }
+    }
+
+    /// Encodes and sends a record on the commits topic (one partition: one order).
+    async fn send_commit(
+        &mut self,
+        commit: &Commit,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<DeliveryFuture> {
+        let bytes = self
+            .encoder
+            .encode(
+                &Payload::Commit(commit),
+                &self.commits_subject,
+                barista_schemas::avro_schema::COMMIT_AVSC,
+                &mut self.backoff,
+            )
+            .await?;
+        Ok(send(
+            &self.producer,
+            &self.commits,
+            0,
+            None,
+            Some(&bytes),
+            headers,
+        )
+        .await?)
+    }
+
+    /// Sends one change: its event on its key's partition, and a tombstone where a key
+    /// disappears.
+    async fn publish_row(
+        &mut self,
+        row: ChangeRow,
+        txn: Position,
+        ts_ms: i64,
+        pending: &mpsc::UnboundedSender<Pending>,
+    ) -> anyhow::Result<()> {
+        let Some(out) = self.outs.get_mut(&row.table_id) else {
+            return Ok(());
+        };
+        if !Arc::ptr_eq(&out.schemas, &row.schemas) {
+            // The change was captured with other columns than the one before it (a
+            // migration's schema-change marker lies between them): encode with its schemas.
+            // The encoder sees a new schema for the subject and registers it.
+            tracing::info!(topic = %out.topic, columns = ?row.schemas.shape.column_names(), position = %row.position, "table schema changed; encoding with the new schema");
+            out.schemas = row.schemas.clone();
+        }
+        // Borrowed from `self.outs` while other fields of `self` change: no copies per change.
+        let out = &*out;
+        let schemas = &*out.schemas;
+        let key_row = row
+            .after
+            .as_deref()
+            .or(row.before.as_deref())
+            .context("change without a row image")?;
+        let key = self
+            .encoder
+            .encode(
+                &Payload::Key(schemas, key_row),
+                &out.key_subject,
+                &schemas.key_json,
+                &mut self.backoff,
+            )
+            .await?;
+        let partition = partition_for_key(&key, out.partitions);
+        let tp = (out.topic.clone(), partition);
+        let event = ChangeEvent {
+            op: row.op,
+            source: Source {
+                connector: barista_schemas::contract::CONNECTOR.into(),
+                db: self.db_name.clone(),
+                table: schemas.shape.name.clone(),
+                position: row.position.0,
+                txn: txn.0,
+                prev_position: self.last_sent.get(&tp).map(|p| p.0),
+                snapshot: row.op == Op::Read,
+                ts_ms,
+            },
+            before: row.before,
+            after: row.after,
+            ts_ms: now_ms(),
+        };
+        let value = self
+            .encoder
+            .encode(
+                &Payload::Envelope(schemas, &event),
+                &out.value_subject,
+                &schemas.value_json,
+                &mut self.backoff,
+            )
+            .await?;
+        let pos = row.position.to_string();
+        let fut = send(
+            &self.producer,
+            &out.topic,
+            partition,
+            Some(&key),
+            Some(&value),
+            &[(HEADER_POSITION, &pos)],
+        )
+        .await?;
+        let sent = Sent {
+            position: row.position,
+            chain: Some(tp.clone()),
+            group_end: false,
+        };
+        let _ = pending.send(Pending { sent, fut });
+        self.last_sent.insert(tp.clone(), row.position);
+        let tail = self.tails.entry(tp).or_insert((row.position, 0));
+        *tail = (row.position, tail.1 + 1);
+        self.published += 1;
+
+        // A tombstone after a delete lets compaction drop the key; after an
+        // update that changed the key, one for the old key.
+        let old_key = match event.op {
+            Op::Delete => Some(key.clone()),
+            Op::Update => {
+                let before = event.before.as_deref().unwrap_or_default();
+                let pk = schemas.shape.pk_indexes();
+                let after = event.after.as_deref().unwrap_or_default();
+                if pk.iter().any(|&i| before.get(i) != after.get(i)) {
+                    let old = Payload::Key(schemas, before);
+                    let bytes = self
+                        .encoder
+                        .encode(&old, &out.key_subject, &schemas.key_json, &mut self.backoff)
+                        .await?;
+                    Some(bytes)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        if let Some(k) = old_key {
+            let p = partition_for_key(&k, out.partitions);
+            let fut = send(
+                &self.producer,
+                &out.topic,
+                p,
+                Some(&k),
+                None,
+                &[(HEADER_POSITION, &pos), (HEADER_TOMBSTONE, "1")],
+            )
+            .await?;
+            let sent = Sent {
+                position: row.position,
+                chain: None,
+                group_end: false,
+            };
+            let _ = pending.send(Pending { sent, fut });
+        }
+        self.backoff.reset();
+        Ok(())
+    }
+}
