@@ -8,13 +8,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use barista_schemas::contract::{commits_topic, table_topic};
 use barista_tests::process::{free_port, Proc};
 use barista_tests::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
 use crate::crash::{consumer_args, producer_args, TABLES};
-use crate::pipeline::{check_events, seed, wait_for_capture, write_workload_paced, Expected};
 
 /// The broker binary, or None when the environment says to skip.
 fn nisshi() -> Option<PathBuf> {
@@ -130,8 +130,8 @@ async fn binaries_on_a_real_broker_survive_its_restart_without_loss() {
         &dir.path().join("producer.log"),
     );
     wait_for_capture(&leader).await;
-    for t in TABLES.iter().copied().chain(["__commits"]) {
-        let topic = format!("{prefix}.{t}");
+    let tables = TABLES.iter().map(|t| table_topic(&prefix, t));
+    for topic in tables.chain([commits_topic(&prefix)]) {
         wait_until(Duration::from_secs(60), || {
             producer.assert_running();
             topic_exists(&brokers, &topic)
@@ -162,12 +162,20 @@ async fn binaries_on_a_real_broker_survive_its_restart_without_loss() {
     // A workload of several seconds; the broker restarts early in it. (nisshi
     // on SQLite storage answers a fetch in tens of milliseconds: the workload
     // is sized for it.)
+    let start = leader_position(&leader);
     let l = leader.clone();
     let writer = tokio::task::spawn_blocking(move || {
         write_workload_paced(&l, 51, 600, Duration::from_millis(5), &mut expected);
         expected
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Early in it: about a tenth of its changes committed (1 to 5 per transaction).
+    wait_until(Duration::from_secs(30), || {
+        let at = leader_position(&leader);
+        (at >= start + 180)
+            .then_some(())
+            .ok_or(format!("the workload wrote up to {at} from {start}"))
+    })
+    .await;
     assert!(
         !writer.is_finished(),
         "the writer finished before the restart"

@@ -11,10 +11,6 @@ use barista_tests::*;
 use rand::{Rng, SeedableRng};
 use rusqlite::Connection;
 
-use crate::pipeline::{
-    changelog_pruned, check_events, stored, wait_for_capture, write_workload_paced, Expected, Setup,
-};
-
 pub const TABLES: [&str; 2] = ["customers", "everything"];
 
 pub fn producer_args(leader: &Path, brokers: &str, registry: &str, prefix: &str) -> Vec<String> {

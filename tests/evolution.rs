@@ -376,7 +376,17 @@ async fn a_migration_waiting_on_the_registry_does_not_block_writers() {
             .unwrap()
             .block_on(migrate(&m))
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // It has reached the registry once the registry's connection arrives.
+    silent.set_nonblocking(true).unwrap();
+    let mut asked = None;
+    wait_until(Duration::from_secs(10), || {
+        asked = silent.accept().ok();
+        asked
+            .is_some()
+            .then_some(())
+            .ok_or_else(|| "the migration has not called the registry yet".to_owned())
+    })
+    .await;
     assert!(
         !pending.is_finished(),
         "the migration should still wait on the registry"

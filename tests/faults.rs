@@ -5,8 +5,6 @@ use std::time::Duration;
 use barista_tests::*;
 use rdkafka::mocking::MockCluster;
 
-use crate::pipeline::{check_events, seed, wait_for_capture, write_workload, Expected, Setup};
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_down_mid_stream_loses_nothing() {
     let Setup {

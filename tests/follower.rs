@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use barista_consumer::FollowerConfig;
 use barista_schemas::contract::{
     dead_letter_topic, table_topic, HEADER_DLQ_ERROR, HEADER_DLQ_FOLLOWER, HEADER_DLQ_OFFSET,
     HEADER_DLQ_PARTITION, HEADER_DLQ_SCHEMA_ID, HEADER_DLQ_TOPIC, HEADER_POSITION,
@@ -15,84 +14,7 @@ use barista_schemas::contract::{
 use barista_tests::*;
 use rdkafka::mocking::MockCluster;
 
-use crate::pipeline::{wait_for_capture, write_workload, Setup};
-
 const TABLES: [&str; 2] = ["customers", "everything"];
-
-impl Setup {
-    fn producer_config(&self) -> barista_producer::ProducerConfig {
-        producer_config(
-            &self.leader,
-            &self.brokers,
-            self.registry.url(),
-            &self.prefix,
-        )
-    }
-
-    /// A follower config that also serves HTTP (status, metrics, reads) on a free port.
-    fn served_follower_config(&self, file: &str) -> (FollowerConfig, SocketAddr) {
-        let mut fc = self.follower_config(file);
-        let addr = free_addr();
-        fc.http_listen = Some(addr);
-        (fc, addr)
-    }
-
-    fn follower_config(&self, file: &str) -> FollowerConfig {
-        follower_config(
-            &self.dir.path().join(file),
-            &unique("f"),
-            &self.brokers,
-            self.registry.url(),
-            &self.prefix,
-        )
-    }
-
-    /// Runs the random workload on a blocking thread.
-    async fn write(&mut self, seed: u64, txns: usize) {
-        let (l, mut exp) = (self.leader.clone(), self.expected.clone());
-        self.expected = tokio::task::spawn_blocking(move || {
-            write_workload(&l, seed, txns, &mut exp);
-            exp
-        })
-        .await
-        .unwrap();
-    }
-
-    /// Waits until the replica equals the leader and the follower reports
-    /// no lag in any unit.
-    async fn caught_up(&self, f: &RunningFollower) {
-        self.caught_up_but_offsets(f).await;
-        wait_until(Duration::from_secs(30), || {
-            let s = f.status();
-            (s.offset_lag == 0)
-                .then_some(())
-                .ok_or(format!("offsets behind: {s:?}"))
-        })
-        .await;
-    }
-
-    /// Waits until the replica equals the leader and the follower reports
-    /// no lag in positions or seconds. Offset lag is left out: a partition
-    /// blocked by a poison change keeps its offset at the poison message.
-    async fn caught_up_but_offsets(&self, f: &RunningFollower) {
-        let (l, r) = (self.leader.clone(), f.replica.clone());
-        wait_until(Duration::from_secs(90), || {
-            if let Some(h) = f.status().halted {
-                panic!("follower halted: {h}");
-            }
-            same_rows(&l, &r)
-        })
-        .await;
-        let want = leader_position(&self.leader);
-        wait_until(Duration::from_secs(30), || {
-            let s = f.status();
-            (s.applied_position == want && s.position_lag == 0 && s.seconds_lag == 0.0)
-                .then_some(())
-                .ok_or(format!("leader at {want}; follower {s:?}"))
-        })
-        .await;
-    }
-}
 
 /// Every data message of the prefix's table topics that carries a change
 /// (tombstones left out), as position → how many times it is stored.
@@ -184,9 +106,9 @@ async fn changes_stored_twice_by_the_broker_are_applied_once() {
 async fn poison_goes_to_the_dead_letter_topic_and_the_follower_keeps_serving() {
     let mut s = Setup::new_with(1, "poison").await;
     let producer = RunningProducer::start(s.producer_config());
-    let (fc, addr) = s.served_follower_config("r.db");
+    let fc = s.follower_config("r.db");
     let follower_id = fc.follower_id.clone();
-    let follower = RunningFollower::start(fc);
+    let (follower, addr) = RunningFollower::serving(fc);
     wait_for_capture(&s.leader).await;
     s.write(41, 20).await;
     s.caught_up(&follower).await;
@@ -372,10 +294,10 @@ async fn a_silent_producer_shows_up_as_seconds_lag() {
     let mut s = Setup::new_with(1, "silent").await;
     let config = s.producer_config();
     let producer = RunningProducer::start(config.clone());
-    let (mut fc, addr) = s.served_follower_config("r.db");
+    let mut fc = s.follower_config("r.db");
     fc.heartbeat_grace = Duration::from_millis(1_500);
     fc.max_lag_seconds = 2.0;
-    let follower = RunningFollower::start(fc);
+    let (follower, addr) = RunningFollower::serving(fc);
     wait_for_capture(&s.leader).await;
     s.write(61, 10).await;
     s.caught_up(&follower).await;
@@ -410,9 +332,9 @@ async fn a_silent_producer_shows_up_as_seconds_lag() {
 async fn paused_follower_lag_grows_in_three_units_and_returns_to_zero() {
     let mut s = Setup::new_with(1, "lag").await;
     let producer = RunningProducer::start(s.producer_config());
-    let (mut fc, addr) = s.served_follower_config("r.db");
+    let mut fc = s.follower_config("r.db");
     fc.max_lag_seconds = 1.0;
-    let follower = RunningFollower::start(fc);
+    let (follower, addr) = RunningFollower::serving(fc);
     wait_for_capture(&s.leader).await;
     s.write(51, 20).await;
     s.caught_up(&follower).await;
@@ -431,7 +353,7 @@ async fn paused_follower_lag_grows_in_three_units_and_returns_to_zero() {
     let head = leader_position(&s.leader);
     wait_until(Duration::from_secs(30), || {
         let st = follower.status();
-        (st.leader_position == head
+        (st.leader_position.0 == head
             && st.position_lag == head - at_pause
             && st.offset_lag > 0
             && st.seconds_lag > 1.0)
@@ -532,8 +454,8 @@ fn sample(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> 
 async fn metrics_scraped_over_http_match_the_replica() {
     let mut s = Setup::new_with(1, "metrics").await;
     let producer = RunningProducer::start(s.producer_config());
-    let (fc, addr) = s.served_follower_config("r.db");
-    let follower = RunningFollower::start(fc);
+    let fc = s.follower_config("r.db");
+    let (follower, addr) = RunningFollower::serving(fc);
     wait_for_capture(&s.leader).await;
     s.write(61, 80).await;
     s.caught_up(&follower).await;
@@ -719,4 +641,59 @@ async fn a_large_commit_group_is_streamed_and_never_half_visible() {
     follower.stop().await.unwrap();
     producer.stop().await.unwrap();
     registry.shutdown().await.unwrap();
+}
+
+/// A thread that panics while holding a lock leaves what the lock guards
+/// untrustworthy: the follower stops with an error naming the lock instead of
+/// carrying on with a default (before, a poisoned status read as lag 0). The
+/// restart resumes from the offsets and position its replica committed and
+/// applies every later change exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poisoned_lock_stops_the_follower_and_the_restart_applies_exactly_once() {
+    let mut s = Setup::new_with(1, "poisoned").await;
+    let producer = RunningProducer::start(s.producer_config());
+    let fc = s.follower_config("r.db");
+    let follower = RunningFollower::start(fc.clone());
+    wait_for_capture(&s.leader).await;
+    s.write(81, 30).await;
+    s.caught_up(&follower).await;
+
+    let shared = follower.shared.clone();
+    let _ = std::thread::spawn(move || {
+        let _held = shared.status.lock().unwrap();
+        panic!("injected: a panic while holding the follower's status lock");
+    })
+    .join();
+    wait_until(Duration::from_secs(10), || {
+        follower
+            .is_finished()
+            .then_some(())
+            .ok_or_else(|| "the follower still runs on a poisoned lock".to_owned())
+    })
+    .await;
+    let replica = follower.replica.clone();
+    let err = follower
+        .stop()
+        .await
+        .expect_err("a poisoned lock must stop the follower");
+    assert!(
+        format!("{err:#}").contains("follower status lock is poisoned"),
+        "{err:#}"
+    );
+
+    // The leader moves on while the follower is down; it restarts on the
+    // same replica and consumer group.
+    s.write(82, 30).await;
+    let stopped_at = replica_position(&replica);
+    let restarted = RunningFollower::start(fc);
+    s.caught_up(&restarted).await;
+    let head = leader_position(&s.leader);
+    let st = restarted.status();
+    assert_eq!(
+        st.changes_applied,
+        (head - stopped_at) as u64,
+        "every change after the stored position applied once, none before it again: {st:?}"
+    );
+    restarted.stop().await.unwrap();
+    producer.stop().await.unwrap();
 }

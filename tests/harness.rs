@@ -3,7 +3,15 @@
 //! real HTTP, and the real producer and followers, each test with its own
 //! temp directory, topic prefix and ports.
 
+/// The real binaries as child processes, and a real broker process.
 pub mod process;
+/// The shared workload and [`Setup`], the mock-cluster fixture.
+pub mod workload;
+/// [`Shop`], the read-path fixture with followers serving HTTP.
+pub mod shop;
+
+pub use shop::Shop;
+pub use workload::*;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +21,7 @@ use std::time::{Duration, Instant};
 use barista_consumer::{FollowerConfig, Shared};
 use barista_producer::ProducerConfig;
 use barista_registry::{CompatibilityLevel, RegistryConfig, RunningRegistry};
+use barista_schemas::contract::{commits_topic, dead_letter_topic, table_topic};
 use barista_schemas::SqlValue;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -132,11 +141,25 @@ pub struct RunningFollower {
 impl RunningFollower {
     /// Starts `barista_consumer::run_with` in the background.
     pub fn start(config: FollowerConfig) -> Self {
+        Self::start_on(None, config)
+    }
+
+    /// Starts it serving HTTP on a loopback port bound first (port 0, so no
+    /// other test can take it in between); returns it and that address.
+    pub fn serving(config: FollowerConfig) -> (Self, std::net::SocketAddr) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        (Self::start_on(Some(listener), config), addr)
+    }
+
+    fn start_on(listener: Option<tokio::net::TcpListener>, config: FollowerConfig) -> Self {
         let shared = Shared::new(&config);
         let token = CancellationToken::new();
         let (t, s, replica) = (token.clone(), shared.clone(), config.replica.clone());
         let handle = tokio::spawn(async move {
-            let r = barista_consumer::run_with(config, s, t.cancelled_owned()).await;
+            let r = barista_consumer::run_on(listener, config, s, t.cancelled_owned()).await;
             if let Err(e) = &r {
                 eprintln!("follower failed: {e:#}");
             }
@@ -235,15 +258,11 @@ pub fn create_topics<C: rdkafka::ClientContext>(
     tables: &[&str],
 ) {
     for t in tables {
-        cluster
-            .create_topic(&format!("{prefix}.{t}"), 3, 1)
-            .unwrap();
+        cluster.create_topic(&table_topic(prefix, t), 3, 1).unwrap();
     }
+    cluster.create_topic(&commits_topic(prefix), 1, 1).unwrap();
     cluster
-        .create_topic(&format!("{prefix}.__commits"), 1, 1)
-        .unwrap();
-    cluster
-        .create_topic(&format!("{prefix}.__dead_letters"), 1, 1)
+        .create_topic(&dead_letter_topic(prefix), 1, 1)
         .unwrap();
 }
 
@@ -358,15 +377,6 @@ where
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
-}
-
-/// A loopback address with a port that was free a moment ago, for servers
-/// that bind their own listener (the follower's HTTP side).
-pub fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 /// Writes one message with a plain (non-barista) producer and returns the

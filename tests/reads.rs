@@ -4,7 +4,6 @@
 //! and the replica file read by a plain SQLite client.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,144 +11,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use barista_client::{Server, Session, SessionConfig};
 use barista_producer::token::write_with_token;
-use barista_registry::RunningRegistry;
 use barista_tests::*;
 use rand::{Rng, SeedableRng};
-use rdkafka::mocking::MockCluster;
 use rusqlite::{params, Connection};
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
-
-use crate::pipeline::wait_for_capture;
 
 fn wall_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-/// A free loopback port for a follower's HTTP server.
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// A leader, the mock cluster, the registry, the producer, followers serving
-/// HTTP, and optionally the shop.
-struct Shop {
-    dir: tempfile::TempDir,
-    leader: PathBuf,
-    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    registry: RunningRegistry,
-    producer: RunningProducer,
-    followers: Vec<(RunningFollower, String)>,
-    shop_url: Option<String>,
-    shop_stop: CancellationToken,
-    http: reqwest::Client,
-}
-
-impl Shop {
-    /// `schema` runs on the leader before capture; `with_shop` starts the
-    /// coffee shop's leader service on it.
-    async fn start(schema: impl FnOnce(&Path), followers: usize, with_shop: bool) -> Shop {
-        init_tracing();
-        let dir = tempfile::tempdir().unwrap();
-        let leader = dir.path().join("leader.db");
-        schema(&leader);
-        let cluster = MockCluster::new(1).unwrap();
-        let brokers = cluster.bootstrap_servers();
-        let registry = start_registry(dir.path()).await;
-        let prefix = unique("reads");
-        let tables: Vec<String> = Connection::open(&leader)
-            .unwrap()
-            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table'")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let t: Vec<&str> = tables.iter().map(String::as_str).collect();
-        create_topics(&cluster, &prefix, &t);
-        let producer =
-            RunningProducer::start(producer_config(&leader, &brokers, registry.url(), &prefix));
-        let followers = (1..=followers)
-            .map(|i| {
-                let addr = free_addr();
-                let mut c = follower_config(
-                    &dir.path().join(format!("r{i}.db")),
-                    &unique("f"),
-                    &brokers,
-                    registry.url(),
-                    &prefix,
-                );
-                c.http_listen = Some(addr);
-                (RunningFollower::start(c), format!("http://{addr}"))
-            })
-            .collect();
-        wait_for_capture(&leader).await;
-        let shop_stop = CancellationToken::new();
-        let shop_url = if with_shop {
-            let (addr, _) = barista_shop::spawn(
-                leader.clone(),
-                "127.0.0.1:0".parse().unwrap(),
-                shop_stop.clone().cancelled_owned(),
-            )
-            .await
-            .unwrap();
-            Some(format!("http://{addr}"))
-        } else {
-            None
-        };
-        let s = Shop {
-            dir,
-            leader,
-            cluster,
-            registry,
-            producer,
-            followers,
-            shop_url,
-            shop_stop,
-            http: reqwest::Client::new(),
-        };
-        s.caught_up().await;
-        s
-    }
-
-    /// Every follower holds exactly the leader's rows.
-    async fn caught_up(&self) {
-        for (f, _) in &self.followers {
-            let r = f.replica.clone();
-            wait_until(Duration::from_secs(60), || same_rows(&self.leader, &r)).await;
-        }
-    }
-
-    fn urls(&self) -> Vec<String> {
-        self.followers.iter().map(|f| f.1.clone()).collect()
-    }
-
-    async fn admin(&self, follower: usize, what: &str) {
-        let r = self
-            .http
-            .post(format!("{}/admin/{what}", self.followers[follower].1))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{what}: {}", r.status());
-    }
-
-    async fn stop(self) {
-        self.shop_stop.cancel();
-        for (f, _) in self.followers {
-            f.stop().await.unwrap();
-        }
-        self.producer.stop().await.unwrap();
-        self.registry.shutdown().await.unwrap();
-        drop(self.cluster);
-        drop(self.dir);
-    }
 }
 
 const CUSTOMERS: i64 = 6;

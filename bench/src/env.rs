@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use barista_producer::capture::Capture;
 use barista_registry::{CompatibilityLevel, RegistryConfig, RunningRegistry};
+use barista_schemas::contract;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -132,10 +133,10 @@ impl Broker {
 
     /// Creates barista's topics for `prefix` with `partitions` each.
     pub async fn create_barista_topics(&self, prefix: &str, partitions: i32) -> anyhow::Result<()> {
-        self.create_topic(&format!("{prefix}.items"), partitions)
+        self.create_topic(&contract::table_topic(prefix, "items"), partitions)
             .await?;
-        self.create_topic(&format!("{prefix}.__commits"), 1).await?;
-        self.create_topic(&format!("{prefix}.__dead_letters"), 1)
+        self.create_topic(&contract::commits_topic(prefix), 1).await?;
+        self.create_topic(&contract::dead_letter_topic(prefix), 1)
             .await
     }
 }

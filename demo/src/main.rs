@@ -18,6 +18,7 @@ use barista_client::{Session, SessionConfig};
 use barista_consumer::{FollowerConfig, Shared};
 use barista_producer::ProducerConfig;
 use barista_registry::{CompatibilityLevel, RegistryConfig};
+use barista_schemas::contract;
 use clap::Parser;
 use rand::Rng;
 use rusqlite::{params, Connection};
@@ -168,10 +169,10 @@ async fn demo(args: Args) -> anyhow::Result<bool> {
     let brokers = cluster.bootstrap_servers();
     let prefix = "coffee";
     for t in ["customers", "orders"] {
-        cluster.create_topic(&format!("{prefix}.{t}"), 3, 1)?;
+        cluster.create_topic(&contract::table_topic(prefix, t), 3, 1)?;
     }
-    cluster.create_topic(&format!("{prefix}.__commits"), 1, 1)?;
-    cluster.create_topic(&format!("{prefix}.__dead_letters"), 1, 1)?;
+    cluster.create_topic(&contract::commits_topic(prefix), 1, 1)?;
+    cluster.create_topic(&contract::dead_letter_topic(prefix), 1, 1)?;
     let registry = barista_registry::spawn(
         RegistryConfig {
             db_path: dir.join("registry.db"),
@@ -354,7 +355,7 @@ async fn demo(args: Args) -> anyhow::Result<bool> {
         for (i, s) in statuses.iter().enumerate() {
             if running {
                 lags[i].push(s.seconds_lag);
-                behind[i].push((head - s.applied_position).max(0) as f64);
+                behind[i].push((head - s.applied_position.0).max(0) as f64);
             }
         }
         if last_print.elapsed() >= Duration::from_millis(if tty { 200 } else { 2000 }) {
@@ -365,7 +366,7 @@ async fn demo(args: Args) -> anyhow::Result<bool> {
                     format!(
                         "f{}: {:>5} behind, {:>5.3}s",
                         i + 1,
-                        (head - s.applied_position).max(0),
+                        (head - s.applied_position.0).max(0),
                         s.seconds_lag
                     )
                 })
@@ -386,7 +387,7 @@ async fn demo(args: Args) -> anyhow::Result<bool> {
             }
             last_print = Instant::now();
         }
-        if !running && head > 0 && statuses.iter().all(|s| s.applied_position >= head) {
+        if !running && head > 0 && statuses.iter().all(|s| s.applied_position.0 >= head) {
             caught_up_at = Some(started.elapsed());
             break;
         }
