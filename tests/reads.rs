@@ -500,7 +500,7 @@ fn transfers(leader: &Path, n: usize) -> Vec<i64> {
             // Pacing, so the follower applies many small groups while the
             // readers look (not a wait for a condition).
             std::thread::sleep(Duration::from_millis(3));
-            token
+            token.0
         })
         .collect()
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use barista_consumer::FollowerConfig;
 use barista_registry::RunningRegistry;
 use barista_schemas::envelope::{decode_envelope, RowShape};
-use barista_schemas::{Op, SqlValue};
+use barista_schemas::{Op, Position, SqlValue};
 use rand::{Rng, SeedableRng};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
@@ -212,7 +212,7 @@ pub async fn check_events(
     let msgs = read_topic(brokers, &topic);
     let decoder = AvroDecoder::new(SrSettings::new(registry.to_owned()));
     let mut per_key: BTreeMap<i64, KeyHistory> = BTreeMap::new();
-    let mut last_pos: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut last_pos: BTreeMap<i32, Position> = BTreeMap::new();
     let mut seen = HashSet::new();
     let mut duplicates = 0;
     for (partition, offset, _key, payload, _) in msgs {
@@ -228,7 +228,9 @@ pub async fn check_events(
             duplicates += 1;
             continue;
         }
-        let prev = last_pos.insert(partition, ev.source.position).unwrap_or(0);
+        let prev = last_pos
+            .insert(partition, ev.source.position)
+            .unwrap_or_default();
         assert!(
             ev.source.position > prev,
             "{topic}/{partition} offset {offset}: position {} after {prev}",

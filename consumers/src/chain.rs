@@ -119,7 +119,7 @@ impl PartitionChain {
         floor: Position,
         now: Instant,
     ) -> Offer {
-        let p = Position(change.source.position);
+        let p = change.source.position;
         if self.is_applied(p, floor) || self.buffered.contains_key(&p) {
             return Offer::Duplicate;
         }
@@ -134,7 +134,7 @@ impl PartitionChain {
     fn advance(&mut self, now: Instant) -> Vec<Blocked> {
         let mut c = self.contiguous.max(self.applied);
         for (pos, (_, ch)) in self.buffered.range(c.next()..) {
-            if ch.source.prev_position.is_none_or(|p| Position(p) <= c) {
+            if ch.source.prev_position.is_none_or(|p| p <= c) {
                 c = *pos;
             } else {
                 break;
@@ -179,7 +179,7 @@ impl PartitionChain {
         let (pos, (_, ch)) = self.buffered.range(self.contiguous.next()..).next()?;
         Some(Gap {
             position: *pos,
-            prev: ch.source.prev_position.map(Position),
+            prev: ch.source.prev_position,
             have: self.contiguous,
             waited,
         })
@@ -228,7 +228,7 @@ pub(crate) mod fixture {
     use std::sync::Arc;
 
     use barista_schemas::envelope::{DecodedChange, RowShape};
-    use barista_schemas::{Op, Source, SqlValue};
+    use barista_schemas::{Op, Position, Source, SqlValue};
 
     /// A change to table `t` at `position`, chained after `prev`.
     pub fn change(position: i64, prev: Option<i64>) -> DecodedChange {
@@ -244,9 +244,9 @@ pub(crate) mod fixture {
                 connector: "barista".into(),
                 db: "test".into(),
                 table: "t".into(),
-                position,
-                txn: position,
-                prev_position: prev,
+                position: Position(position),
+                txn: Position(position),
+                prev_position: prev.map(Position),
                 snapshot: false,
                 ts_ms: 0,
             },
@@ -267,7 +267,7 @@ mod tests {
     }
 
     fn positions(changes: &[DecodedChange]) -> Vec<i64> {
-        changes.iter().map(|c| c.source.position).collect()
+        changes.iter().map(|c| c.source.position.0).collect()
     }
 
     #[test]

@@ -192,7 +192,10 @@ impl Follower {
                     self.groups.record(offset, c, begin);
                 }
                 Ok(None) => {}
-                Err(e) => self.dead_letter(&m, &e.to_string()).await,
+                Err(e) => {
+                    self.shared.metrics.dead_letters.inc();
+                    self.dead_letters.send(&m, &e.to_string()).await;
+                }
             }
             return Ok(());
         }
@@ -249,15 +252,11 @@ impl Follower {
                         tracing::error!(topic = %tp.0, partition = tp.1, position = %p, offset, error = %why, "partition blocked by a poison change");
                     }
                 }
-                self.dead_letter(&m, &why).await;
+                self.shared.metrics.dead_letters.inc();
+                self.dead_letters.send(&m, &why).await;
             }
         }
         Ok(())
-    }
-
-    async fn dead_letter(&self, m: &OwnedMessage, error: &str) {
-        self.shared.metrics.dead_letters.inc();
-        self.dead_letters.send(m, error).await;
     }
 
     /// Carries out the next plan of the commit groups.
@@ -332,7 +331,7 @@ impl Follower {
         let Some(c) = self.groups.next_group(position) else {
             return;
         };
-        let first = Position(c.first_position);
+        let first = c.first_position;
         let unheld = self.groups.unheld(c, &self.chains);
         if unheld.is_empty() || self.warned_unheld == Some(first) {
             return;
@@ -340,7 +339,7 @@ impl Follower {
         self.warned_unheld = Some(first);
         tracing::warn!(
             group_first = %first,
-            group_last = c.last_position,
+            group_last = %c.last_position,
             partitions = ?unheld,
             "a commit group names partitions this follower does not hold (created after it started); \
              it waits rather than apply the group without their rows: restart the follower to pick them up"

@@ -124,9 +124,8 @@ impl CommitGroups {
     /// Queues a commit record (or heartbeat), or notes a begin record.
     pub fn record(&mut self, offset: i64, commit: Commit, begin: bool) {
         if begin {
-            let last = Position(commit.last_position);
-            self.begun
-                .insert(Position(commit.first_position), (offset, last));
+            let last = commit.last_position;
+            self.begun.insert(commit.first_position, (offset, last));
         } else {
             self.queue.push_back((offset, commit));
         }
@@ -146,23 +145,21 @@ impl CommitGroups {
     /// True when `c` follows `current` and every partition it names that
     /// this follower follows holds its changes up to the group's tail there.
     fn complete(&self, c: &Commit, current: Position, chains: &Chains) -> bool {
-        Position(c.first_position) <= current.next()
+        c.first_position <= current.next()
             && c.partitions
                 .iter()
                 .filter(|t| self.scope.follows(&t.topic))
                 .all(|t| {
                     chains
                         .get(&(t.topic.clone(), t.partition))
-                        .is_some_and(|p| p.contiguous() >= Position(t.last_position))
+                        .is_some_and(|p| p.contiguous() >= t.last_position)
                 })
     }
 
     /// The next group after `current`, complete or not (heartbeats skipped).
     pub fn next_group(&self, current: Position) -> Option<&Commit> {
         self.queue.iter().map(|(_, c)| c).find(|c| {
-            !c.is_heartbeat()
-                && Position(c.first_position) <= current.next()
-                && Position(c.last_position) > current
+            !c.is_heartbeat() && c.first_position <= current.next() && c.last_position > current
         })
     }
 
@@ -186,7 +183,7 @@ impl CommitGroups {
             if !self.complete(c, current, chains) {
                 break;
             }
-            let last = Position(c.last_position);
+            let last = c.last_position;
             // Changes up to this group's end, earlier groups' included.
             let pending: usize = chains.values().map(|p| p.pending_through(last)).sum();
             if count > 0 && pending > batch_max {
@@ -202,11 +199,11 @@ impl CommitGroups {
         let fresh = self
             .queue
             .iter()
-            .filter(|(_, c)| Position(c.last_position) <= covered)
+            .filter(|(_, c)| c.last_position <= covered)
             .map(|(_, c)| c.ts_ms)
             .max();
         self.queue
-            .retain(|(_, c)| !(c.is_heartbeat() || Position(c.last_position) <= covered));
+            .retain(|(_, c)| !(c.is_heartbeat() || c.last_position <= covered));
         let Some((target, ts)) = target else {
             return Planned {
                 plan: self.stream(chains, position, batch_max),

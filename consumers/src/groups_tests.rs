@@ -19,15 +19,15 @@ fn tp(topic: &str, partition: i32) -> TopicPartition {
 fn group(first: i64, last: i64, ts_ms: i64, tails: &[(&str, i32, i64)]) -> Commit {
     Commit {
         db: "test".into(),
-        first_position: first,
-        last_position: last,
+        first_position: Position(first),
+        last_position: Position(last),
         ts_ms,
         partitions: tails
             .iter()
             .map(|(t, p, l)| PartitionTail {
                 topic: (*t).to_owned(),
                 partition: *p,
-                last_position: *l,
+                last_position: Position(*l),
                 count: 1,
             })
             .collect(),
@@ -65,7 +65,7 @@ fn applied(planned: Planned) -> ApplyPlan {
 }
 
 fn positions(changes: &[DecodedChange]) -> Vec<i64> {
-    changes.iter().map(|c| c.source.position).collect()
+    changes.iter().map(|c| c.source.position.0).collect()
 }
 
 #[test]

@@ -42,14 +42,14 @@ impl FollowerState {
 
     /// A commit record or heartbeat arrived at `now`.
     pub fn heard(&mut self, c: &Commit, now: Instant) {
-        self.leader_position = self.leader_position.max(Position(c.last_position));
+        self.leader_position = self.leader_position.max(c.last_position);
         self.clock = Some(LeaderClock {
             ts_ms: self.clock.map_or(c.ts_ms, |k| k.ts_ms.max(c.ts_ms)),
             received: now,
         });
         // The leader was at or below our position at `ts_ms`: the replica
         // holds every write committed before then.
-        if Position(c.last_position) <= self.position {
+        if c.last_position <= self.position {
             self.fresh_as_of(c.ts_ms);
         }
     }
@@ -146,8 +146,8 @@ mod tests {
     fn commit(first: i64, last: i64, ts_ms: i64) -> Commit {
         Commit {
             db: "test".into(),
-            first_position: first,
-            last_position: last,
+            first_position: Position(first),
+            last_position: Position(last),
             ts_ms,
             partitions: vec![],
         }

@@ -12,7 +12,7 @@ use barista_demo::typed::{
 use barista_demo::{LEADER_SQL, MIGRATION_0002_SQL, TOPIC_PREFIX};
 use barista_registry::contracts::derive_from_leader;
 use barista_registry::{CompatibilityLevel, RegistryConfig};
-use barista_schemas::{ChangeEvent, Op, Source, SqlValue, TableSchemas, TableShape};
+use barista_schemas::{ChangeEvent, Op, Position, Source, SqlValue, TableSchemas, TableShape};
 use schema_registry_converter::async_impl::avro::AvroEncoder;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::schema_registry_common::{
@@ -71,8 +71,8 @@ async fn encode(
             connector: "barista".into(),
             db: "shop".into(),
             table: "customers".into(),
-            position,
-            txn: position,
+            position: Position(position),
+            txn: Position(position),
             prev_position: None,
             snapshot: true,
             ts_ms: 0,

@@ -15,7 +15,8 @@ use std::time::Instant;
 use anyhow::Context as _;
 use barista_runtime::{lock, Backoff, Poisoned};
 use barista_schemas::contract::{
-    key_subject, partition_for_key, value_subject, HEADER_GROUP, HEADER_POSITION, HEADER_TOMBSTONE,
+    key_subject, partition_for_key, value_subject, GROUP_BEGIN, HEADER_GROUP, HEADER_POSITION,
+    HEADER_TOMBSTONE,
 };
 use barista_schemas::{ChangeEvent, Commit, Op, PartitionTail, Position, Source, TableSchemas};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer as _};
@@ -209,7 +210,10 @@ impl Publisher<'_> {
                     // sending it, so followers need not hold it in memory.
                     self.begun = Some(first);
                     let begin = self.commit(first, last, ts_ms, vec![]);
-                    drop(self.send_commit(&begin, &[(HEADER_GROUP, "begin")]).await?);
+                    drop(
+                        self.send_commit(&begin, &[(HEADER_GROUP, GROUP_BEGIN)])
+                            .await?,
+                    );
                 }
                 if done {
                     self.begun = None;
@@ -223,7 +227,7 @@ impl Publisher<'_> {
                         .map(|((topic, partition), (last, count))| PartitionTail {
                             topic,
                             partition,
-                            last_position: last.0,
+                            last_position: last,
                             count,
                         })
                         .collect();
@@ -254,8 +258,8 @@ impl Publisher<'_> {
     ) -> Commit {
         Commit {
             db: self.db_name.clone(),
-            first_position: first.0,
-            last_position: last.0,
+            first_position: first,
+            last_position: last,
             ts_ms,
             partitions,
         }
@@ -331,9 +335,9 @@ impl Publisher<'_> {
                 connector: barista_schemas::contract::CONNECTOR.into(),
                 db: self.db_name.clone(),
                 table: schemas.shape.name.clone(),
-                position: row.position.0,
-                txn: txn.0,
-                prev_position: self.last_sent.get(&tp).map(|p| p.0),
+                position: row.position,
+                txn,
+                prev_position: self.last_sent.get(&tp).copied(),
                 snapshot: row.op == Op::Read,
                 ts_ms,
             },

@@ -23,6 +23,7 @@
 //! COMMIT;   -- the token is valid only if COMMIT succeeds
 //! ```
 
+use barista_schemas::Position;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 /// The leader's position (its changelog head) and its clock, for a leader
@@ -40,7 +41,7 @@ pub const COMMIT_POSITION_SQL: &str = "SELECT coalesce(max(position), 0) FROM _b
 /// changed no captured table. Call after the writes, before `commit()`; the
 /// value is a valid token only once the commit succeeded. Needs capture
 /// installed (`_barista_changelog` exists).
-pub fn commit_position(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
+pub fn commit_position(tx: &Transaction<'_>) -> rusqlite::Result<Position> {
     tx.query_row(COMMIT_POSITION_SQL, [], |r| r.get(0))
 }
 
@@ -50,7 +51,7 @@ pub fn commit_position(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
 pub fn write_with_token<T, E>(
     conn: &mut Connection,
     write: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
-) -> Result<(T, i64), E>
+) -> Result<(T, Position), E>
 where
     E: From<rusqlite::Error>,
 {
@@ -83,18 +84,18 @@ mod tests {
             tx.execute_batch("INSERT INTO t VALUES (1, 'a'); INSERT INTO t VALUES (2, 'b');")
         })
         .unwrap();
-        assert_eq!(t1, 2);
+        assert_eq!(t1, Position(2));
         let ((), t2) = write_with_token(&mut b, |tx| {
             tx.execute_batch("UPDATE t SET v = 'c' WHERE id = 1")
         })
         .unwrap();
-        assert_eq!(t2, 3);
+        assert_eq!(t2, Position(3));
         // Nothing captured written: the head, so a read with it sees t2 too.
         let ((), t3) = write_with_token(&mut a, |tx| {
             tx.execute_batch("INSERT INTO uncaptured VALUES (1)")
         })
         .unwrap();
-        assert_eq!(t3, 3);
+        assert_eq!(t3, Position(3));
         assert_eq!(cap.head().unwrap(), barista_schemas::Position(3));
 
         // A rolled-back transaction's number is handed out again: its token
@@ -104,12 +105,12 @@ mod tests {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .unwrap();
         tx.execute_batch("INSERT INTO t VALUES (3, 'x')").unwrap();
-        assert_eq!(commit_position(&tx).unwrap(), 4);
+        assert_eq!(commit_position(&tx).unwrap(), Position(4));
         drop(tx);
         let ((), t4) = write_with_token(&mut b, |tx| {
             tx.execute_batch("INSERT INTO t VALUES (4, 'y')")
         })
         .unwrap();
-        assert_eq!(t4, 4);
+        assert_eq!(t4, Position(4));
     }
 }

@@ -8,7 +8,7 @@ use apache_avro::Schema;
 use serde::{Deserialize, Serialize};
 
 use crate::avro_schema::COMMIT_AVSC;
-use crate::ContractError;
+use crate::{ContractError, Position};
 
 /// The tail of a commit group in one partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,7 +18,7 @@ pub struct PartitionTail {
     /// Partition.
     pub partition: i32,
     /// The group's last position in this partition.
-    pub last_position: i64,
+    pub last_position: Position,
     /// How many changes of the group went to this partition.
     pub count: i64,
 }
@@ -29,9 +29,9 @@ pub struct Commit {
     /// Logical leader database name.
     pub db: String,
     /// First position of the group.
-    pub first_position: i64,
+    pub first_position: Position,
     /// Last position of the group: the leader's position once it is applied.
-    pub last_position: i64,
+    pub last_position: Position,
     /// Leader clock when the producer read the group.
     pub ts_ms: i64,
     /// Where the group's changes went.
@@ -83,13 +83,13 @@ mod tests {
         let schema = Commit::schema().unwrap();
         let c = Commit {
             db: "leader".into(),
-            first_position: 10,
-            last_position: 12,
+            first_position: Position(10),
+            last_position: Position(12),
             ts_ms: 1_700_000_000_000,
             partitions: vec![PartitionTail {
                 topic: "barista.t".into(),
                 partition: 2,
-                last_position: 12,
+                last_position: Position(12),
                 count: 3,
             }],
         };
@@ -106,8 +106,8 @@ mod tests {
             connector: "barista".into(),
             db: "d".into(),
             table: "t".into(),
-            position: 5,
-            txn: 6,
+            position: Position(5),
+            txn: Position(6),
             prev_position: None,
             snapshot: true,
             ts_ms: 7,

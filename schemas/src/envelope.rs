@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::avro_schema::TableSchemas;
 use crate::contract::{ATTR_COLUMN, ATTR_DECLTYPE, ATTR_PK, CONNECTOR};
 use crate::value::{from_avro, SqlValue};
-use crate::ContractError;
+use crate::{ContractError, Position};
 
 /// What happened to the row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,11 +58,11 @@ pub struct Source {
     /// Leader table.
     pub table: String,
     /// Leader position of this change.
-    pub position: i64,
+    pub position: Position,
     /// Commit group (transaction) id: the group's last position.
-    pub txn: i64,
+    pub txn: Position,
     /// Position of the previous change sent to the same partition.
-    pub prev_position: Option<i64>,
+    pub prev_position: Option<Position>,
     /// Part of the initial snapshot.
     pub snapshot: bool,
     /// Leader clock when the producer read the change.
@@ -96,12 +96,12 @@ fn source_value(s: &Source) -> Avro {
         ("connector".into(), Avro::String(CONNECTOR.into())),
         ("db".into(), Avro::String(s.db.clone())),
         ("table".into(), Avro::String(s.table.clone())),
-        ("position".into(), Avro::Long(s.position)),
-        ("txn".into(), Avro::Long(s.txn)),
+        ("position".into(), Avro::Long(s.position.0)),
+        ("txn".into(), Avro::Long(s.txn.0)),
         (
             "prev_position".into(),
             match s.prev_position {
-                Some(p) => Avro::Union(1, Box::new(Avro::Long(p))),
+                Some(p) => Avro::Union(1, Box::new(Avro::Long(p.0))),
                 None => Avro::Union(0, Box::new(Avro::Null)),
             },
         ),
@@ -331,11 +331,11 @@ pub fn decode_source(v: &Avro) -> Result<Source, ContractError> {
         connector: string(field(f, "connector")?, "connector")?,
         db: string(field(f, "db")?, "db")?,
         table: string(field(f, "table")?, "table")?,
-        position: long(field(f, "position")?, "position")?,
-        txn: long(field(f, "txn")?, "txn")?,
+        position: Position(long(field(f, "position")?, "position")?),
+        txn: Position(long(field(f, "txn")?, "txn")?),
         prev_position: match field(f, "prev_position").map(unwrap_union) {
             Ok(Avro::Null) | Err(_) => None,
-            Ok(v) => Some(long(v, "prev_position")?),
+            Ok(v) => Some(Position(long(v, "prev_position")?)),
         },
         snapshot: matches!(
             field(f, "snapshot").map(unwrap_union),
@@ -428,8 +428,8 @@ pub(crate) mod tests {
                 op: Op::Update,
                 before: Some(row.clone()),
                 after: Some(row),
-                source: Source { connector: "barista".into(), db: "leader".into(), table: "t".into(), position: pos,
-                    txn: pos, prev_position: Some(pos - 1), snapshot: false, ts_ms: 42 },
+                source: Source { connector: "barista".into(), db: "leader".into(), table: "t".into(), position: Position(pos),
+                    txn: Position(pos), prev_position: Some(Position(pos - 1)), snapshot: false, ts_ms: 42 },
                 ts_ms: 43,
             };
             let bytes = to_avro_datum(&s.value, s.envelope_value(&ev).unwrap()).unwrap();

@@ -134,9 +134,9 @@ fn make_stream(changes: usize, keys: usize) -> anyhow::Result<Stream> {
                 connector: "barista".into(),
                 db: "bench".into(),
                 table: TABLE.into(),
-                position,
-                txn: position,
-                prev_position: (position > 1).then_some(position - 1),
+                position: Position(position),
+                txn: Position(position),
+                prev_position: (position > 1).then_some(Position(position - 1)),
                 snapshot: false,
                 ts_ms: 1_700_000_000_000 + position,
             },
@@ -229,7 +229,7 @@ fn run_raw(path: &Path, stream: &Stream, batch: usize) -> anyhow::Result<()> {
 fn batch_of(changes: Vec<DecodedChange>, next_offset: i64) -> Batch {
     let last = changes
         .last()
-        .map_or((Position(0), 0), |c| (Position(c.source.position), c.ts_ms));
+        .map_or((Position(0), 0), |c| (c.source.position, c.ts_ms));
     Batch {
         changes,
         offsets: vec![(("bench.customers".to_owned(), 0), (next_offset, last.0))],

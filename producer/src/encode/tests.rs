@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use barista_schemas::avro_schema::COMMIT_AVSC;
-use barista_schemas::{Op, PartitionTail, Source, TableShape};
+use barista_schemas::{Op, PartitionTail, Position, Source, TableShape};
 
 use super::*;
 use crate::registry::fake::serve;
@@ -45,13 +45,13 @@ async fn every_message_encodes_as_the_converter_encoded_the_first() {
     };
     let commit = Commit {
         db: "shop".into(),
-        first_position: 12,
-        last_position: 13,
+        first_position: Position(12),
+        last_position: Position(13),
         ts_ms: 1_700_000_000_000,
         partitions: vec![PartitionTail {
             topic: "shop.t".into(),
             partition: 2,
-            last_position: 13,
+            last_position: Position(13),
             count: 2,
         }],
     };
@@ -162,16 +162,7 @@ async fn a_refused_schema_stops_the_run_with_the_migrate_advice() {
         r#"{"error_code": 409, "message": "Schema being registered is incompatible with an earlier schema"}"#,
     )])
     .await;
-    let e = encoder(&fake.url)
-        .encode(
-            &Payload::Commit(&heartbeat()),
-            "c-value",
-            COMMIT_AVSC,
-            &mut quick(),
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+    let e = heartbeat_refusal(&fake.url).await;
     assert!(e.starts_with("the schema registry refused a schema (c-value: HTTP 409, error code 409: Schema being registered is incompatible"), "{e}");
     assert!(
         e.ends_with("If a table changed, run the change through `producer migrate`"),
@@ -183,16 +174,7 @@ async fn a_refused_schema_stops_the_run_with_the_migrate_advice() {
 #[tokio::test]
 async fn something_that_is_not_a_registry_stops_the_run() {
     let fake = serve(vec![(200, "<html></html>")]).await;
-    let e = encoder(&fake.url)
-        .encode(
-            &Payload::Commit(&heartbeat()),
-            "c-value",
-            COMMIT_AVSC,
-            &mut quick(),
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+    let e = heartbeat_refusal(&fake.url).await;
     assert!(e.contains("is the schema registry URL right?"), "{e}");
 }
 
@@ -205,9 +187,9 @@ fn created(row: Vec<SqlValue>) -> ChangeEvent {
             connector: "barista".into(),
             db: "shop".into(),
             table: "t".into(),
-            position: 12,
-            txn: 13,
-            prev_position: Some(3),
+            position: Position(12),
+            txn: Position(13),
+            prev_position: Some(Position(3)),
             snapshot: false,
             ts_ms: 1_700_000_000_000,
         },
@@ -215,11 +197,25 @@ fn created(row: Vec<SqlValue>) -> ChangeEvent {
     }
 }
 
+/// The error encoding a heartbeat against the registry at `url` stops with.
+async fn heartbeat_refusal(url: &str) -> String {
+    encoder(url)
+        .encode(
+            &Payload::Commit(&heartbeat()),
+            "c-value",
+            COMMIT_AVSC,
+            &mut quick(),
+        )
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
 fn heartbeat() -> Commit {
     Commit {
         db: "shop".into(),
-        first_position: 5,
-        last_position: 4,
+        first_position: Position(5),
+        last_position: Position(4),
         ts_ms: 1,
         partitions: vec![],
     }

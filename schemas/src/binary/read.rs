@@ -7,7 +7,7 @@ use apache_avro::schema::{RecordSchema, Schema};
 
 use crate::envelope::{DecodedChange, Op, RowShape, Source};
 use crate::value::SqlValue;
-use crate::ContractError;
+use crate::{ContractError, Position};
 
 /// An Avro primitive a column or source field may be written as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,8 +357,8 @@ fn read_source(
         connector: String::new(),
         db: String::new(),
         table: String::new(),
-        position: 0,
-        txn: 0,
+        position: Position::ZERO,
+        txn: Position::ZERO,
         prev_position: None,
         snapshot: false,
         ts_ms: 0,
@@ -369,12 +369,12 @@ fn read_source(
             SourceField::Connector => s.connector = text(v, "connector")?,
             SourceField::Db => s.db = text(v, "db")?,
             SourceField::Table => s.table = text(v, "table")?,
-            SourceField::Position => s.position = integer(v, "position")?,
-            SourceField::Txn => s.txn = integer(v, "txn")?,
+            SourceField::Position => s.position = Position(integer(v, "position")?),
+            SourceField::Txn => s.txn = Position(integer(v, "txn")?),
             SourceField::PrevPosition => {
                 s.prev_position = match v {
                     SqlValue::Null => None,
-                    v => Some(integer(v, "prev_position")?),
+                    v => Some(Position(integer(v, "prev_position")?)),
                 }
             }
             // As the generic path: only a boolean `true` is a snapshot.

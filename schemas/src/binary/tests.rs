@@ -18,6 +18,7 @@ use crate::envelope::tests::any_value;
 use crate::envelope::{decode_envelope, ChangeEvent, Op, RowShape, Source};
 use crate::table::TableShape;
 use crate::value::{SqlValue, StorageClass};
+use crate::Position;
 
 const TABLES: [&str; 3] = [
     "CREATE TABLE t(id INTEGER PRIMARY KEY, i INTEGER, r REAL, s TEXT, b BLOB, n NUMERIC, x)",
@@ -66,9 +67,9 @@ fn event(
             connector: crate::contract::CONNECTOR.into(),
             db: "leader".into(),
             table: s.shape.name.clone(),
-            position: pos,
-            txn: pos.saturating_add(3),
-            prev_position: prev,
+            position: Position(pos),
+            txn: Position(pos.saturating_add(3)),
+            prev_position: prev.map(Position),
             snapshot: op == Op::Read,
             ts_ms: pos / 2,
         },

@@ -79,12 +79,12 @@ impl TableSchemas {
         put_bytes(buf, crate::contract::CONNECTOR.as_bytes());
         put_bytes(buf, s.db.as_bytes());
         put_bytes(buf, s.table.as_bytes());
-        put_long(buf, s.position);
-        put_long(buf, s.txn);
+        put_long(buf, s.position.0);
+        put_long(buf, s.txn.0);
         match s.prev_position {
             Some(p) => {
                 put_long(buf, 1);
-                put_long(buf, p);
+                put_long(buf, p.0);
             }
             None => put_long(buf, 0),
         }
