@@ -226,16 +226,16 @@ impl Session {
                 }
             }
             if min.is_some() && !self.config.wait.is_zero() {
-                let idx = self
-                    .known
-                    .lock()
-                    .ok()
-                    .and_then(|k| {
-                        // Closest first; on a tie the first in round-robin order
-                        // (max_by_key keeps the last maximum, hence rev).
-                        (0..n).rev().map(|i| (start + i) % n).max_by_key(|&i| k[i])
-                    })
-                    .unwrap_or(start % n);
+                // Closest first; on a tie the first in round-robin order
+                // (max_by_key keeps the last maximum, hence rev).
+                let idx = {
+                    let k = self.known();
+                    (0..n)
+                        .rev()
+                        .map(|i| (start + i) % n)
+                        .max_by_key(|&i| k[i])
+                        .unwrap_or(start % n)
+                };
                 let wait = self.config.wait.as_millis() as u64;
                 match self
                     .attempt(Server::Follower(idx), path, &query, min, wait)
@@ -261,9 +261,8 @@ impl Session {
         match a.served_by {
             Server::Follower(i) => {
                 self.followers_served.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut k) = self.known.lock() {
-                    k[i] = k[i].max(a.position);
-                }
+                let mut k = self.known();
+                k[i] = k[i].max(a.position);
             }
             Server::Leader => {
                 self.leader_served.fetch_add(1, Ordering::Relaxed);
@@ -274,9 +273,19 @@ impl Session {
 
     fn skipped(&self, idx: usize, applied: Option<i64>) {
         self.retries.fetch_add(1, Ordering::Relaxed);
-        if let (Some(p), Ok(mut k)) = (applied, self.known.lock()) {
-            k[idx] = p;
+        if let Some(p) = applied {
+            self.known()[idx] = p;
         }
+    }
+
+    /// Where each follower was last seen: only a routing hint (a stale one
+    /// costs a retry, never a wrong answer), and each entry is a whole
+    /// integer, so a panicking holder cannot leave it half-written and a
+    /// poisoned lock is safe to take over.
+    fn known(&self) -> std::sync::MutexGuard<'_, Vec<i64>> {
+        self.known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn attempt(

@@ -348,10 +348,10 @@ async fn demo(args: Args) -> anyhow::Result<bool> {
             );
         }
         let head = leader_head(&leader);
-        let statuses: Vec<_> = followers
+        let statuses = followers
             .iter()
-            .map(|f| f.1.status.lock().map(|s| s.clone()).unwrap_or_default())
-            .collect();
+            .map(|f| f.1.status().map(|s| s.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
         for (i, s) in statuses.iter().enumerate() {
             if running {
                 lags[i].push(s.seconds_lag);
