@@ -135,7 +135,8 @@ impl Broker {
     pub async fn create_barista_topics(&self, prefix: &str, partitions: i32) -> anyhow::Result<()> {
         self.create_topic(&contract::table_topic(prefix, "items"), partitions)
             .await?;
-        self.create_topic(&contract::commits_topic(prefix), 1).await?;
+        self.create_topic(&contract::commits_topic(prefix), 1)
+            .await?;
         self.create_topic(&contract::dead_letter_topic(prefix), 1)
             .await
     }
