@@ -7,3 +7,4 @@ mod faults;
 mod follower;
 mod pipeline;
 mod reads;
+mod topology;

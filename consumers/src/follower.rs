@@ -23,7 +23,7 @@ use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 
-use crate::chain::Offer;
+use crate::chain::{Offer, PartitionChain, TopicPartition};
 use crate::config::FollowerConfig;
 use crate::dead_letter::DeadLetters;
 use crate::decode::{with_registry_retry, Decoder};
@@ -47,8 +47,8 @@ struct Follower {
     /// block) and back; `None` only while it is there.
     replica: Option<Replica>,
     dead_letters: DeadLetters,
-    /// The group last warned about for naming partitions not held.
-    warned_unheld: Option<Position>,
+    /// The partitions held, for the high-watermark task.
+    held: tokio::sync::watch::Sender<Vec<TopicPartition>>,
 }
 
 /// Runs a follower until `shutdown` resolves or a fatal error (a gap, lost
@@ -81,7 +81,8 @@ pub async fn run(
     let (chains, commits_next) = kafka::assign(&consumer, &data, &commits, &progress)?;
     tracing::info!(follower = %config.follower_id, position = %progress.position, partitions = chains.len(), "follower started");
 
-    let hwms = kafka::watch_high_watermarks(&config, chains.keys().cloned().collect())?;
+    let held = tokio::sync::watch::channel(chains.keys().cloned().collect()).0;
+    let hwms = kafka::watch_high_watermarks(&config, held.subscribe())?;
     let mut f = Follower {
         decoder: Decoder::new(&config.registry_url)?,
         dead_letters: DeadLetters::new(&config, dlq_topic)?,
@@ -90,7 +91,7 @@ pub async fn run(
         chains,
         groups: CommitGroups::new(commits, commits_next, scope),
         replica: Some(replica),
-        warned_unheld: None,
+        held,
         config,
     };
     f.publish_status()?;
@@ -185,6 +186,10 @@ impl Follower {
             };
             match with_registry_retry(&self.decoder, |d| d.commit(payload), shutdown).await {
                 Ok(Some(c)) => {
+                    let unheld = self.groups.unheld(&c, &self.chains);
+                    if !unheld.is_empty() {
+                        self.hold(unheld)?;
+                    }
                     self.shared
                         .state
                         .send_modify(|s| s.heard(&c, Instant::now()));
@@ -259,6 +264,28 @@ impl Follower {
         Ok(())
     }
 
+    /// Starts consuming partitions a commit group names that this follower
+    /// follows but does not hold yet: a table created, or partitions added,
+    /// after it started. Until they hold the group's changes the group is
+    /// not complete, so the replica never moves past rows it lacks.
+    fn hold(&mut self, partitions: Vec<TopicPartition>) -> anyhow::Result<()> {
+        kafka::assign_more(&self.consumer, &partitions)?;
+        if *self.shared.paused.borrow() {
+            kafka::set_paused(&self.consumer, &partitions, true);
+        }
+        for tp in &partitions {
+            self.chains
+                .insert(tp.clone(), PartitionChain::new(0, Position::ZERO));
+        }
+        self.held
+            .send_replace(self.chains.keys().cloned().collect());
+        tracing::info!(
+            ?partitions,
+            "following partitions that appeared after the start, from the start of their history"
+        );
+        Ok(())
+    }
+
     /// Carries out the next plan of the commit groups.
     async fn apply_ready(&mut self) -> anyhow::Result<()> {
         let now = self.shared.state();
@@ -278,10 +305,7 @@ impl Follower {
         match planned.plan {
             Plan::Apply(plan) => self.apply(plan).await,
             Plan::Stream(changes) => self.stream(changes).await,
-            Plan::Wait => {
-                self.warn_unheld(now.position);
-                Ok(())
-            }
+            Plan::Wait => Ok(()),
         }
     }
 
@@ -323,27 +347,6 @@ impl Follower {
         self.shared.metrics.streamed.inc_by(n);
         tracing::debug!(changes = n, "streamed part of a large commit group");
         Ok(())
-    }
-
-    /// Says once per group that it waits for partitions this follower does
-    /// not hold (a table or partition that appeared after it started).
-    fn warn_unheld(&mut self, position: Position) {
-        let Some(c) = self.groups.next_group(position) else {
-            return;
-        };
-        let first = c.first_position;
-        let unheld = self.groups.unheld(c, &self.chains);
-        if unheld.is_empty() || self.warned_unheld == Some(first) {
-            return;
-        }
-        self.warned_unheld = Some(first);
-        tracing::warn!(
-            group_first = %first,
-            group_last = %c.last_position,
-            partitions = ?unheld,
-            "a commit group names partitions this follower does not hold (created after it started); \
-             it waits rather than apply the group without their rows: restart the follower to pick them up"
-        );
     }
 
     /// Runs `f` on the replica in a blocking task (SQLite calls block).

@@ -180,6 +180,23 @@ pub fn assign(
     Ok((chains, commits_next))
 }
 
+/// Adds partitions that appeared after the start (a new table's topic, more
+/// partitions of a topic) to the assignment, each from the start of its
+/// history: none of their changes can have been applied yet, since no commit
+/// group naming them was.
+pub fn assign_more(consumer: &StreamConsumer, partitions: &[TopicPartition]) -> anyhow::Result<()> {
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in partitions {
+        tpl.add_partition_offset(t, *p, Offset::Beginning)?;
+    }
+    // With a manual assignment (no subscription) librdkafka accepts an
+    // incremental one too; the partitions already held keep their position
+    // and what was prefetched for them.
+    consumer
+        .incremental_assign(&tpl)
+        .context("adding partitions to the assignment")
+}
+
 /// Pauses or resumes fetching the data partitions (operator switch).
 pub fn set_paused(consumer: &StreamConsumer, partitions: &[TopicPartition], paused: bool) {
     let mut tpl = TopicPartitionList::new();
@@ -208,12 +225,13 @@ pub fn commit_offsets(consumer: &StreamConsumer, offsets: &[(TopicPartition, (i6
     }
 }
 
-/// High watermarks of `partitions`, refreshed every 500 ms off the loop (a
-/// blocking network call) into a `watch` the loop reads. The task ends when
-/// the receiver is dropped.
+/// High watermarks of the partitions `partitions` lists (it grows as the
+/// follower holds more), refreshed every 500 ms off the loop (a blocking
+/// network call) into a `watch` the loop reads. The task ends when the
+/// receiver is dropped.
 pub fn watch_high_watermarks(
     config: &FollowerConfig,
-    partitions: Vec<TopicPartition>,
+    partitions: watch::Receiver<Vec<TopicPartition>>,
 ) -> anyhow::Result<watch::Receiver<HashMap<TopicPartition, i64>>> {
     // A client of its own: on the fetching connection a ListOffsets request
     // waits behind the fetch in flight, and times out when the broker is
@@ -233,7 +251,7 @@ pub fn watch_high_watermarks(
                 _ = tx.closed() => return,
                 _ = tick.tick() => {}
             }
-            let (c, keys) = (client.clone(), partitions.clone());
+            let (c, keys) = (client.clone(), partitions.borrow().clone());
             let got = tokio::task::spawn_blocking(move || {
                 keys.into_iter()
                     .filter_map(|(t, p)| {

@@ -1,0 +1,97 @@
+//! Tables and partitions that appear while followers run: a follower holds
+//! a partition as soon as a commit group names it, and never applies a group
+//! without the rows of a partition it does not hold yet.
+
+use std::time::Duration;
+
+use barista_schemas::contract::table_topic;
+use barista_tests::*;
+use rusqlite::Connection;
+
+/// The regression from "Tables and partitions that appear": a table created
+/// on the leader, the producer restarted to capture it (its snapshot and
+/// later writes are published), and the followers left running. Before, both
+/// followers reported themselves current at the leader's head while their
+/// replicas lacked the table for good; now they follow its topic from the
+/// start and end equal to the leader, the new table included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_table_captured_after_the_followers_started_reaches_them_without_a_restart() {
+    let mut s = Setup::new_with(1, "newtable").await;
+    let config = s.producer_config();
+    let producer = RunningProducer::start(config.clone());
+    let followers: Vec<RunningFollower> = ["r1.db", "r2.db"]
+        .into_iter()
+        .map(|f| RunningFollower::start(s.follower_config(f)))
+        .collect();
+    wait_for_capture(&s.leader).await;
+    s.write(91, 20).await;
+    for f in &followers {
+        s.caught_up(f).await;
+    }
+
+    // A table appears on the leader and is filled while the producer runs.
+    let leader = Connection::open(&s.leader).unwrap();
+    leader
+        .execute_batch(
+            "CREATE TABLE late(id INTEGER PRIMARY KEY, v TEXT);
+             INSERT INTO late VALUES (1, 'one'), (2, 'two'), (3, 'three');",
+        )
+        .unwrap();
+    // The mock cluster does not answer CreateTopics (a real broker does, and
+    // the producer creates the topic there).
+    s.cluster
+        .create_topic(&table_topic(&s.prefix, "late"), 3, 1)
+        .unwrap();
+    producer.stop().await.unwrap();
+    let producer = RunningProducer::start(config);
+    wait_until(Duration::from_secs(30), || {
+        leader
+            .query_row(
+                "SELECT count(*) FROM _barista_tables WHERE name = 'late'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|n| (n == 1).then_some(()).ok_or("late not captured yet".into()))
+    })
+    .await;
+    // One transaction across the new table and an existing one, then more.
+    leader
+        .execute_batch(
+            "BEGIN;
+             UPDATE late SET v = 'uno' WHERE id = 1;
+             DELETE FROM late WHERE id = 2;
+             INSERT INTO late VALUES (4, 'four');
+             INSERT INTO customers(id, name, coffee) VALUES (90001, 'late comer', 'ristretto');
+             COMMIT;",
+        )
+        .unwrap();
+    s.write(92, 20).await;
+
+    for f in &followers {
+        s.caught_up(f).await;
+        let rows: Vec<(i64, String)> = Connection::open(&f.replica)
+            .unwrap()
+            .prepare("SELECT id, v FROM late ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [(1, "uno".into()), (3, "three".into()), (4, "four".into())]
+        );
+        let late = f
+            .status()
+            .partitions
+            .keys()
+            .filter(|k| k.contains(".late/"))
+            .count();
+        assert!(late > 0, "the follower holds the new topic's partitions");
+    }
+    for f in followers {
+        f.stop().await.unwrap();
+    }
+    producer.stop().await.unwrap();
+}
