@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use barista_producer::token::write_with_token;
 use barista_schemas::contract::table_topic;
 use barista_tests::*;
 use rusqlite::Connection;
@@ -91,6 +92,70 @@ async fn a_table_captured_after_the_followers_started_reaches_them_without_a_res
         assert!(late > 0, "the follower holds the new topic's partitions");
     }
     for f in followers {
+        f.stop().await.unwrap();
+    }
+    producer.stop().await.unwrap();
+}
+
+/// Issue "Tables and partitions that appear", (a): with everything running
+/// and nothing restarted, a table is created and written in one transaction
+/// with an existing table, then a second table with a composite key appears.
+/// Both replicas end equal to the leader, and a read of the new table at the
+/// creating transaction's token sees its rows: the new table's snapshot and
+/// that transaction's other writes arrive as one commit group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tables_created_while_everything_runs_reach_the_followers_without_restarts() {
+    let mut s = Setup::new_with(1, "live").await;
+    let producer = RunningProducer::start(s.producer_config());
+    let followers: Vec<(RunningFollower, std::net::SocketAddr)> = ["r1.db", "r2.db"]
+        .into_iter()
+        .map(|f| RunningFollower::serving(s.follower_config(f)))
+        .collect();
+    wait_for_capture(&s.leader).await;
+    s.write(93, 20).await;
+    for (f, _) in &followers {
+        s.caught_up(f).await;
+    }
+    // The mock cluster does not answer CreateTopics: the topics exist first,
+    // as an operator may create them (a real broker lets the producer).
+    for t in ["late", "pairs"] {
+        s.cluster
+            .create_topic(&table_topic(&s.prefix, t), 3, 1)
+            .unwrap();
+    }
+
+    let mut leader = Connection::open(&s.leader).unwrap();
+    let ((), token) = write_with_token(&mut leader, |tx| {
+        tx.execute_batch(
+            "CREATE TABLE late(id INTEGER PRIMARY KEY, v TEXT);
+             INSERT INTO late VALUES (1, 'one'), (2, 'two');
+             UPDATE customers SET coffee = 'flat white' WHERE id = (SELECT min(id) FROM customers);",
+        )
+    })
+    .unwrap();
+    leader
+        .execute_batch(
+            "CREATE TABLE pairs(a TEXT, b INTEGER, v, PRIMARY KEY(a, b));
+             INSERT INTO pairs VALUES ('x', 1, 1.5), ('x', 2, x'00ff'), ('y', 1, NULL);",
+        )
+        .unwrap();
+    s.write(94, 10).await;
+    leader
+        .execute_batch("UPDATE late SET v = 'uno' WHERE id = 1; DELETE FROM pairs WHERE a = 'y';")
+        .unwrap();
+
+    let http = reqwest::Client::new();
+    for (f, addr) in &followers {
+        let url =
+            format!("http://{addr}/tables/late/row?id=2&min_position={token}&timeout_ms=20000");
+        let r: serde_json::Value = http.get(url).send().await.unwrap().json().await.unwrap();
+        assert_eq!(
+            r["row"]["v"], "two",
+            "read at the creating transaction's token: {r}"
+        );
+        s.caught_up(f).await;
+    }
+    for (f, _) in followers {
         f.stop().await.unwrap();
     }
     producer.stop().await.unwrap();

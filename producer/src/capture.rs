@@ -5,7 +5,7 @@
 //! Reads: the captured tables (via `_barista_changelog`). Writes: barista's own
 //! `_barista_*` tables only.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 use crate::ack::TopicPartition;
 use crate::triggers::{self, OP_DELETE, OP_INSERT, OP_UPDATE};
 
+mod adopt;
 mod history;
 #[cfg(test)]
 mod tests;
@@ -64,6 +65,7 @@ pub enum CaptureError {
 }
 
 pub use crate::triggers::OP_SCHEMA_CHANGE;
+pub use adopt::Adopted;
 
 /// Opens the leader database for capture: WAL (so the producer's reads never
 /// block writers) and a busy timeout (so barista's own short writes wait for
@@ -130,6 +132,12 @@ pub struct Capture {
     history: SchemaHistory,
     /// `PRAGMA schema_version` when the installed triggers were last known to fit the tables.
     schema_version: i64,
+    /// `--tables`: only these are captured (empty: every table with a primary key).
+    pub(crate) wanted: Vec<String>,
+    /// `PRAGMA schema_version` when new tables were last looked for.
+    adopted_version: i64,
+    /// New tables already reported as not captured.
+    pub(crate) reported: HashSet<String>,
 }
 
 impl Capture {
@@ -237,6 +245,9 @@ impl Capture {
             tables: captured,
             history,
             schema_version,
+            wanted: tables.to_vec(),
+            adopted_version: schema_version,
+            reported: HashSet::new(),
         })
     }
 

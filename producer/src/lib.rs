@@ -17,6 +17,8 @@ pub mod registry;
 mod encode;
 /// Kafka: the idempotent producer, topics, one send with back-pressure.
 pub mod kafka;
+/// Topics of captured tables: one table per topic, new tables' topics while running.
+mod topics;
 /// Publish: change events, tombstones and commit records to Kafka; rewinds after a failure.
 mod publish;
 /// Ack: how far Kafka has acknowledged, what to prune, where to rewind to.

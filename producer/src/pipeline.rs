@@ -23,9 +23,10 @@ use crate::capture::{open_leader, Capture};
 use crate::config::ProducerConfig;
 use crate::encode::Encoder;
 use crate::kafka::KafkaSettings;
-use crate::publish::{AckerStop, Publisher, TableOut, ACKS};
+use crate::publish::{AckerStop, Publisher, ACKS};
 use crate::registry::Registry;
 use crate::tail::{CaptureMsg, Control, Tail};
+use crate::topics::{claim_topic, NewTopics, TableOut};
 
 /// How long a registry request may take before it counts as unavailable.
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -73,15 +74,15 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
             }
         }
     };
-    let outs: HashMap<i64, TableOut> = capture
-        .tables()
-        .iter()
-        .map(|(id, t)| {
-            let topic = topic(t);
-            let partitions = counts.get(&topic).copied().unwrap_or(1);
-            (*id, TableOut::new(topic, partitions, t.schemas.clone()))
-        })
-        .collect();
+    let mut outs: HashMap<i64, TableOut> = HashMap::new();
+    let mut ids: Vec<&i64> = capture.tables().keys().collect();
+    ids.sort(); // the table captured first keeps a contested topic
+    for id in ids {
+        let t = &capture.tables()[id];
+        let topic = topic(t);
+        let partitions = counts.get(&topic).copied().unwrap_or(1);
+        claim_topic(&mut outs, t, topic, partitions);
+    }
 
     let acked = Acked {
         position: capture.acked()?,
@@ -121,6 +122,11 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
         backoff: Backoff::new(),
         published: 0,
         begun: None,
+        topics: NewTopics {
+            prefix: config.topic_prefix.clone(),
+            partitions: config.partitions,
+            replication_factor: config.replication_factor,
+        },
     };
     let acks = publisher.acks.clone();
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel::<AckerStop>();

@@ -15,10 +15,9 @@ use std::time::Instant;
 use anyhow::Context as _;
 use barista_runtime::{lock, Backoff, Poisoned};
 use barista_schemas::contract::{
-    key_subject, partition_for_key, value_subject, GROUP_BEGIN, HEADER_GROUP, HEADER_POSITION,
-    HEADER_TOMBSTONE,
+    partition_for_key, GROUP_BEGIN, HEADER_GROUP, HEADER_POSITION, HEADER_TOMBSTONE,
 };
-use barista_schemas::{ChangeEvent, Commit, Op, PartitionTail, Position, Source, TableSchemas};
+use barista_schemas::{ChangeEvent, Commit, Op, PartitionTail, Position, Source};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer as _};
 use tokio::sync::mpsc;
 
@@ -27,6 +26,7 @@ use crate::capture::ChangeRow;
 use crate::encode::{Encoder, Payload};
 use crate::kafka::{send, KafkaSettings};
 use crate::tail::{now_ms, CaptureMsg, Control};
+use crate::topics::{NewTopics, TableOut};
 
 /// What the [`Acks`] lock guards, for the poisoned-lock error.
 pub(crate) const ACKS: &str = "acknowledged position";
@@ -49,33 +49,6 @@ pub(crate) enum AckerStop {
     },
     /// The acknowledgement state is poisoned: the run must end.
     Poisoned(Poisoned),
-}
-
-/// A captured table's topic, partition count, schemas and subjects.
-pub(crate) struct TableOut {
-    /// `<prefix>.<table>`.
-    pub topic: String,
-    /// The topic's partition count, as the broker reports it.
-    pub partitions: i32,
-    /// The schemas of the last change sent (they change at schema-change markers).
-    pub schemas: Arc<TableSchemas>,
-    /// `<topic>-key`.
-    pub key_subject: String,
-    /// `<topic>-value`.
-    pub value_subject: String,
-}
-
-impl TableOut {
-    /// The output of `topic` with `partitions` partitions.
-    pub fn new(topic: String, partitions: i32, schemas: Arc<TableSchemas>) -> TableOut {
-        TableOut {
-            key_subject: key_subject(&topic),
-            value_subject: value_subject(&topic),
-            topic,
-            partitions,
-            schemas,
-        }
-    }
 }
 
 /// The publish stage's state.
@@ -111,6 +84,9 @@ pub(crate) struct Publisher<'a> {
     pub published: u64,
     /// First position of the group whose begin record was sent.
     pub begun: Option<Position>,
+    /// Topic prefix, partitions and replication of the topics of tables
+    /// captured while running.
+    pub topics: NewTopics,
 }
 
 impl Publisher<'_> {
@@ -188,6 +164,7 @@ impl Publisher<'_> {
             {
                 Ok(())
             }
+            CaptureMsg::Tables(tables) => self.add_tables(tables).await,
             CaptureMsg::Heartbeat {
                 position, ts_ms, ..
             } => {

@@ -15,7 +15,7 @@ use barista_schemas::Position;
 use tokio::sync::mpsc;
 
 use crate::ack::Acked;
-use crate::capture::{Capture, ChangeRow};
+use crate::capture::{Capture, CapturedTable, ChangeRow};
 
 #[cfg(test)]
 mod tests;
@@ -47,6 +47,9 @@ pub(crate) enum CaptureMsg {
         /// The group's last chunk.
         done: bool,
     },
+    /// Tables captured while running (their snapshot rows follow in the
+    /// next group): the publisher creates their topics before it sends them.
+    Tables(Vec<CapturedTable>),
     /// The leader is idle at `position`.
     Heartbeat {
         /// The generation it was read in.
@@ -166,6 +169,17 @@ impl Tail {
             // Another connection committed: if that was DDL made behind our back, stop
             // before reading past it (see CaptureError::Drift for how to resume).
             self.capture.check_schema()?;
+            // New tables are adopted BEFORE the head is read: their snapshot
+            // joins the group of the leader transaction that created them.
+            let adopted = self.capture.adopt_new_tables()?;
+            if !adopted.tables.is_empty()
+                && self
+                    .tx
+                    .blocking_send(CaptureMsg::Tables(adopted.tables))
+                    .is_err()
+            {
+                return Ok(Flow::Stop);
+            }
             self.capture.head().context("reading the leader head")?
         } else {
             self.next_from

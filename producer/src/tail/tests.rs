@@ -14,6 +14,8 @@ struct Rig {
     seen: Seen,
     rx: mpsc::Receiver<CaptureMsg>,
     ctl: std_mpsc::Sender<Control>,
+    /// Tables announced so far, and how many chunks were handed over before each.
+    announced: Vec<(String, usize)>,
 }
 
 /// A leader with table `t` captured (empty), and a tail on it reading `chunk` rows at a time.
@@ -46,6 +48,7 @@ fn rig(chunk: usize, heartbeat: Duration) -> Rig {
         },
         rx,
         ctl,
+        announced: Vec::new(),
     }
 }
 
@@ -74,6 +77,12 @@ impl Rig {
                     rows.iter().map(|r| r.position.0).collect(),
                     done,
                 )),
+                Ok(CaptureMsg::Tables(tables)) => {
+                    for t in tables {
+                        self.announced
+                            .push((t.schemas.shape.name.clone(), out.len()));
+                    }
+                }
                 Ok(CaptureMsg::Heartbeat { .. }) => panic!("a heartbeat among chunks"),
                 Err(TryRecvError::Empty) => return out,
                 Err(e) => panic!("{e}"),
@@ -206,4 +215,56 @@ fn ddl_behind_baristas_back_stops_the_thread_with_the_drift_error() {
     r.app.execute_batch("ALTER TABLE t ADD COLUMN w").unwrap();
     let e = r.tail.poll_once(&mut r.seen).unwrap_err().to_string();
     assert!(e.contains("changed behind barista's back"), "{e}");
+}
+
+#[test]
+fn a_table_created_while_running_is_captured_with_the_transaction_that_created_it() {
+    let mut r = rig(100, Duration::from_secs(3600));
+    r.app
+        .execute_batch("INSERT INTO t VALUES (1, 'a')")
+        .unwrap();
+    r.poll();
+    // One leader transaction creates a table, fills it and writes to `t`.
+    r.app
+        .execute_batch(
+            "BEGIN; CREATE TABLE fresh(k TEXT PRIMARY KEY, n INTEGER);
+             INSERT INTO fresh VALUES ('x', 1), ('y', 2); INSERT INTO t VALUES (2, 'b'); COMMIT;",
+        )
+        .unwrap();
+    r.poll();
+    // The new table is announced before the group that holds its snapshot,
+    // and that group is the creating transaction's: one group, whole.
+    assert_eq!(
+        r.chunks(),
+        [(0, 1, 1, vec![1], true), (0, 2, 4, vec![2, 3, 4], true)]
+    );
+    assert_eq!(r.announced, [("fresh".to_owned(), 1)]);
+    // Its writes from now on are captured by its triggers.
+    r.app
+        .execute_batch("UPDATE fresh SET n = 3 WHERE k = 'x'")
+        .unwrap();
+    r.poll();
+    assert_eq!(r.chunks(), [(0, 5, 5, vec![5], true)]);
+    assert_eq!(r.announced.len(), 1, "announced once");
+}
+
+#[test]
+fn a_new_table_without_a_primary_key_or_off_the_list_is_not_captured() {
+    let mut r = rig(100, Duration::from_secs(3600));
+    r.app
+        .execute_batch("CREATE TABLE loose(a, b); INSERT INTO loose VALUES (1, 2);")
+        .unwrap();
+    r.poll();
+    assert_eq!(r.chunks(), []);
+    assert!(r.announced.is_empty());
+    assert!(r.tail.capture.reported.contains("loose"));
+    // With an explicit --tables list, other new tables are only reported.
+    r.tail.capture.wanted = vec!["t".to_owned()];
+    r.app
+        .execute_batch("CREATE TABLE other(id INTEGER PRIMARY KEY); INSERT INTO other VALUES (1);")
+        .unwrap();
+    r.poll();
+    assert_eq!(r.chunks(), []);
+    assert!(r.announced.is_empty());
+    assert!(r.tail.capture.reported.contains("other"));
 }

@@ -1,0 +1,145 @@
+//! The topics of captured tables: each table's output (topic, partition
+//! count, schemas, subjects), one table per topic (two names that sanitise
+//! to the same topic are refused, not merged), and the topics of tables
+//! captured while the producer runs, created before any of their changes
+//! is sent.
+//!
+//! Reads: captured tables. Writes: topics (through [`crate::kafka`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use barista_schemas::contract::{key_subject, table_topic, value_subject};
+use barista_schemas::TableSchemas;
+
+use crate::capture::CapturedTable;
+use crate::publish::Publisher;
+
+/// A captured table's topic, partition count, schemas and subjects.
+pub(crate) struct TableOut {
+    /// `<prefix>.<table>`.
+    pub topic: String,
+    /// The topic's partition count, as the broker reports it.
+    pub partitions: i32,
+    /// The schemas of the last change sent (they change at schema-change markers).
+    pub schemas: Arc<TableSchemas>,
+    /// `<topic>-key`.
+    pub key_subject: String,
+    /// `<topic>-value`.
+    pub value_subject: String,
+}
+
+impl TableOut {
+    /// The output of `topic` with `partitions` partitions.
+    pub fn new(topic: String, partitions: i32, schemas: Arc<TableSchemas>) -> TableOut {
+        TableOut {
+            key_subject: key_subject(&topic),
+            value_subject: value_subject(&topic),
+            topic,
+            partitions,
+            schemas,
+        }
+    }
+}
+
+/// How the topics of tables captured while running are named and created.
+pub(crate) struct NewTopics {
+    /// `<prefix>.<table>`.
+    pub prefix: String,
+    /// Partitions of a topic barista creates.
+    pub partitions: i32,
+    /// Its replication factor.
+    pub replication_factor: i32,
+}
+
+/// Adds `table`'s output on `topic` unless another table's output already
+/// has that topic (two names that sanitise alike, such as `"odd names"` and
+/// `odd_names`): then it is refused, loudly, and nothing of it is published,
+/// while every other table keeps flowing.
+pub(crate) fn claim_topic(
+    outs: &mut HashMap<i64, TableOut>,
+    table: &CapturedTable,
+    topic: String,
+    partitions: i32,
+) {
+    let name = &table.schemas.shape.name;
+    if let Some(other) = outs.values().find(|o| o.topic == topic) {
+        tracing::error!(table = %name, other = %other.schemas.shape.name, %topic,
+            "two tables map to the same topic; this one is not published (rename one of them)");
+        return;
+    }
+    outs.insert(
+        table.id,
+        TableOut::new(topic, partitions, table.schemas.clone()),
+    );
+}
+
+impl Publisher<'_> {
+    /// Creates the topics of tables captured while running, before any of
+    /// their changes is sent (retrying while Kafka is unavailable).
+    pub(crate) async fn add_tables(&mut self, tables: Vec<CapturedTable>) -> anyhow::Result<()> {
+        let wanted: Vec<(String, i32)> = tables
+            .iter()
+            .map(|t| {
+                let topic = table_topic(&self.topics.prefix, &t.schemas.shape.name);
+                (topic, self.topics.partitions)
+            })
+            .collect();
+        let counts = loop {
+            match self
+                .kafka
+                .ensure_topics(&wanted, self.topics.replication_factor)
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?self.backoff.peek(), "creating a new table's topic failed; retrying");
+                    self.backoff.wait().await;
+                }
+            }
+        };
+        self.backoff.reset();
+        for (t, (topic, partitions)) in tables.iter().zip(wanted) {
+            let partitions = counts.get(&topic).copied().unwrap_or(partitions);
+            tracing::info!(table = %t.schemas.shape.name, %topic, partitions, "publishing a table captured while running");
+            claim_topic(&mut self.outs, t, topic, partitions);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use barista_schemas::TableShape;
+    use rusqlite::Connection;
+
+    use super::*;
+
+    fn captured(conn: &Connection, id: i64, name: &str) -> CapturedTable {
+        CapturedTable {
+            id,
+            schemas: Arc::new(TableSchemas::derive(TableShape::read(conn, name).unwrap()).unwrap()),
+        }
+    }
+
+    #[test]
+    fn two_tables_whose_names_make_one_topic_are_not_merged() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            r#"CREATE TABLE "odd names"(id INTEGER PRIMARY KEY);
+               CREATE TABLE odd_names(id INTEGER PRIMARY KEY);
+               CREATE TABLE plain(id INTEGER PRIMARY KEY);"#,
+        )
+        .unwrap();
+        let mut outs = HashMap::new();
+        for (id, name) in [(1, "odd names"), (2, "odd_names"), (3, "plain")] {
+            let t = captured(&conn, id, name);
+            claim_topic(&mut outs, &t, table_topic("p", name), 3);
+        }
+        let mut topics: Vec<(i64, &str)> =
+            outs.iter().map(|(id, o)| (*id, o.topic.as_str())).collect();
+        topics.sort();
+        assert_eq!(topics, [(1, "p.odd_names"), (3, "p.plain")]);
+        assert_eq!(outs[&1].value_subject, "p.odd_names-value");
+    }
+}
