@@ -218,3 +218,107 @@ async fn binaries_on_a_real_broker_survive_its_restart_without_loss() {
     assert!(s.success(), "producer on SIGTERM: {s}");
     registry.shutdown().await.unwrap();
 }
+
+/// Issue "Tables and partitions that appear", on the real binaries and a real
+/// broker: (a) a table created and written in one transaction with an
+/// existing table, then a table with a composite key, with everything
+/// running; (b) a follower started only after those tables appeared; (e) a
+/// table created while the producer is down, captured when it starts again,
+/// with the followers left running. Every replica ends equal to the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn binaries_on_a_real_broker_follow_tables_that_appear() {
+    let Some(bin) = nisshi() else { return };
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(bin, dir.path());
+    let brokers = broker.addr.clone();
+    let registry = start_registry(dir.path()).await;
+    let leader = dir.path().join("leader.db");
+    let mut expected = Expected::new();
+    seed(&leader, &mut expected);
+    let prefix = unique("appear");
+    let mut producer = Proc::start(
+        "producer",
+        producer_args(&leader, &brokers, registry.url(), &prefix),
+        &dir.path().join("producer.log"),
+    );
+    wait_for_capture(&leader).await;
+    let follower = |i: usize| {
+        Proc::start(
+            "consumer",
+            consumer_args(
+                &dir.path().join(format!("replica-{i}.db")),
+                &format!("follower-{i}"),
+                &brokers,
+                registry.url(),
+                &prefix,
+            ),
+            &dir.path().join(format!("consumer-{i}.log")),
+        )
+    };
+    let mut consumers = vec![follower(1)];
+    let l = leader.clone();
+    tokio::task::spawn_blocking(move || write_workload(&l, 61, 40, &mut expected))
+        .await
+        .unwrap();
+
+    // (a) With everything running.
+    let app = rusqlite::Connection::open(&leader).unwrap();
+    app.execute_batch(
+        "BEGIN;
+         CREATE TABLE late(id INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO late VALUES (1, 'one'), (2, 'two'), (3, 'three');
+         UPDATE customers SET coffee = 'cortado' WHERE id = (SELECT min(id) FROM customers);
+         COMMIT;
+         CREATE TABLE pairs(a TEXT, b INTEGER, v, PRIMARY KEY(a, b));
+         INSERT INTO pairs VALUES ('x', 1, 1.5), ('x', 2, x'00ff'), ('y', 1, NULL);",
+    )
+    .unwrap();
+    // (b) A follower that starts after the tables appeared.
+    consumers.push(follower(2));
+    app.execute_batch("UPDATE late SET v = 'uno' WHERE id = 1; DELETE FROM pairs WHERE a = 'y';")
+        .unwrap();
+
+    // (e) A table created while the producer is down; the followers run on.
+    let s = producer.terminate(Duration::from_secs(30));
+    assert!(s.success(), "producer on SIGTERM: {s}");
+    app.execute_batch(
+        "CREATE TABLE while_down(id INTEGER PRIMARY KEY, v);
+         INSERT INTO while_down VALUES (1, 'a'), (2, 'b');",
+    )
+    .unwrap();
+    producer.restart();
+    app.execute_batch(
+        "UPDATE while_down SET v = 'c' WHERE id = 2; INSERT INTO late VALUES (4, 'four');",
+    )
+    .unwrap();
+
+    for (i, c) in consumers.iter_mut().enumerate() {
+        let replica = dir.path().join(format!("replica-{}.db", i + 1));
+        let start = std::time::Instant::now();
+        wait_until(Duration::from_secs(120), || {
+            producer.assert_running();
+            c.assert_running();
+            same_rows(&leader, &replica).map_err(|e| {
+                if start.elapsed() > Duration::from_secs(110) {
+                    format!("{e}\n{}\n{}", c.log_tail(30), producer.log_tail(30))
+                } else {
+                    e
+                }
+            })
+        })
+        .await;
+        let tables = dump(&replica);
+        for t in ["late", "pairs", "while_down"] {
+            assert!(tables.contains_key(t), "replica {} lacks {t}", i + 1);
+        }
+    }
+    for c in &mut consumers {
+        let s = c.terminate(Duration::from_secs(30));
+        assert!(s.success(), "consumer on SIGTERM: {s}");
+    }
+    let s = producer.terminate(Duration::from_secs(30));
+    assert!(s.success(), "producer on SIGTERM: {s}");
+    drop(broker);
+    registry.shutdown().await.unwrap();
+}
