@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use barista_schemas::envelope::DecodedChange;
 use barista_schemas::Position;
 
-/// A data partition: `(topic, partition)`.
-pub type TopicPartition = (String, i32);
+pub use barista_schemas::contract::TopicPartition;
 
 /// A message that claimed a leader position and could not be applied.
 #[derive(Debug, Clone, PartialEq)]

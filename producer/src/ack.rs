@@ -15,8 +15,7 @@ use barista_schemas::Position;
 #[cfg(test)]
 mod tests;
 
-/// A Kafka topic and partition.
-pub type TopicPartition = (String, i32);
+pub use barista_schemas::contract::TopicPartition;
 
 /// What a sent message's delivery report acknowledges.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,9 @@
 //! Names that cross process boundaries, kept in one place so that the producer,
 //! the consumers, the tests and operators' tools agree on them.
 
+/// A Kafka topic and partition, as both sides name one.
+pub type TopicPartition = (String, i32);
+
 /// Default topic prefix: topics are `<prefix>.<table>`.
 pub const DEFAULT_TOPIC_PREFIX: &str = "barista";
 /// Suffix of the commits topic (`<prefix>.__commits`), one partition, that
