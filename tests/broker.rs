@@ -224,7 +224,8 @@ async fn binaries_on_a_real_broker_survive_its_restart_without_loss() {
 /// existing table, then a table with a composite key, with everything
 /// running; (b) a follower started only after those tables appeared; (e) a
 /// table created while the producer is down, captured when it starts again,
-/// with the followers left running. Every replica ends equal to the leader.
+/// with the followers left running; (d) a table dropped and one renamed.
+/// Every replica ends equal to the leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn binaries_on_a_real_broker_follow_tables_that_appear() {
     let Some(bin) = nisshi() else { return };
@@ -292,6 +293,9 @@ async fn binaries_on_a_real_broker_follow_tables_that_appear() {
         "UPDATE while_down SET v = 'c' WHERE id = 2; INSERT INTO late VALUES (4, 'four');",
     )
     .unwrap();
+    // (d) A table dropped, and one renamed, while everything runs.
+    app.execute_batch("DROP TABLE pairs; ALTER TABLE while_down RENAME TO moved_on;")
+        .unwrap();
 
     for (i, c) in consumers.iter_mut().enumerate() {
         let replica = dir.path().join(format!("replica-{}.db", i + 1));
@@ -309,8 +313,11 @@ async fn binaries_on_a_real_broker_follow_tables_that_appear() {
         })
         .await;
         let tables = dump(&replica);
-        for t in ["late", "pairs", "while_down"] {
+        for t in ["late", "moved_on"] {
             assert!(tables.contains_key(t), "replica {} lacks {t}", i + 1);
+        }
+        for t in ["pairs", "while_down"] {
+            assert!(!tables.contains_key(t), "replica {} still has {t}", i + 1);
         }
     }
     for c in &mut consumers {

@@ -160,3 +160,69 @@ async fn tables_created_while_everything_runs_reach_the_followers_without_restar
     }
     producer.stop().await.unwrap();
 }
+
+/// (d) `DROP TABLE` and `ALTER TABLE … RENAME` on the leader while everything
+/// runs: followers drop the table in the transaction that applies the drop's
+/// position (reads of it answer 404), and a renamed table is a drop of the
+/// old name plus a new table with a snapshot of its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropped_and_renamed_tables_are_dropped_and_renamed_on_every_follower() {
+    let mut s = Setup::new_with(1, "drop").await;
+    for t in ["doomed", "moved", "renamed"] {
+        s.cluster
+            .create_topic(&table_topic(&s.prefix, t), 3, 1)
+            .unwrap();
+    }
+    let producer = RunningProducer::start(s.producer_config());
+    let (follower, addr) = RunningFollower::serving(s.follower_config("r.db"));
+    wait_for_capture(&s.leader).await;
+    let leader = Connection::open(&s.leader).unwrap();
+    leader
+        .execute_batch(
+            "CREATE TABLE doomed(id INTEGER PRIMARY KEY, v); INSERT INTO doomed VALUES (1, 'x');
+             CREATE TABLE moved(id INTEGER PRIMARY KEY, v); INSERT INTO moved VALUES (1, 'a'), (2, 'b');",
+        )
+        .unwrap();
+    s.write(95, 10).await;
+    s.caught_up(&follower).await;
+    let http = reqwest::Client::new();
+    let row = |table: &str| format!("http://{addr}/tables/{table}/row?id=1");
+    assert_eq!(http.get(row("doomed")).send().await.unwrap().status(), 200);
+
+    // In one leader transaction: a write to an existing table, the drop.
+    leader
+        .execute_batch(
+            "BEGIN; UPDATE doomed SET v = 'last words' WHERE id = 1;
+             INSERT INTO customers(id, name, coffee) VALUES (90002, 'mourner', 'black'); DROP TABLE doomed; COMMIT;
+             ALTER TABLE moved RENAME TO renamed; UPDATE renamed SET v = 'c' WHERE id = 2;",
+        )
+        .unwrap();
+    s.write(96, 10).await;
+    s.caught_up(&follower).await;
+    let tables = dump(&follower.replica);
+    assert!(
+        !tables.contains_key("doomed") && !tables.contains_key("moved"),
+        "{:?}",
+        tables.keys()
+    );
+    assert_eq!(http.get(row("doomed")).send().await.unwrap().status(), 404);
+    let r: serde_json::Value = http
+        .get(row("renamed"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["row"]["v"], "a", "{r}");
+
+    // A table created again under a dropped name starts from its own rows.
+    leader
+        .execute_batch(
+            "CREATE TABLE doomed(id INTEGER PRIMARY KEY, w); INSERT INTO doomed VALUES (2, 'new');",
+        )
+        .unwrap();
+    s.caught_up(&follower).await;
+    follower.stop().await.unwrap();
+    producer.stop().await.unwrap();
+}

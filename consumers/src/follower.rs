@@ -316,6 +316,7 @@ impl Follower {
             changes: plan.changes,
             offsets: plan.offsets,
             position: Some((position, ts)),
+            drops: plan.drops,
         };
         let offsets = self
             .on_replica(move |replica| replica.apply(&batch).map(|()| batch.offsets))

@@ -62,6 +62,10 @@ pub struct ApplyPlan {
     /// Per partition (the commits topic's included): the next offset to
     /// read after a restart, and the last position applied from it.
     pub offsets: Vec<(TopicPartition, (i64, Position))>,
+    /// Tables dropped on the leader in these groups: (position, name), in
+    /// position order. The replica drops them between the changes before
+    /// and after.
+    pub drops: Vec<(Position, String)>,
 }
 
 /// What to do next.
@@ -175,6 +179,7 @@ impl CommitGroups {
     ) -> Planned {
         let mut target: Option<(Position, i64)> = None;
         let mut count = 0usize;
+        let mut drops = Vec::new();
         loop {
             let current = target.map_or(position, |t| t.0);
             let Some(c) = self.next_group(current) else {
@@ -191,6 +196,7 @@ impl CommitGroups {
             }
             count = pending;
             target = Some((last, c.ts_ms));
+            drops.extend(c.dropped.iter().map(|d| (d.position, d.table.clone())));
         }
         // Heartbeats only move the clock; drop the ones already covered, but
         // first let them tell how fresh the new position is: the newest leader
@@ -227,6 +233,7 @@ impl CommitGroups {
                 leader_ts_ms,
                 changes,
                 offsets,
+                drops,
             }),
             fresh_ts_ms: None,
         }

@@ -31,6 +31,7 @@ fn group(first: i64, last: i64, ts_ms: i64, tails: &[(&str, i32, i64)]) -> Commi
                 count: 1,
             })
             .collect(),
+        dropped: vec![],
     }
 }
 
@@ -261,4 +262,38 @@ fn a_begun_group_streams_in_chunks_then_its_commit_applies_the_rest() {
     let a = applied(g.plan(&mut ch, P(0), 0, 3));
     assert_eq!((a.position, positions(&a.changes)), (P(6), vec![4, 6]));
     assert_eq!(g.next_offset(), 2);
+}
+
+#[test]
+fn the_drops_of_every_group_applied_come_with_the_plan_in_position_order() {
+    let mut ch = chains(&[("p.a", 0)]);
+    let mut g = CommitGroups::new(COMMITS.into(), 0, Scope::all());
+    feed(&mut ch, "p.a", 0, &[(1, None), (3, Some(1))]);
+    let mut first = group(1, 2, 10, &[("p.a", 0, 1)]);
+    first.dropped = vec![barista_schemas::DroppedTable {
+        table: "gone".into(),
+        position: P(2),
+    }];
+    let mut second = group(3, 4, 11, &[("p.a", 0, 3)]);
+    second.dropped = vec![barista_schemas::DroppedTable {
+        table: "also".into(),
+        position: P(4),
+    }];
+    g.record(0, first, false);
+    g.record(1, second, false);
+    let a = applied(g.plan(&mut ch, P(0), 0, 5_000));
+    assert_eq!(a.position, P(4));
+    assert_eq!(
+        a.drops,
+        [(P(2), "gone".to_owned()), (P(4), "also".to_owned())]
+    );
+    // A group that is only a drop (no changes, no partitions) is complete.
+    let mut only = group(5, 5, 12, &[]);
+    only.dropped = vec![barista_schemas::DroppedTable {
+        table: "last".into(),
+        position: P(5),
+    }];
+    g.record(2, only, false);
+    let b = applied(g.plan(&mut ch, P(4), 11, 5_000));
+    assert_eq!((b.position, b.changes.len(), b.drops.len()), (P(5), 0, 1));
 }

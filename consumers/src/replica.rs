@@ -40,6 +40,8 @@ pub struct Batch {
     pub offsets: Vec<(TopicPartition, (i64, Position))>,
     /// The replica's new position and its leader time.
     pub position: Option<(Position, i64)>,
+    /// Tables dropped on the leader: (position, name), in position order.
+    pub drops: Vec<(Position, String)>,
 }
 
 /// Statements prepared for one table under one writer shape.
@@ -202,6 +204,9 @@ impl Replica {
     /// and commits it. Upserts use `INSERT … ON CONFLICT DO UPDATE` (never
     /// `INSERT OR REPLACE`, which would delete and re-insert the row).
     pub fn apply(&mut self, batch: &Batch) -> rusqlite::Result<()> {
+        if !batch.drops.is_empty() {
+            return self.apply_with_drops(batch);
+        }
         let sqls = self.reconcile_all(&batch.changes)?;
         self.begin()?;
         let r = write_changes(&self.conn, &batch.changes, &sqls)
@@ -217,6 +222,49 @@ impl Replica {
                 Err(e)
             }
         }
+    }
+
+    /// [`Replica::apply`] for a batch in which the leader dropped tables: the
+    /// changes before each drop, the drop, then the rest, all in the one
+    /// transaction (a table dropped and created again under its name comes
+    /// back with only what followed the drop).
+    fn apply_with_drops(&mut self, batch: &Batch) -> rusqlite::Result<()> {
+        self.begin()?;
+        let mut rest = &batch.changes[..];
+        let mut r = Ok(());
+        for (at, table) in &batch.drops {
+            let n = rest.partition_point(|c| c.source.position < *at);
+            r = self.write_reconciled(&rest[..n]).and_then(|()| {
+                // Dropping invalidates what was reconciled for it.
+                self.known.clear();
+                self.conn
+                    .execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(table)))
+            });
+            if r.is_err() {
+                break;
+            }
+            rest = &rest[n..];
+        }
+        let r = r
+            .and_then(|()| self.write_reconciled(rest))
+            .and_then(|()| write_progress(&self.conn, batch))
+            .and_then(|()| self.conn.execute_batch("COMMIT"));
+        match r {
+            Ok(()) => {
+                self.open = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// Reconciles and writes `changes` inside the open transaction.
+    fn write_reconciled(&mut self, changes: &[DecodedChange]) -> rusqlite::Result<()> {
+        let sqls = self.reconcile_all(changes)?;
+        write_changes(&self.conn, changes, &sqls)
     }
 
     /// Applies changes of a commit group that is not complete yet, inside a

@@ -150,6 +150,7 @@ mod tests {
             last_position: Position(last),
             ts_ms,
             partitions: vec![],
+            dropped: vec![],
         }
     }
 

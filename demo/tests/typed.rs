@@ -35,9 +35,12 @@ fn the_checked_in_contracts_are_what_the_demo_leader_derives() {
     let conn = rusqlite::Connection::open(&leader).unwrap();
     conn.execute_batch(LEADER_SQL).unwrap();
     let (v1, _) = derive_from_leader(&leader, TOPIC_PREFIX).unwrap();
+    // The commit record is barista's own contract, not the leader's: v2 added
+    // the tables dropped in a group.
+    let first = |subject: &str| u32::from(subject == "coffee.__commits-value") + 1;
     let expected: BTreeMap<String, Value> = v1
         .keys()
-        .map(|subject| (subject.clone(), contract(subject, 1)))
+        .map(|subject| (subject.clone(), contract(subject, first(subject))))
         .collect();
     assert_eq!(v1, expected);
     assert_eq!(v1.len(), 5);
@@ -48,7 +51,7 @@ fn the_checked_in_contracts_are_what_the_demo_leader_derives() {
         let version = if subject == "coffee.customers-value" {
             2
         } else {
-            1
+            first(subject)
         };
         assert_eq!(schema, &contract(subject, version), "{subject}");
     }

@@ -14,9 +14,10 @@ use barista_schemas::{Op, Position, SqlValue, TableSchemas, TableShape};
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
 use crate::ack::TopicPartition;
-use crate::triggers::{self, OP_DELETE, OP_INSERT, OP_UPDATE};
+use crate::triggers::{self, OP_DELETE, OP_DROP, OP_INSERT, OP_UPDATE};
 
 mod adopt;
+mod dropped;
 mod history;
 #[cfg(test)]
 mod tests;
@@ -138,6 +139,12 @@ pub struct Capture {
     adopted_version: i64,
     /// New tables already reported as not captured.
     pub(crate) reported: HashSet<String>,
+    /// Captured tables dropped (or renamed away) on the leader: their drop is recorded.
+    dropped: HashSet<i64>,
+    /// `PRAGMA schema_version` when dropped tables were last looked for.
+    drops_version: i64,
+    /// Drop markers read by the last [`Capture::read`]: (position, table name).
+    drops_read: Vec<(Position, String)>,
 }
 
 impl Capture {
@@ -248,6 +255,9 @@ impl Capture {
             wanted: tables.to_vec(),
             adopted_version: schema_version,
             reported: HashSet::new(),
+            dropped: HashSet::new(),
+            drops_version: schema_version,
+            drops_read: Vec::new(),
         })
     }
 
@@ -262,7 +272,12 @@ impl Capture {
         if version == self.schema_version {
             return Ok(());
         }
-        let mut ids: Vec<i64> = self.tables.keys().copied().collect();
+        let mut ids: Vec<i64> = self
+            .tables
+            .keys()
+            .copied()
+            .filter(|id| !self.dropped.contains(id))
+            .collect();
         ids.sort();
         for id in ids {
             let (name, was): (String, String) = self.conn.query_row(
@@ -271,6 +286,16 @@ impl Capture {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             let was: Vec<String> = serde_json::from_str(&was).unwrap_or_default();
+            let gone: bool = self.conn.query_row(
+                "SELECT count(*) = 0 FROM pragma_table_list WHERE schema = 'main' AND type = 'table' AND name = ?1",
+                [&name],
+                |r| r.get(0),
+            )?;
+            if gone {
+                // Dropped or renamed away since [`Capture::notice_drops`] looked: it records
+                // the drop on the next poll (the schema version it saw has moved).
+                continue;
+            }
             let now = match TableShape::read(&self.conn, &name) {
                 Ok(shape) => shape.column_names(),
                 Err(_) => Vec::new(),
@@ -355,6 +380,7 @@ impl Capture {
         // Disjoint borrows: the statement borrows the connection while markers update the
         // table schemas and their history.
         let (conn, tables, history) = (&self.conn, &mut self.tables, &mut self.history);
+        let drops = &mut self.drops_read;
         let mut stmt = conn.prepare_cached(
             "SELECT * FROM _barista_changelog WHERE position > ?1 AND position <= ?2 ORDER BY position LIMIT ?3",
         )?;
@@ -368,6 +394,13 @@ impl Capture {
             scanned = Some(position);
             let table_id: i64 = r.get(1)?;
             let op_code: i64 = r.get(2)?;
+            if op_code == OP_DROP {
+                // Self-describing (the name is in a0): it needs no schemas, so a drop
+                // recorded before a restart is still published after it.
+                let name: String = r.get(idx("a0").unwrap_or(usize::MAX))?;
+                drops.push((position, name));
+                continue;
+            }
             if op_code == OP_SCHEMA_CHANGE {
                 // A migration committed here: rows after it carry the new columns. Known
                 // markers (loaded at start, or seen before a rewind) change nothing.
@@ -426,6 +459,11 @@ impl Capture {
             });
         }
         Ok((out, scanned))
+    }
+
+    /// The drop markers the last reads returned past (position, table name), oldest first.
+    pub fn take_drops(&mut self) -> Vec<(Position, String)> {
+        std::mem::take(&mut self.drops_read)
     }
 
     /// Records that everything up to `acked` is in Kafka and deletes the

@@ -122,6 +122,7 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
         backoff: Backoff::new(),
         published: 0,
         begun: None,
+        drops: Vec::new(),
         topics: NewTopics {
             prefix: config.topic_prefix.clone(),
             partitions: config.partitions,

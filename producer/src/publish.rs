@@ -17,7 +17,7 @@ use barista_runtime::{lock, Backoff, Poisoned};
 use barista_schemas::contract::{
     partition_for_key, GROUP_BEGIN, HEADER_GROUP, HEADER_POSITION, HEADER_TOMBSTONE,
 };
-use barista_schemas::{ChangeEvent, Commit, Op, PartitionTail, Position, Source};
+use barista_schemas::{ChangeEvent, Commit, DroppedTable, Op, PartitionTail, Position, Source};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer as _};
 use tokio::sync::mpsc;
 
@@ -84,6 +84,8 @@ pub(crate) struct Publisher<'a> {
     pub published: u64,
     /// First position of the group whose begin record was sent.
     pub begun: Option<Position>,
+    /// Tables dropped in the group being sent, for its commit record.
+    pub drops: Vec<DroppedTable>,
     /// Topic prefix, partitions and replication of the topics of tables
     /// captured while running.
     pub topics: NewTopics,
@@ -141,6 +143,7 @@ impl Publisher<'_> {
         self.gen = rewind.gen;
         self.last_sent = rewind.last_sent;
         self.tails.clear();
+        self.drops.clear();
         self.begun = None;
         self.ctl_tx
             .send(Control::Rewind {
@@ -179,9 +182,15 @@ impl Publisher<'_> {
                 last,
                 ts_ms,
                 rows,
+                drops,
                 done,
                 ..
             } => {
+                self.drops.extend(
+                    drops
+                        .into_iter()
+                        .map(|(position, table)| DroppedTable { table, position }),
+                );
                 if !done && self.begun != Some(first) {
                     // A group of several chunks: say where it ends before
                     // sending it, so followers need not hold it in memory.
@@ -208,7 +217,8 @@ impl Publisher<'_> {
                             count,
                         })
                         .collect();
-                    let commit = self.commit(first, last, ts_ms, partitions);
+                    let mut commit = self.commit(first, last, ts_ms, partitions);
+                    commit.dropped = std::mem::take(&mut self.drops);
                     let pos = last.to_string();
                     let fut = self
                         .send_commit(&commit, &[(HEADER_POSITION, &pos)])
@@ -239,6 +249,7 @@ impl Publisher<'_> {
             last_position: last,
             ts_ms,
             partitions,
+            dropped: Vec::new(),
         }
     }
 

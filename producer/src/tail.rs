@@ -44,6 +44,8 @@ pub(crate) enum CaptureMsg {
         ts_ms: i64,
         /// The changes, in position order.
         rows: Vec<ChangeRow>,
+        /// Tables dropped (or renamed away) among them: (position, name).
+        drops: Vec<(Position, String)>,
         /// The group's last chunk.
         done: bool,
     },
@@ -168,9 +170,11 @@ impl Tail {
         let head = if dv != seen.data_version {
             // Another connection committed: if that was DDL made behind our back, stop
             // before reading past it (see CaptureError::Drift for how to resume).
+            // Drops, then drift, then new tables, all BEFORE the head is read:
+            // a drop marker or a new table's snapshot joins the group of the
+            // leader transaction that dropped or created the table.
+            self.capture.notice_drops()?;
             self.capture.check_schema()?;
-            // New tables are adopted BEFORE the head is read: their snapshot
-            // joins the group of the leader transaction that created them.
             let adopted = self.capture.adopt_new_tables()?;
             if !adopted.tables.is_empty()
                 && self
@@ -222,6 +226,7 @@ impl Tail {
                 last: head,
                 ts_ms,
                 rows,
+                drops: self.capture.take_drops(),
                 done,
             };
             if self.tx.blocking_send(chunk).is_err() {

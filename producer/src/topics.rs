@@ -52,7 +52,7 @@ pub(crate) struct NewTopics {
     pub replication_factor: i32,
 }
 
-/// Adds `table`'s output on `topic` unless another table's output already
+/// Adds `table`'s output on `topic` unless a table of another name already
 /// has that topic (two names that sanitise alike, such as `"odd names"` and
 /// `odd_names`): then it is refused, loudly, and nothing of it is published,
 /// while every other table keeps flowing.
@@ -63,7 +63,10 @@ pub(crate) fn claim_topic(
     partitions: i32,
 ) {
     let name = &table.schemas.shape.name;
-    if let Some(other) = outs.values().find(|o| o.topic == topic) {
+    // The same name again is a table dropped and created anew: both outputs share the topic
+    // (the old one for its changes before the drop).
+    let clash = |o: &&TableOut| o.topic == topic && o.schemas.shape.name != *name;
+    if let Some(other) = outs.values().find(clash) {
         tracing::error!(table = %name, other = %other.schemas.shape.name, %topic,
             "two tables map to the same topic; this one is not published (rename one of them)");
         return;
@@ -141,5 +144,10 @@ mod tests {
         topics.sort();
         assert_eq!(topics, [(1, "p.odd_names"), (3, "p.plain")]);
         assert_eq!(outs[&1].value_subject, "p.odd_names-value");
+        // `plain` dropped and created again: a new id on the same topic.
+        let again = captured(&conn, 4, "plain");
+        claim_topic(&mut outs, &again, table_topic("p", "plain"), 3);
+        assert_eq!(outs[&4].topic, "p.plain");
+        assert_eq!(outs[&3].topic, "p.plain");
     }
 }

@@ -21,6 +21,9 @@ pub const OP_SNAPSHOT: i64 = 4;
 /// position (a0 = shape before, a1 = shape after, as [`TableShape::to_json`]). Rows before it
 /// were captured with the old columns, rows after it with the new ones.
 pub const OP_SCHEMA_CHANGE: i64 = 5;
+/// Changelog op: the table was dropped, or renamed away, on the leader (`a0` holds the name
+/// it had). Followers drop their copy at this position.
+pub const OP_DROP: i64 = 6;
 
 /// An SQL identifier in double quotes.
 pub(crate) fn quote(ident: &str) -> String {
@@ -151,6 +154,16 @@ pub(crate) fn snapshot(
         ),
         [],
     )
+}
+
+/// Appends a drop marker for table `id`, once called `name` (see [`OP_DROP`]); returns its
+/// position.
+pub(crate) fn record_drop(conn: &Connection, id: i64, name: &str) -> rusqlite::Result<i64> {
+    conn.execute(
+        "INSERT INTO _barista_changelog(tbl, op, a0) VALUES (?1, ?2, ?3)",
+        params![id, OP_DROP, name],
+    )?;
+    Ok(conn.last_insert_rowid())
 }
 
 /// Appends a schema-change marker for table `id` (see [`OP_SCHEMA_CHANGE`]); returns its

@@ -23,6 +23,15 @@ pub struct PartitionTail {
     pub count: i64,
 }
 
+/// A table dropped (or renamed away) on the leader, inside a commit group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedTable {
+    /// The leader table, as named when it was dropped.
+    pub table: String,
+    /// Where in the group: changes at lower positions came before the drop.
+    pub position: Position,
+}
+
 /// A commit group, or a heartbeat when `first_position > last_position`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Commit {
@@ -36,6 +45,9 @@ pub struct Commit {
     pub ts_ms: i64,
     /// Where the group's changes went.
     pub partitions: Vec<PartitionTail>,
+    /// Tables dropped in this group (absent in records written before v2).
+    #[serde(default)]
+    pub dropped: Vec<DroppedTable>,
 }
 
 impl Commit {
@@ -92,6 +104,10 @@ mod tests {
                 last_position: Position(12),
                 count: 3,
             }],
+            dropped: vec![DroppedTable {
+                table: "gone".into(),
+                position: Position(11),
+            }],
         };
         let bytes = apache_avro::to_avro_datum(&schema, c.to_avro().unwrap()).unwrap();
         let back = apache_avro::from_avro_datum(&schema, &mut bytes.as_slice(), None).unwrap();
@@ -116,5 +132,34 @@ mod tests {
         let bytes = apache_avro::to_avro_datum(&schema, v).unwrap();
         let back = apache_avro::from_avro_datum(&schema, &mut bytes.as_slice(), None).unwrap();
         assert_eq!(crate::envelope::decode_source(&back).unwrap(), s);
+    }
+
+    /// A record written with v1 of the schema (no `dropped`) reads with no
+    /// drops: followers read what older producers wrote.
+    #[test]
+    fn a_v1_record_reads_with_no_drops() {
+        let v1 =
+            Schema::parse_str(include_str!("../contracts/coffee.__commits-value/v1.avsc")).unwrap();
+        let v2 = Commit::schema().unwrap();
+        let old = apache_avro::types::Value::Record(vec![
+            (
+                "db".into(),
+                apache_avro::types::Value::String("leader".into()),
+            ),
+            ("first_position".into(), apache_avro::types::Value::Long(3)),
+            ("last_position".into(), apache_avro::types::Value::Long(4)),
+            ("ts_ms".into(), apache_avro::types::Value::Long(5)),
+            (
+                "partitions".into(),
+                apache_avro::types::Value::Array(vec![]),
+            ),
+        ]);
+        let bytes = apache_avro::to_avro_datum(&v1, old).unwrap();
+        let back = apache_avro::from_avro_datum(&v1, &mut bytes.as_slice(), Some(&v2)).unwrap();
+        let c = Commit::from_avro(back).unwrap();
+        assert_eq!((c.last_position, c.dropped), (Position(4), vec![]));
+        // And the follower's generic path, with the writer's schema only.
+        let back = apache_avro::from_avro_datum(&v1, &mut bytes.as_slice(), None).unwrap();
+        assert!(Commit::from_avro(back).unwrap().dropped.is_empty());
     }
 }

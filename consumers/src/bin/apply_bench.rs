@@ -234,6 +234,7 @@ fn batch_of(changes: Vec<DecodedChange>, next_offset: i64) -> Batch {
         changes,
         offsets: vec![(("bench.customers".to_owned(), 0), (next_offset, last.0))],
         position: Some(last),
+        drops: Vec::new(),
     }
 }
 

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use barista_schemas::avro_schema::COMMIT_AVSC;
-use barista_schemas::{Op, PartitionTail, Position, Source, TableShape};
+use barista_schemas::{DroppedTable, Op, PartitionTail, Position, Source, TableShape};
 
 use super::*;
 use crate::registry::fake::serve;
@@ -53,6 +53,10 @@ async fn every_message_encodes_as_the_converter_encoded_the_first() {
             partition: 2,
             last_position: Position(13),
             count: 2,
+        }],
+        dropped: vec![DroppedTable {
+            table: "gone".into(),
+            position: Position(12),
         }],
     };
     let fake = serve(vec![(200, r#"{"id": 258}"#)]).await;
@@ -218,5 +222,6 @@ fn heartbeat() -> Commit {
         last_position: Position(4),
         ts_ms: 1,
         partitions: vec![],
+        dropped: vec![],
     }
 }

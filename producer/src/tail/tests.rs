@@ -268,3 +268,101 @@ fn a_new_table_without_a_primary_key_or_off_the_list_is_not_captured() {
     assert!(r.announced.is_empty());
     assert!(r.tail.capture.reported.contains("other"));
 }
+
+/// A chunk's group and the drops in it: (first, last, [(position, table)]).
+type GroupDrops = (i64, i64, Vec<(i64, String)>);
+
+/// Every chunk handed over so far, with its drops.
+fn drops_of(r: &mut Rig) -> Vec<GroupDrops> {
+    let mut out = Vec::new();
+    while let Ok(m) = r.rx.try_recv() {
+        if let CaptureMsg::Chunk {
+            first, last, drops, ..
+        } = m
+        {
+            out.push((
+                first.0,
+                last.0,
+                drops.into_iter().map(|(p, n)| (p.0, n)).collect(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_dropped_table_is_recorded_in_the_group_that_dropped_it() {
+    let mut r = rig(100, Duration::from_secs(3600));
+    r.app
+        .execute_batch("INSERT INTO t VALUES (1, 'a'); CREATE TABLE u(id INTEGER PRIMARY KEY);")
+        .unwrap();
+    r.poll();
+    r.app.execute_batch("INSERT INTO u VALUES (7)").unwrap();
+    r.poll();
+    drops_of(&mut r);
+    r.app
+        .execute_batch("BEGIN; INSERT INTO t VALUES (2, 'b'); DROP TABLE u; COMMIT;")
+        .unwrap();
+    assert_eq!(r.poll(), Flow::Continue, "a drop is not drift");
+    // t's insert at 3, then the marker at 4, one group.
+    assert_eq!(drops_of(&mut r), [(3, 4, vec![(4, "u".to_owned())])]);
+    // A table created again under the name is a new table, captured afresh.
+    r.app
+        .execute_batch("CREATE TABLE u(id INTEGER PRIMARY KEY, v); INSERT INTO u VALUES (8, 'x');")
+        .unwrap();
+    r.poll();
+    assert_eq!(r.chunks(), [(0, 5, 5, vec![5], true)]);
+    assert_eq!(r.announced.last().map(|a| a.0.as_str()), Some("u"));
+}
+
+#[test]
+fn a_renamed_table_is_a_drop_and_a_new_table_with_its_rows() {
+    let mut r = rig(100, Duration::from_secs(3600));
+    r.app
+        .execute_batch("INSERT INTO t VALUES (1, 'a'), (2, 'b');")
+        .unwrap();
+    r.poll();
+    drops_of(&mut r);
+    r.app.execute_batch("ALTER TABLE t RENAME TO t2").unwrap();
+    r.poll();
+    // The drop of `t` at 3, the snapshot of `t2` at 4 and 5.
+    assert_eq!(drops_of(&mut r), [(3, 5, vec![(3, "t".to_owned())])]);
+    // t's old triggers are gone: writes to t2 are captured once, as t2's.
+    r.app
+        .execute_batch("UPDATE t2 SET v = 'c' WHERE id = 1")
+        .unwrap();
+    r.poll();
+    let (rows, _) = r.tail.capture.read(Position(5), Position(99), 10).unwrap();
+    let t2 = r
+        .tail
+        .capture
+        .tables()
+        .values()
+        .find(|t| t.schemas.shape.name == "t2")
+        .unwrap()
+        .id;
+    assert_eq!(
+        rows.iter()
+            .map(|c| (c.position.0, c.table_id))
+            .collect::<Vec<_>>(),
+        [(6, t2)]
+    );
+}
+
+#[test]
+fn two_tables_created_at_once_are_both_captured() {
+    let mut r = rig(100, Duration::from_secs(3600));
+    r.app
+        .execute_batch(
+            "CREATE TABLE doomed(id INTEGER PRIMARY KEY, v); INSERT INTO doomed VALUES (1, 'x');
+             CREATE TABLE moved(id INTEGER PRIMARY KEY, v); INSERT INTO moved VALUES (1, 'a'), (2, 'b');",
+        )
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(r.poll(), Flow::Continue);
+    }
+    r.app
+        .execute_batch("INSERT INTO moved VALUES (3, 'c')")
+        .unwrap();
+    assert_eq!(r.poll(), Flow::Continue);
+}
