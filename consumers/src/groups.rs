@@ -98,8 +98,9 @@ pub struct CommitGroups {
     /// The offset after the last commits-topic message consumed.
     consumed: i64,
     queue: VecDeque<(i64, Commit)>,
-    /// Begin records of large groups: first position → (offset, last position).
-    begun: BTreeMap<Position, (i64, Position)>,
+    /// Begin records of large groups: first position → (offset, last
+    /// position, position of the group's first drop).
+    begun: BTreeMap<Position, (i64, Position, Option<Position>)>,
 }
 
 impl CommitGroups {
@@ -128,8 +129,9 @@ impl CommitGroups {
     /// Queues a commit record (or heartbeat), or notes a begin record.
     pub fn record(&mut self, offset: i64, commit: Commit, begin: bool) {
         if begin {
-            let last = commit.last_position;
-            self.begun.insert(commit.first_position, (offset, last));
+            let first_drop = commit.dropped.iter().map(|d| d.position).min();
+            let begun = (offset, commit.last_position, first_drop);
+            self.begun.insert(commit.first_position, begun);
         } else {
             self.queue.push_back((offset, commit));
         }
@@ -225,7 +227,7 @@ impl CommitGroups {
             offsets.push((tp.clone(), (chain.next_offset(), chain.applied())));
         }
         changes.sort_by_key(|c| c.source.position);
-        self.begun.retain(|_, (_, last)| *last > target);
+        self.begun.retain(|_, (_, last, _)| *last > target);
         offsets.push(((self.topic.clone(), 0), (self.next_offset(), target)));
         Planned {
             plan: Plan::Apply(ApplyPlan {
@@ -243,7 +245,7 @@ impl CommitGroups {
     /// not yet applied (queued or a begin record), else the next one.
     pub fn next_offset(&self) -> i64 {
         let queued = self.queue.iter().map(|(o, _)| *o);
-        let begun = self.begun.values().map(|(o, _)| *o);
+        let begun = self.begun.values().map(|(o, _, _)| *o);
         queued.chain(begun).min().unwrap_or(self.consumed)
     }
 
@@ -252,14 +254,18 @@ impl CommitGroups {
     /// partitions, they go into the open transaction. Memory stays bounded;
     /// readers still see the group all at once.
     fn stream(&self, chains: &mut Chains, current: Position, batch_max: usize) -> Plan {
-        let Some(last) = self
+        let Some((last, first_drop)) = self
             .begun
             .iter()
-            .find(|(first, (_, last))| **first <= current.next() && *last > current)
-            .map(|(_, (_, last))| *last)
+            .find(|(first, (_, last, _))| **first <= current.next() && *last > current)
+            .map(|(_, (_, last, drop))| (*last, *drop))
         else {
             return Plan::Wait;
         };
+        // Nothing past a drop before the drop: a table dropped and created
+        // again in the group would otherwise get its new rows in the old copy,
+        // which the drop (applied with the commit record) then removes.
+        let last = first_drop.map_or(last, |d| last.min(Position(d.0 - 1)));
         let ready: usize = chains.values().map(|p| p.ready_through(last)).sum();
         if ready < batch_max.max(1) {
             return Plan::Wait;

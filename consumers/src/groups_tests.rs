@@ -297,3 +297,39 @@ fn the_drops_of_every_group_applied_come_with_the_plan_in_position_order() {
     let b = applied(g.plan(&mut ch, P(4), 11, 5_000));
     assert_eq!((b.position, b.changes.len(), b.drops.len()), (P(5), 0, 1));
 }
+
+#[test]
+fn a_begun_group_that_drops_a_table_streams_nothing_past_the_drop() {
+    let mut ch = chains(&[("p.a", 0)]);
+    let mut g = CommitGroups::new(COMMITS.into(), 0, Scope::all());
+    // The group 1..=6 drops a table at 4 (it may be created again after).
+    let mut begin = group(1, 6, 10, &[]);
+    begin.dropped = vec![barista_schemas::DroppedTable {
+        table: "t".into(),
+        position: P(4),
+    }];
+    g.record(0, begin.clone(), true);
+    feed(
+        &mut ch,
+        "p.a",
+        0,
+        &[
+            (1, None),
+            (2, Some(1)),
+            (3, Some(2)),
+            (5, Some(3)),
+            (6, Some(5)),
+        ],
+    );
+    match g.plan(&mut ch, P(0), 0, 2).plan {
+        Plan::Stream(changes) => assert_eq!(positions(&changes), [1, 2, 3]),
+        other => panic!("expected a stream, got {other:?}"),
+    }
+    assert!(matches!(g.plan(&mut ch, P(0), 0, 1).plan, Plan::Wait));
+    let mut commit = group(1, 6, 10, &[("p.a", 0, 6)]);
+    commit.dropped = begin.dropped;
+    g.record(1, commit, false);
+    let a = applied(g.plan(&mut ch, P(0), 0, 2));
+    assert_eq!(positions(&a.changes), [5, 6]);
+    assert_eq!(a.drops, [(P(4), "t".to_owned())]);
+}

@@ -52,8 +52,9 @@ pub enum CaptureError {
         /// Columns the table has now.
         now: Vec<String>,
     },
-    /// barista's triggers on a captured table are gone (the table was rebuilt or dropped, or
-    /// someone dropped them): nothing of it is captured any more.
+    /// At start: barista's triggers on a captured table are gone (the table was rebuilt or
+    /// dropped and created again while the producer was down, or someone dropped them).
+    /// While running, the same is handled as a drop and a new table with a snapshot.
     #[error(
         "the capture triggers of table {table:?} are missing (was it dropped, or rebuilt with \
          CREATE/INSERT/DROP/RENAME?). Changes to it since then were not captured. Restart the producer \
@@ -143,8 +144,6 @@ pub struct Capture {
     dropped: HashSet<i64>,
     /// `PRAGMA schema_version` when dropped tables were last looked for.
     drops_version: i64,
-    /// Drop markers read by the last [`Capture::read`]: (position, table name).
-    drops_read: Vec<(Position, String)>,
 }
 
 impl Capture {
@@ -257,7 +256,6 @@ impl Capture {
             reported: HashSet::new(),
             dropped: HashSet::new(),
             drops_version: schema_version,
-            drops_read: Vec::new(),
         })
     }
 
@@ -291,9 +289,10 @@ impl Capture {
                 [&name],
                 |r| r.get(0),
             )?;
-            if gone {
-                // Dropped or renamed away since [`Capture::notice_drops`] looked: it records
-                // the drop on the next poll (the schema version it saw has moved).
+            // Gone, or its triggers gone (dropped and created again, or rebuilt), since
+            // [`Capture::notice_drops`] looked: it records the drop on the next poll (the
+            // schema version it saw has moved).
+            if gone || !triggers::installed(&self.conn, id)? {
                 continue;
             }
             let now = match TableShape::read(&self.conn, &name) {
@@ -306,9 +305,6 @@ impl Capture {
                     was,
                     now,
                 });
-            }
-            if !triggers::installed(&self.conn, id)? {
-                return Err(CaptureError::TriggersMissing { table: name });
             }
         }
         self.schema_version = version;
@@ -380,7 +376,6 @@ impl Capture {
         // Disjoint borrows: the statement borrows the connection while markers update the
         // table schemas and their history.
         let (conn, tables, history) = (&self.conn, &mut self.tables, &mut self.history);
-        let drops = &mut self.drops_read;
         let mut stmt = conn.prepare_cached(
             "SELECT * FROM _barista_changelog WHERE position > ?1 AND position <= ?2 ORDER BY position LIMIT ?3",
         )?;
@@ -395,10 +390,7 @@ impl Capture {
             let table_id: i64 = r.get(1)?;
             let op_code: i64 = r.get(2)?;
             if op_code == OP_DROP {
-                // Self-describing (the name is in a0): it needs no schemas, so a drop
-                // recorded before a restart is still published after it.
-                let name: String = r.get(idx("a0").unwrap_or(usize::MAX))?;
-                drops.push((position, name));
+                // Not a change: see [`Capture::drops_between`].
                 continue;
             }
             if op_code == OP_SCHEMA_CHANGE {
@@ -461,9 +453,25 @@ impl Capture {
         Ok((out, scanned))
     }
 
-    /// The drop markers the last reads returned past (position, table name), oldest first.
-    pub fn take_drops(&mut self) -> Vec<(Position, String)> {
-        std::mem::take(&mut self.drops_read)
+    /// The drop markers with `after < position <= upto`: (position, table name), oldest
+    /// first. Read for a whole commit group before its changes, so the group's first record
+    /// (a begin record when it spans chunks) can name them. Self-describing (the name is in
+    /// a0): a drop recorded before a restart is still published after it.
+    pub fn drops_between(
+        &self,
+        after: Position,
+        upto: Position,
+    ) -> Result<Vec<(Position, String)>, CaptureError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT position, a0 FROM _barista_changelog \
+             WHERE position > ?1 AND position <= ?2 AND op = ?3 ORDER BY position",
+        )?;
+        let drops = stmt
+            .query_map(params![after.0, upto.0, OP_DROP], |r| {
+                Ok((Position(r.get(0)?), r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(drops)
     }
 
     /// Records that everything up to `acked` is in Kafka and deletes the

@@ -193,9 +193,12 @@ impl Publisher<'_> {
                 );
                 if !done && self.begun != Some(first) {
                     // A group of several chunks: say where it ends before
-                    // sending it, so followers need not hold it in memory.
+                    // sending it, so followers need not hold it in memory,
+                    // and which tables it drops, so they stream no change
+                    // past a drop before the drop itself is applied.
                     self.begun = Some(first);
-                    let begin = self.commit(first, last, ts_ms, vec![]);
+                    let mut begin = self.commit(first, last, ts_ms, vec![]);
+                    begin.dropped = self.drops.clone();
                     drop(
                         self.send_commit(&begin, &[(HEADER_GROUP, GROUP_BEGIN)])
                             .await?,

@@ -44,7 +44,8 @@ pub(crate) enum CaptureMsg {
         ts_ms: i64,
         /// The changes, in position order.
         rows: Vec<ChangeRow>,
-        /// Tables dropped (or renamed away) among them: (position, name).
+        /// Tables dropped (or renamed away) in the whole group: (position, name), on the
+        /// group's first chunk only.
         drops: Vec<(Position, String)>,
         /// The group's last chunk.
         done: bool,
@@ -213,6 +214,10 @@ impl Tail {
     fn send_group(&mut self, head: Position, ts_ms: i64) -> anyhow::Result<Flow> {
         let first = Position(self.next_from.0 + 1);
         let mut from = self.next_from;
+        let mut drops = self
+            .capture
+            .drops_between(self.next_from, head)
+            .context("reading the changelog")?;
         loop {
             let (rows, scanned) = self
                 .capture
@@ -226,7 +231,7 @@ impl Tail {
                 last: head,
                 ts_ms,
                 rows,
-                drops: self.capture.take_drops(),
+                drops: std::mem::take(&mut drops),
                 done,
             };
             if self.tx.blocking_send(chunk).is_err() {

@@ -1,6 +1,7 @@
-//! Tables that go away while the producer runs: `DROP TABLE`, or `ALTER TABLE … RENAME`
-//! (a drop of the old name plus, through [`super::adopt`], a new table under the new name with
-//! a snapshot of its rows). SQLite runs no trigger for DDL, so the producer notices when
+//! Tables that go away while the producer runs: `DROP TABLE`, `ALTER TABLE … RENAME` (a drop
+//! of the old name plus, through [`super::adopt`], a new table under the new name with a
+//! snapshot of its rows), or a table dropped and created again under its name, or rebuilt
+//! (its triggers are gone: a drop, then the new table with a snapshot). SQLite runs no trigger for DDL, so the producer notices when
 //! `PRAGMA schema_version` moves and records a drop marker in the changelog then, in one
 //! leader transaction with removing the table's triggers (a renamed table keeps them, and
 //! they would log its writes under the old table). Changes to the table before the drop have
@@ -40,7 +41,10 @@ impl Capture {
                 [name],
                 |r| r.get(0),
             )?;
-            if !exists {
+            // A table that still exists but lost its triggers was dropped and created
+            // again (or rebuilt: create, copy, drop, rename): the old one is gone too, and
+            // the new one is captured afresh, snapshot included, by `adopt_new_tables`.
+            if !exists || !triggers::installed(&tx, *id)? {
                 gone.push((*id, name.clone()));
             }
         }

@@ -366,3 +366,29 @@ fn two_tables_created_at_once_are_both_captured() {
         .unwrap();
     assert_eq!(r.poll(), Flow::Continue);
 }
+
+#[test]
+fn a_group_of_several_chunks_names_its_drops_on_the_first() {
+    let mut r = rig(2, Duration::from_secs(3600));
+    r.app
+        .execute_batch("CREATE TABLE u(id INTEGER PRIMARY KEY); INSERT INTO u VALUES (1);")
+        .unwrap();
+    r.poll();
+    drops_of(&mut r);
+    r.app
+        .execute_batch(
+            "BEGIN; INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c'); DROP TABLE u;
+             CREATE TABLE u(id INTEGER PRIMARY KEY, v); INSERT INTO u VALUES (9, 'x'); COMMIT;",
+        )
+        .unwrap();
+    r.poll();
+    // 2..4 t's inserts, 5 the drop of u, 6 the new u's snapshot: in chunks of 2.
+    assert_eq!(
+        drops_of(&mut r),
+        [
+            (2, 6, vec![(5, "u".to_owned())]),
+            (2, 6, vec![]),
+            (2, 6, vec![]),
+        ]
+    );
+}
