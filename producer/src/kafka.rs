@@ -50,6 +50,49 @@ impl KafkaSettings {
         c.create().context("creating the Kafka producer")
     }
 
+    /// Every topic's partition count, refreshed every `every` off the publish loop (a
+    /// blocking metadata request that may wait for a broker that is down) into a `watch` the
+    /// publisher reads at group boundaries: partitions an operator adds to a topic are used
+    /// from the next group on. The task ends when the receiver is dropped.
+    pub fn watch_partition_counts(
+        &self,
+        every: Duration,
+    ) -> anyhow::Result<tokio::sync::watch::Receiver<HashMap<String, i32>>> {
+        let producer = self.producer()?;
+        let (tx, rx) = tokio::sync::watch::channel(HashMap::new());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tick.tick() => {}
+                }
+                let p = producer.clone();
+                let counts = tokio::task::spawn_blocking(move || {
+                    p.client()
+                        .fetch_metadata(None, Duration::from_secs(10))
+                        .map(|md| {
+                            md.topics()
+                                .iter()
+                                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                                .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+                                .collect::<HashMap<_, _>>()
+                        })
+                })
+                .await;
+                match counts {
+                    Ok(Ok(c)) => {
+                        tx.send_replace(c);
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "partition counts not refreshed"),
+                    Err(e) => tracing::debug!(error = %e, "partition counts not refreshed"),
+                }
+            }
+        });
+        Ok(rx)
+    }
+
     /// Creates the topics that do not exist yet and returns every topic's
     /// partition count as the broker reports it.
     pub async fn ensure_topics(

@@ -30,6 +30,8 @@ use crate::topics::{claim_topic, NewTopics, TableOut};
 
 /// How long a registry request may take before it counts as unavailable.
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the topics' partition counts are looked up (partitions an operator adds).
+const PARTITION_COUNTS_EVERY: Duration = Duration::from_secs(10);
 /// How long shutdown waits for outstanding delivery reports.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -123,6 +125,7 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
         published: 0,
         begun: None,
         drops: Vec::new(),
+        partition_counts: kafka.watch_partition_counts(PARTITION_COUNTS_EVERY)?,
         topics: NewTopics {
             prefix: config.topic_prefix.clone(),
             partitions: config.partitions,

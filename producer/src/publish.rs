@@ -26,7 +26,7 @@ use crate::capture::ChangeRow;
 use crate::encode::{Encoder, Payload};
 use crate::kafka::{send, KafkaSettings};
 use crate::tail::{now_ms, CaptureMsg, Control};
-use crate::topics::{NewTopics, TableOut};
+use crate::topics::{grow_partitions, NewTopics, TableOut};
 
 /// What the [`Acks`] lock guards, for the poisoned-lock error.
 pub(crate) const ACKS: &str = "acknowledged position";
@@ -86,6 +86,8 @@ pub(crate) struct Publisher<'a> {
     pub begun: Option<Position>,
     /// Tables dropped in the group being sent, for its commit record.
     pub drops: Vec<DroppedTable>,
+    /// Partition counts as the broker last reported them.
+    pub partition_counts: tokio::sync::watch::Receiver<HashMap<String, i32>>,
     /// Topic prefix, partitions and replication of the topics of tables
     /// captured while running.
     pub topics: NewTopics,
@@ -186,6 +188,13 @@ impl Publisher<'_> {
                 done,
                 ..
             } => {
+                if self.begun.is_none() {
+                    // At a group boundary: partitions added to a topic meanwhile.
+                    let counts = self.partition_counts.borrow_and_update();
+                    for (topic, was, now) in grow_partitions(&mut self.outs, &counts) {
+                        tracing::info!(%topic, was, now, "the topic has more partitions: using them from this group on");
+                    }
+                }
                 self.drops.extend(
                     drops
                         .into_iter()

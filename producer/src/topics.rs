@@ -77,6 +77,24 @@ pub(crate) fn claim_topic(
     );
 }
 
+/// Uses partitions added to a table's topic since it was last looked at (Kafka never takes
+/// partitions away, so a count only grows). Keys hash to new partitions from then on; each
+/// key's order still holds, because followers apply groups, and the changes inside one, in
+/// position order whatever partitions they come from. Returns what grew: (topic, was, now).
+pub(crate) fn grow_partitions(
+    outs: &mut HashMap<i64, TableOut>,
+    counts: &HashMap<String, i32>,
+) -> Vec<(String, i32, i32)> {
+    let mut grown = Vec::new();
+    for out in outs.values_mut() {
+        if let Some(&now) = counts.get(&out.topic).filter(|&&n| n > out.partitions) {
+            grown.push((out.topic.clone(), out.partitions, now));
+            out.partitions = now;
+        }
+    }
+    grown
+}
+
 impl Publisher<'_> {
     /// Creates the topics of tables captured while running, before any of
     /// their changes is sent (retrying while Kafka is unavailable).
@@ -149,5 +167,28 @@ mod tests {
         claim_topic(&mut outs, &again, table_topic("p", "plain"), 3);
         assert_eq!(outs[&4].topic, "p.plain");
         assert_eq!(outs[&3].topic, "p.plain");
+    }
+
+    #[test]
+    fn partitions_added_to_a_topic_are_used_and_a_count_never_shrinks() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE a(id INTEGER PRIMARY KEY); CREATE TABLE b(id INTEGER PRIMARY KEY);",
+        )
+        .unwrap();
+        let mut outs = HashMap::new();
+        claim_topic(&mut outs, &captured(&conn, 1, "a"), "p.a".into(), 3);
+        claim_topic(&mut outs, &captured(&conn, 2, "b"), "p.b".into(), 3);
+        let counts = HashMap::from([("p.a".to_owned(), 6), ("p.b".to_owned(), 2)]);
+        assert_eq!(
+            grow_partitions(&mut outs, &counts),
+            [("p.a".to_owned(), 3, 6)]
+        );
+        assert_eq!((outs[&1].partitions, outs[&2].partitions), (6, 3));
+        assert!(grow_partitions(&mut outs, &counts).is_empty(), "once");
+        assert!(
+            grow_partitions(&mut outs, &HashMap::new()).is_empty(),
+            "unknown: unchanged"
+        );
     }
 }
