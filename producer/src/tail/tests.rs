@@ -392,3 +392,17 @@ fn a_group_of_several_chunks_names_its_drops_on_the_first() {
         ]
     );
 }
+
+#[test]
+fn a_table_created_and_dropped_between_two_looks_publishes_nothing() {
+    let mut r = rig(100, Duration::from_secs(3600));
+    r.app
+        .execute_batch(
+            "CREATE TABLE brief(id INTEGER PRIMARY KEY); INSERT INTO brief VALUES (1);
+             DROP TABLE brief; INSERT INTO t VALUES (1, 'a');",
+        )
+        .unwrap();
+    assert_eq!(r.poll(), Flow::Continue);
+    assert_eq!(r.chunks(), [(0, 1, 1, vec![1], true)]);
+    assert!(r.announced.is_empty());
+}
