@@ -116,7 +116,7 @@ impl Follower {
     /// status, lag log), and messages.
     async fn follow(
         &mut self,
-        mut hwms: tokio::sync::watch::Receiver<std::collections::HashMap<(String, i32), i64>>,
+        mut hwms: tokio::sync::watch::Receiver<std::collections::HashMap<TopicPartition, i64>>,
         shutdown: &mut (impl Future<Output = ()> + Unpin),
     ) -> anyhow::Result<()> {
         let mut paused_rx = self.shared.paused.subscribe();
