@@ -17,6 +17,7 @@ use crate::ack::TopicPartition;
 use crate::triggers::{self, OP_DELETE, OP_DROP, OP_INSERT, OP_UPDATE};
 
 mod adopt;
+mod drift;
 mod dropped;
 mod history;
 #[cfg(test)]
@@ -259,58 +260,6 @@ impl Capture {
         })
     }
 
-    /// Detects DDL made behind barista's back while it runs: when `PRAGMA schema_version`
-    /// moved, compares every captured table's columns with the ones its triggers were made for
-    /// (which `producer migrate` updates in the same transaction as the DDL) and checks that
-    /// the triggers still exist. Cheap when nothing changed: one pragma.
-    pub fn check_schema(&mut self) -> Result<(), CaptureError> {
-        let version: i64 = self
-            .conn
-            .query_row("PRAGMA schema_version", [], |r| r.get(0))?;
-        if version == self.schema_version {
-            return Ok(());
-        }
-        let mut ids: Vec<i64> = self
-            .tables
-            .keys()
-            .copied()
-            .filter(|id| !self.dropped.contains(id))
-            .collect();
-        ids.sort();
-        for id in ids {
-            let (name, was): (String, String) = self.conn.query_row(
-                "SELECT name, columns FROM _barista_tables WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            let was: Vec<String> = serde_json::from_str(&was).unwrap_or_default();
-            let gone: bool = self.conn.query_row(
-                "SELECT count(*) = 0 FROM pragma_table_list WHERE schema = 'main' AND type = 'table' AND name = ?1",
-                [&name],
-                |r| r.get(0),
-            )?;
-            // Gone, or its triggers gone (dropped and created again, or rebuilt), since
-            // [`Capture::notice_drops`] looked: it records the drop on the next poll (the
-            // schema version it saw has moved).
-            if gone || !triggers::installed(&self.conn, id)? {
-                continue;
-            }
-            let now = match TableShape::read(&self.conn, &name) {
-                Ok(shape) => shape.column_names(),
-                Err(_) => Vec::new(),
-            };
-            if now != was {
-                return Err(CaptureError::Drift {
-                    table: name,
-                    was,
-                    now,
-                });
-            }
-        }
-        self.schema_version = version;
-        Ok(())
-    }
-
     /// The captured tables by id.
     pub fn tables(&self) -> &HashMap<i64, CapturedTable> {
         &self.tables
@@ -451,27 +400,6 @@ impl Capture {
             });
         }
         Ok((out, scanned))
-    }
-
-    /// The drop markers with `after < position <= upto`: (position, table name), oldest
-    /// first. Read for a whole commit group before its changes, so the group's first record
-    /// (a begin record when it spans chunks) can name them. Self-describing (the name is in
-    /// a0): a drop recorded before a restart is still published after it.
-    pub fn drops_between(
-        &self,
-        after: Position,
-        upto: Position,
-    ) -> Result<Vec<(Position, String)>, CaptureError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT position, a0 FROM _barista_changelog \
-             WHERE position > ?1 AND position <= ?2 AND op = ?3 ORDER BY position",
-        )?;
-        let drops = stmt
-            .query_map(params![after.0, upto.0, OP_DROP], |r| {
-                Ok((Position(r.get(0)?), r.get(1)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(drops)
     }
 
     /// Records that everything up to `acked` is in Kafka and deletes the

@@ -9,10 +9,11 @@
 //!
 //! Reads: the leader's table list. Writes: drop markers, triggers, `_barista_tables` names.
 
+use barista_schemas::Position;
 use rusqlite::{params, TransactionBehavior};
 
 use super::{Capture, CaptureError};
-use crate::triggers;
+use crate::triggers::{self, OP_DROP};
 
 impl Capture {
     /// Records a drop marker for every captured table that no longer exists under its name.
@@ -65,5 +66,26 @@ impl Capture {
         self.drops_version = version;
         self.dropped.extend(gone.iter().map(|(id, _)| *id));
         Ok(gone.into_iter().map(|(_, name)| name).collect())
+    }
+
+    /// The drop markers with `after < position <= upto`: (position, table name), oldest
+    /// first. Read for a whole commit group before its changes, so the group's first record
+    /// (a begin record when it spans chunks) can name them. Self-describing (the name is in
+    /// a0): a drop recorded before a restart is still published after it.
+    pub fn drops_between(
+        &self,
+        after: Position,
+        upto: Position,
+    ) -> Result<Vec<(Position, String)>, CaptureError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT position, a0 FROM _barista_changelog \
+             WHERE position > ?1 AND position <= ?2 AND op = ?3 ORDER BY position",
+        )?;
+        let drops = stmt
+            .query_map(params![after.0, upto.0, OP_DROP], |r| {
+                Ok((Position(r.get(0)?), r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(drops)
     }
 }
