@@ -209,7 +209,14 @@ impl Replica {
         }
         let sqls = self.reconcile_all(&batch.changes)?;
         self.begin()?;
-        let r = write_changes(&self.conn, &batch.changes, &sqls)
+        let r = write_changes(&self.conn, &batch.changes, &sqls);
+        self.commit(r, batch)
+    }
+
+    /// Ends the batch's transaction: its progress and COMMIT after `written`
+    /// succeeded, else a rollback.
+    fn commit(&mut self, written: rusqlite::Result<()>, batch: &Batch) -> rusqlite::Result<()> {
+        let r = written
             .and_then(|()| write_progress(&self.conn, batch))
             .and_then(|()| self.conn.execute_batch("COMMIT"));
         match r {
@@ -245,20 +252,8 @@ impl Replica {
             }
             rest = &rest[n..];
         }
-        let r = r
-            .and_then(|()| self.write_reconciled(rest))
-            .and_then(|()| write_progress(&self.conn, batch))
-            .and_then(|()| self.conn.execute_batch("COMMIT"));
-        match r {
-            Ok(()) => {
-                self.open = false;
-                Ok(())
-            }
-            Err(e) => {
-                self.rollback();
-                Err(e)
-            }
-        }
+        let r = r.and_then(|()| self.write_reconciled(rest));
+        self.commit(r, batch)
     }
 
     /// Reconciles and writes `changes` inside the open transaction.
