@@ -117,6 +117,23 @@ pub struct ChangeRow {
     pub schemas: Arc<TableSchemas>,
 }
 
+/// `PRAGMA schema_version`: moves with every DDL, barista's own triggers included.
+fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA schema_version", [], |r| r.get(0))
+}
+
+/// Whether captured table `id` is still there as captured: a table named `name` exists and
+/// barista's triggers for `id` are on it. False after a DROP, a RENAME away, a drop and create
+/// under the same name, or a rebuild.
+fn still_captured(conn: &Connection, id: i64, name: &str) -> rusqlite::Result<bool> {
+    let exists: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_list WHERE schema = 'main' AND type = 'table' AND name = ?1",
+        [name],
+        |r| r.get(0),
+    )?;
+    Ok(exists && triggers::installed(conn, id)?)
+}
+
 /// A captured table.
 #[derive(Debug, Clone)]
 pub struct CapturedTable {
@@ -244,7 +261,7 @@ impl Capture {
             );
         }
         let history = load_history(&tx)?;
-        let schema_version = tx.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        let schema_version = schema_version(&tx)?;
         tx.commit()?;
         tracing::info!(tables = ?names, "capture installed");
         Ok(Capture {

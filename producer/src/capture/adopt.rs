@@ -15,7 +15,7 @@ use std::sync::Arc;
 use barista_schemas::{ContractError, TableSchemas, TableShape};
 use rusqlite::{params, TransactionBehavior};
 
-use super::{Capture, CaptureError, CapturedTable};
+use super::{schema_version, Capture, CaptureError, CapturedTable};
 use crate::triggers;
 
 /// What [`Capture::adopt_new_tables`] found.
@@ -36,9 +36,7 @@ impl Capture {
     /// reported and left alone. A table created and dropped in between was
     /// never seen: nothing is published for it.
     pub fn adopt_new_tables(&mut self) -> Result<Adopted, CaptureError> {
-        let version: i64 = self
-            .conn
-            .query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        let version = schema_version(&self.conn)?;
         if version == self.adopted_version {
             return Ok(Adopted::default());
         }
@@ -85,7 +83,7 @@ impl Capture {
             });
         }
         // Creating triggers moved the schema version once more.
-        let version: i64 = tx.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        let version = schema_version(&tx)?;
         tx.commit()?;
         self.adopted_version = version;
         // Reported once per run; a table that becomes capturable later (dropped

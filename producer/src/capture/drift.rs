@@ -6,8 +6,7 @@
 
 use barista_schemas::TableShape;
 
-use super::{Capture, CaptureError};
-use crate::triggers;
+use super::{schema_version, still_captured, Capture, CaptureError};
 
 impl Capture {
     /// Detects DDL made behind barista's back while it runs: when `PRAGMA schema_version`
@@ -15,9 +14,7 @@ impl Capture {
     /// (which `producer migrate` updates in the same transaction as the DDL) and checks that
     /// the triggers still exist. Cheap when nothing changed: one pragma.
     pub fn check_schema(&mut self) -> Result<(), CaptureError> {
-        let version: i64 = self
-            .conn
-            .query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        let version = schema_version(&self.conn)?;
         if version == self.schema_version {
             return Ok(());
         }
@@ -35,15 +32,10 @@ impl Capture {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             let was: Vec<String> = serde_json::from_str(&was).unwrap_or_default();
-            let gone: bool = self.conn.query_row(
-                "SELECT count(*) = 0 FROM pragma_table_list WHERE schema = 'main' AND type = 'table' AND name = ?1",
-                [&name],
-                |r| r.get(0),
-            )?;
             // Gone, or its triggers gone (dropped and created again, or rebuilt), since
             // [`Capture::notice_drops`] looked: it records the drop on the next poll (the
             // schema version it saw has moved).
-            if gone || !triggers::installed(&self.conn, id)? {
+            if !still_captured(&self.conn, id, &name)? {
                 continue;
             }
             let now = match TableShape::read(&self.conn, &name) {

@@ -10,9 +10,11 @@
 //! Reads: the leader's table list. Writes: drop markers, triggers, `_barista_tables` names.
 
 use barista_schemas::Position;
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::{params, Connection, TransactionBehavior};
 
-use super::{Capture, CaptureError};
+use std::collections::{HashMap, HashSet};
+
+use super::{schema_version, still_captured, Capture, CaptureError, CapturedTable};
 use crate::triggers::{self, OP_DROP};
 
 impl Capture {
@@ -21,34 +23,21 @@ impl Capture {
     /// table for drift) and before the head is read, so the marker joins the commit group of
     /// the leader transaction that dropped the table.
     pub fn notice_drops(&mut self) -> Result<Vec<String>, CaptureError> {
-        let version: i64 = self
-            .conn
-            .query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        let version = schema_version(&self.conn)?;
         if version == self.drops_version {
             return Ok(Vec::new());
         }
-        // Looked at under the write lock: no table can go between the look and the marker.
+        // Cheap look first: most DDL drops nothing, and then no write lock is taken. A table
+        // that goes after the look moves the version past `version`: the next poll sees it.
+        if gone(&self.tables, &self.dropped, &self.conn)?.is_empty() {
+            self.drops_version = version;
+            return Ok(Vec::new());
+        }
+        // Again under the write lock: no table can go between the look and the marker.
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut gone = Vec::new();
-        for (id, t) in &self.tables {
-            if self.dropped.contains(id) {
-                continue;
-            }
-            let name = &t.schemas.shape.name;
-            let exists: bool = tx.query_row(
-                "SELECT count(*) > 0 FROM pragma_table_list WHERE schema = 'main' AND type = 'table' AND name = ?1",
-                [name],
-                |r| r.get(0),
-            )?;
-            // A table that still exists but lost its triggers was dropped and created
-            // again (or rebuilt: create, copy, drop, rename): the old one is gone too, and
-            // the new one is captured afresh, snapshot included, by `adopt_new_tables`.
-            if !exists || !triggers::installed(&tx, *id)? {
-                gone.push((*id, name.clone()));
-            }
-        }
+        let mut gone = gone(&self.tables, &self.dropped, &tx)?;
         gone.sort();
         for (id, name) in &gone {
             tx.execute_batch(&triggers::drop_sql(*id))?;
@@ -61,7 +50,7 @@ impl Capture {
             )?;
             tracing::info!(table = %name, position = at, "table dropped or renamed away on the leader: drop recorded");
         }
-        let version: i64 = tx.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        let version = schema_version(&tx)?;
         tx.commit()?;
         self.drops_version = version;
         self.dropped.extend(gone.iter().map(|(id, _)| *id));
@@ -88,4 +77,23 @@ impl Capture {
             .collect::<Result<_, _>>()?;
         Ok(drops)
     }
+}
+
+/// Captured tables, not yet recorded as dropped, that are no longer there as captured.
+/// A table that still exists but lost its triggers was dropped and created again (or
+/// rebuilt: create, copy, drop, rename): the old one is gone too, and the new one is
+/// captured afresh, snapshot included, by `adopt_new_tables`.
+fn gone(
+    tables: &HashMap<i64, CapturedTable>,
+    dropped: &HashSet<i64>,
+    conn: &Connection,
+) -> Result<Vec<(i64, String)>, CaptureError> {
+    let mut gone = Vec::new();
+    for (id, t) in tables {
+        let name = &t.schemas.shape.name;
+        if !dropped.contains(id) && !still_captured(conn, *id, name)? {
+            gone.push((*id, name.clone()));
+        }
+    }
+    Ok(gone)
 }
