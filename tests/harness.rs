@@ -154,8 +154,29 @@ impl RunningFollower {
         (Self::start_on(Some(listener), config), addr)
     }
 
+    /// Like [`RunningFollower::serving`], with applying paused from the very
+    /// start (as if an operator paused it before it ever reached Kafka): it
+    /// hears the leader's commit records but applies nothing.
+    pub fn serving_paused(config: FollowerConfig) -> (Self, std::net::SocketAddr) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let shared = Shared::new(&config);
+        shared.paused.send_replace(true);
+        (Self::start_shared(Some(listener), config, shared), addr)
+    }
+
     fn start_on(listener: Option<tokio::net::TcpListener>, config: FollowerConfig) -> Self {
         let shared = Shared::new(&config);
+        Self::start_shared(listener, config, shared)
+    }
+
+    fn start_shared(
+        listener: Option<tokio::net::TcpListener>,
+        config: FollowerConfig,
+        shared: Arc<Shared>,
+    ) -> Self {
         let token = CancellationToken::new();
         let (t, s, replica) = (token.clone(), shared.clone(), config.replica.clone());
         let handle = tokio::spawn(async move {

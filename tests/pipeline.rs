@@ -48,7 +48,7 @@ async fn every_write_reaches_kafka_and_two_replicas_row_for_row() {
         wait_until(Duration::from_secs(10), || {
             let s = f.status();
             (s.position_lag == 0
-                && s.seconds_lag == 0.0
+                && s.seconds_lag == Some(0.0)
                 && s.offset_lag == 0
                 && s.applied_position.0 > 0)
                 .then_some(())

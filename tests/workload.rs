@@ -362,7 +362,7 @@ impl Setup {
         let want = leader_position(&self.leader);
         wait_until(Duration::from_secs(30), || {
             let s = f.status();
-            (s.applied_position.0 == want && s.position_lag == 0 && s.seconds_lag == 0.0)
+            (s.applied_position.0 == want && s.position_lag == 0 && s.seconds_lag == Some(0.0))
                 .then_some(())
                 .ok_or(format!("leader at {want}; follower {s:?}"))
         })

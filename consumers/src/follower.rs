@@ -68,6 +68,9 @@ pub async fn run(
         progress.position,
         progress.leader_ts_ms,
     ));
+    // From the first second, before Kafka is reached: the replica's own
+    // position, and a seconds lag nobody has measured yet.
+    publish_status(&shared, &config, &Chains::new())?;
 
     let consumer = kafka::consumer(&config)?;
     let commits = commits_topic(&config.topic_prefix);
@@ -120,6 +123,12 @@ impl Follower {
         shutdown: &mut (impl Future<Output = ()> + Unpin),
     ) -> anyhow::Result<()> {
         let mut paused_rx = self.shared.paused.subscribe();
+        if *paused_rx.borrow_and_update() {
+            // Paused before the partitions were assigned: pause them now.
+            let parts: Vec<_> = self.chains.keys().cloned().collect();
+            kafka::set_paused(&self.consumer, &parts, true);
+            tracing::info!("applying paused from the start");
+        }
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_log = Instant::now();
@@ -385,51 +394,7 @@ impl Follower {
     }
 
     fn publish_status(&self) -> Result<(), Poisoned> {
-        let st = self.shared.state();
-        let seconds = st.seconds_lag(self.config.heartbeat_grace);
-        let m = &self.shared.metrics;
-        let mut partitions = std::collections::BTreeMap::new();
-        let mut total = 0;
-        for ((t, p), chain) in &self.chains {
-            let lag = chain.offset_lag();
-            total += lag;
-            m.offset_lag
-                .get_or_create(&PartitionLabels {
-                    topic: t.clone(),
-                    partition: p.to_string(),
-                })
-                .set(lag);
-            partitions.insert(
-                format!("{t}/{p}"),
-                PartitionStatus {
-                    next_offset: chain.next_offset(),
-                    high_watermark: chain.high_watermark,
-                    offset_lag: lag,
-                    applied_position: chain.applied(),
-                    blocked: chain.blocked().map(|b| b.reason.clone()),
-                },
-            );
-        }
-        m.position_lag.set(st.position_lag());
-        m.seconds_lag.set(seconds);
-        m.applied_position.set(st.position.0);
-        m.leader_position.set(st.leader_position.0);
-        let status = Status {
-            follower: self.config.follower_id.clone(),
-            applied_position: st.position,
-            leader_position: st.leader_position,
-            position_lag: st.position_lag(),
-            seconds_lag: seconds,
-            offset_lag: total,
-            partitions,
-            changes_applied: m.changes_applied.get(),
-            duplicates: m.duplicates.get(),
-            dead_letters: m.dead_letters.get(),
-            paused: *self.shared.paused.borrow(),
-            halted: None,
-        };
-        *self.shared.status()? = status;
-        Ok(())
+        publish_status(&self.shared, &self.config, &self.chains)
     }
 
     fn log_lag(&self) -> Result<(), Poisoned> {
@@ -447,4 +412,58 @@ impl Follower {
         );
         Ok(())
     }
+}
+
+/// Rebuilds the status and the lag metrics from the published state and the
+/// partitions held.
+fn publish_status(
+    shared: &Shared,
+    config: &FollowerConfig,
+    chains: &Chains,
+) -> Result<(), Poisoned> {
+    let st = shared.state();
+    let seconds = st.seconds_lag(config.heartbeat_grace);
+    let m = &shared.metrics;
+    let mut partitions = std::collections::BTreeMap::new();
+    let mut total = 0;
+    for ((t, p), chain) in chains {
+        let lag = chain.offset_lag();
+        total += lag;
+        m.offset_lag
+            .get_or_create(&PartitionLabels {
+                topic: t.clone(),
+                partition: p.to_string(),
+            })
+            .set(lag);
+        partitions.insert(
+            format!("{t}/{p}"),
+            PartitionStatus {
+                next_offset: chain.next_offset(),
+                high_watermark: chain.high_watermark,
+                offset_lag: lag,
+                applied_position: chain.applied(),
+                blocked: chain.blocked().map(|b| b.reason.clone()),
+            },
+        );
+    }
+    m.position_lag.set(st.position_lag());
+    m.set_seconds_lag(seconds);
+    m.applied_position.set(st.position.0);
+    m.leader_position.set(st.leader_position.0);
+    let status = Status {
+        follower: config.follower_id.clone(),
+        applied_position: st.position,
+        leader_position: st.leader_position,
+        position_lag: st.position_lag(),
+        seconds_lag: seconds,
+        offset_lag: total,
+        partitions,
+        changes_applied: m.changes_applied.get(),
+        duplicates: m.duplicates.get(),
+        dead_letters: m.dead_letters.get(),
+        paused: *shared.paused.borrow(),
+        halted: None,
+    };
+    *shared.status()? = status;
+    Ok(())
 }

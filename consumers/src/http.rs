@@ -1,5 +1,5 @@
 //! The follower's HTTP side: `/metrics` (Prometheus), `/status` (JSON),
-//! `/ready` (503 above the configured lag or when halted), and
+//! `/ready` (503 until the leader is heard, above the configured lag, or when halted), and
 //! `/admin/pause` / `/admin/resume` for operators and tests, and the read
 //! API (`/tables/…`, see [`crate::serve`]).
 
@@ -53,8 +53,11 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
         Ok(st) => st.clone(),
         Err(e) => return poisoned(e),
     };
+    // Ready only once the leader was heard and the lag is known and small:
+    // an unknown lag is not a small one.
+    let within = st.seconds_lag.is_some_and(|l| l <= s.max_lag_seconds);
     let body = serde_json::json!({
-        "ready": st.halted.is_none() && st.seconds_lag <= s.max_lag_seconds,
+        "ready": st.halted.is_none() && within,
         "seconds_lag": st.seconds_lag,
         "max_lag_seconds": s.max_lag_seconds,
         "position": st.applied_position,

@@ -4,13 +4,16 @@
 //! and the HTTP endpoints (readers).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use barista_reads::{leader_now_ms, LeaderClock};
 use barista_schemas::Position;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
@@ -32,8 +35,8 @@ pub struct Metrics {
     pub offset_lag: Family<PartitionLabels, Gauge>,
     /// Positions behind the leader.
     pub position_lag: Gauge,
-    /// Seconds behind the leader (leader clock).
-    pub seconds_lag: Gauge<f64, AtomicU64>,
+    /// Seconds behind the leader (leader clock); no sample while unknown.
+    pub seconds_lag: OptionalGauge,
     /// The replica's position.
     pub applied_position: Gauge,
     /// The leader's newest known position.
@@ -58,7 +61,7 @@ impl Metrics {
         let m = Metrics {
             offset_lag: Family::default(),
             position_lag: Gauge::default(),
-            seconds_lag: Gauge::default(),
+            seconds_lag: OptionalGauge::default(),
             applied_position: Gauge::default(),
             leader_position: Gauge::default(),
             changes_applied: Counter::default(),
@@ -78,11 +81,7 @@ impl Metrics {
             "Leader positions not yet applied",
             m.position_lag.clone(),
         );
-        registry.register(
-            "seconds_lag",
-            "Seconds behind the leader, on the leader's clock",
-            m.seconds_lag.clone(),
-        );
+        registry.register_collector(Box::new(m.seconds_lag.clone()));
         registry.register(
             "applied_position",
             "Leader position the replica is at",
@@ -122,6 +121,44 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Sets the seconds lag, or removes its sample while it is unknown.
+    pub fn set_seconds_lag(&self, seconds: Option<f64>) {
+        // f64 bits in an atomic; NaN stands for unknown.
+        let bits = seconds.unwrap_or(f64::NAN).to_bits();
+        self.seconds_lag.0.store(bits, Ordering::Relaxed);
+    }
+}
+
+/// `barista_follower_seconds_lag`: a gauge that has no sample at all while
+/// the lag is unknown, rather than a made-up 0 (a dashboard then shows a
+/// gap, and an alert on `> N` does not fire on a value nobody measured).
+#[derive(Debug, Clone)]
+pub struct OptionalGauge(Arc<AtomicU64>);
+
+impl Default for OptionalGauge {
+    fn default() -> Self {
+        OptionalGauge(Arc::new(AtomicU64::new(f64::NAN.to_bits())))
+    }
+}
+
+impl Collector for OptionalGauge {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let v = f64::from_bits(self.0.load(Ordering::Relaxed));
+        if v.is_nan() {
+            return Ok(());
+        }
+        let g = ConstGauge::new(v);
+        let metric = encoder.encode_descriptor(
+            "seconds_lag",
+            "Seconds behind the leader, on the leader's clock (no sample while unknown)",
+            None,
+            g.metric_type(),
+        )?;
+        g.encode(metric)
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -155,8 +192,10 @@ pub struct Status {
     pub leader_position: Position,
     /// leader_position - applied_position.
     pub position_lag: i64,
-    /// Seconds behind the leader on the leader's clock; 0 when caught up.
-    pub seconds_lag: f64,
+    /// Seconds behind the leader on the leader's clock; 0 when caught up;
+    /// `null` while unknown (the leader not heard yet, or the age of the
+    /// replica's position not learned yet).
+    pub seconds_lag: Option<f64>,
     /// Sum of per-partition offset lag.
     pub offset_lag: i64,
     /// Per "topic/partition".
@@ -181,21 +220,26 @@ pub struct Status {
 /// A follower that has heard nothing for longer cannot vouch for being
 /// current, so its lag then counts the silence too (a stopped producer or a
 /// broker that stopped delivering shows up here, not only in positions).
-/// Before anything was heard there is nothing to measure against: zero.
+/// Unknown (`None`) before anything was heard, and while the replica's
+/// position has no known leader time (`applied_ts_ms` 0: a new replica that
+/// has not yet seen the commit record that took the leader past it): a
+/// follower never claims a freshness it cannot show, and never reports the
+/// leader's clock minus zero.
 pub fn seconds_behind(
     applied: Position,
     applied_ts_ms: i64,
     leader: Position,
     clock: Option<LeaderClock>,
     grace: std::time::Duration,
-) -> f64 {
-    let Some(c) = clock else {
-        return 0.0;
-    };
+) -> Option<f64> {
+    let c = clock?;
     if applied >= leader && c.received.elapsed() <= grace {
-        return 0.0;
+        return Some(0.0);
     }
-    ((leader_now_ms(Some(c)) - applied_ts_ms).max(0)) as f64 / 1000.0
+    if applied_ts_ms <= 0 {
+        return None;
+    }
+    Some(((leader_now_ms(Some(c)) - applied_ts_ms).max(0)) as f64 / 1000.0)
 }
 
 #[cfg(test)]
@@ -216,13 +260,15 @@ mod tests {
         // Caught up, heard from just now: zero, however old the position's time.
         assert_eq!(
             seconds_behind(P(5), now - 1_000, P(5), Some(heard), grace),
-            0.0
+            Some(0.0)
         );
         // Behind: how long ago the leader was where the replica is.
-        let behind = seconds_behind(P(4), now - 3_000, P(5), Some(heard), grace);
+        let behind = seconds_behind(P(4), now - 3_000, P(5), Some(heard), grace).unwrap();
         assert!((3.0..3.5).contains(&behind), "{behind}");
-        // Nothing heard at all: nothing to measure against.
-        assert_eq!(seconds_behind(P(0), 0, P(0), None, grace), 0.0);
+        // Nothing heard at all: unknown, not zero.
+        assert_eq!(seconds_behind(P(0), 0, P(0), None, grace), None);
+        // Heard, behind, and the position's leader time not learned yet.
+        assert_eq!(seconds_behind(P(0), 0, P(5), Some(heard), grace), None);
     }
 
     #[test]
@@ -234,7 +280,32 @@ mod tests {
             received: Instant::now() - std::time::Duration::from_secs(2),
         };
         // Caught up with the last heartbeat, which came 2 s ago.
-        let silent = seconds_behind(P(5), now - 2_000, P(5), Some(heard), grace);
+        let silent = seconds_behind(P(5), now - 2_000, P(5), Some(heard), grace).unwrap();
         assert!((2.0..2.5).contains(&silent), "{silent}");
+    }
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    use super::Metrics;
+
+    fn text(m: &Metrics) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m.registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn an_unknown_seconds_lag_has_no_sample() {
+        let m = Metrics::new();
+        assert!(!text(&m).contains("seconds_lag"), "{}", text(&m));
+        m.set_seconds_lag(Some(1.5));
+        assert!(
+            text(&m).contains("\nbarista_follower_seconds_lag 1.5\n"),
+            "{}",
+            text(&m)
+        );
+        m.set_seconds_lag(None);
+        assert!(!text(&m).contains("seconds_lag"), "{}", text(&m));
     }
 }

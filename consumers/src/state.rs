@@ -48,8 +48,12 @@ impl FollowerState {
             received: now,
         });
         // The leader was at or below our position at `ts_ms`: the replica
-        // holds every write committed before then.
-        if c.last_position <= self.position {
+        // holds every write committed before then. The same holds for the
+        // group that takes the leader past our position: until it committed,
+        // the leader was where the replica is. That is how a follower that
+        // is catching up learns the age of its position (a new replica, at
+        // 0, has no stored time to go by).
+        if c.last_position <= self.position || c.first_position <= self.position.next() {
             self.fresh_as_of(c.ts_ms);
         }
     }
@@ -71,8 +75,9 @@ impl FollowerState {
         self.leader_position.ahead_of(self.position)
     }
 
-    /// Seconds behind on the leader's clock (see [`seconds_behind`]).
-    pub fn seconds_lag(&self, grace: Duration) -> f64 {
+    /// Seconds behind on the leader's clock (see [`seconds_behind`]); `None`
+    /// while unknown.
+    pub fn seconds_lag(&self, grace: Duration) -> Option<f64> {
         seconds_behind(
             self.position,
             self.leader_ts_ms,
@@ -157,15 +162,38 @@ mod tests {
     #[test]
     fn commit_records_move_the_leader_head_and_freshness_only_when_covered() {
         let mut s = FollowerState::resumed(Position(10), 1_000);
-        s.heard(&commit(11, 15, 2_000), Instant::now());
+        s.heard(&commit(12, 15, 2_000), Instant::now());
         assert_eq!((s.leader_position, s.leader_ts_ms), (Position(15), 1_000));
         assert_eq!(s.position_lag(), 5);
         // A heartbeat at our position: current as of its time.
-        s.heard(&commit(11, 10, 3_000), Instant::now());
+        s.heard(&commit(16, 10, 3_000), Instant::now());
         assert_eq!(s.leader_ts_ms, 3_000);
         assert_eq!(s.leader_position, Position(15), "the head never goes back");
         s.applied(Position(15), 3_500);
         assert_eq!((s.position_lag(), s.leader_ts_ms), (0, 3_500));
+    }
+
+    #[test]
+    fn the_group_after_the_position_tells_its_age() {
+        // A new replica: no stored time. The leader left position 0 when it
+        // committed group 1..5 at 2_000; later groups say nothing about it.
+        let mut s = FollowerState::resumed(Position::ZERO, 0);
+        assert_eq!(s.seconds_lag(Duration::from_secs(3)), None, "never heard");
+        s.heard(&commit(1, 5, 2_000), Instant::now());
+        s.heard(&commit(6, 9, 9_000), Instant::now());
+        assert_eq!((s.leader_ts_ms, s.leader_position), (2_000, Position(9)));
+        let lag = s.seconds_lag(Duration::from_secs(3)).unwrap();
+        assert!(lag > 1.0e9, "now − 2 s after the epoch: {lag}");
+    }
+
+    #[test]
+    fn an_unlearned_age_is_unknown_not_the_epoch() {
+        // Heard the leader, but only of groups far past our position (their
+        // predecessors expired): how old position 0 is, nobody knows.
+        let mut s = FollowerState::resumed(Position::ZERO, 0);
+        s.heard(&commit(40, 45, 2_000), Instant::now());
+        assert_eq!(s.seconds_lag(Duration::from_secs(3)), None);
+        assert_eq!(s.position_lag(), 45);
     }
 
     #[test]

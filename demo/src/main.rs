@@ -354,7 +354,7 @@ async fn demo(args: Args) -> anyhow::Result<bool> {
             .collect::<Result<Vec<_>, _>>()?;
         for (i, s) in statuses.iter().enumerate() {
             if running {
-                lags[i].push(s.seconds_lag);
+                lags[i].extend(s.seconds_lag); // unknown (not heard yet) is no sample
                 behind[i].push((head - s.applied_position.0).max(0) as f64);
             }
         }
@@ -364,10 +364,11 @@ async fn demo(args: Args) -> anyhow::Result<bool> {
                 .enumerate()
                 .map(|(i, s)| {
                     format!(
-                        "f{}: {:>5} behind, {:>5.3}s",
+                        "f{}: {:>5} behind, {}",
                         i + 1,
                         (head - s.applied_position.0).max(0),
                         s.seconds_lag
+                            .map_or("    ?s".to_owned(), |l| format!("{l:>5.3}s"))
                     )
                 })
                 .collect();
