@@ -2,6 +2,7 @@
 
 mod broker;
 mod crash;
+mod errors;
 mod evolution;
 mod faults;
 mod follower;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-/// A runtime failure (the error is logged and printed).
+/// A runtime failure (the error is reported once, see [`failure`]).
 pub const FAILURE: u8 = 1;
 /// Bad configuration: the process did not start.
 pub const BAD_CONFIGURATION: u8 = 2;
@@ -13,9 +13,15 @@ pub fn bad_configuration(binary: &str, why: impl std::fmt::Display) -> ExitCode 
     ExitCode::from(BAD_CONFIGURATION)
 }
 
-/// Logs and prints a runtime failure with its whole cause chain; exit code 1.
+/// Reports a runtime failure once, with its whole cause chain: as an error
+/// log line when error logs are on (they go to stderr), else as a plain line
+/// on stderr (logs filtered off by `RUST_LOG`, or no subscriber yet); exit
+/// code 1.
 pub fn failure(binary: &str, e: &anyhow::Error) -> ExitCode {
-    tracing::error!(error = %format!("{e:#}"), "{binary} failed");
-    eprintln!("{binary}: {e:#}");
+    if tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!(error = %format!("{e:#}"), "{binary} failed");
+    } else {
+        eprintln!("{binary}: {e:#}");
+    }
     ExitCode::from(FAILURE)
 }
