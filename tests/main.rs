@@ -5,6 +5,7 @@ mod crash;
 mod evolution;
 mod faults;
 mod follower;
+mod page;
 mod pipeline;
 mod reads;
 mod topology;
