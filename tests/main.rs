@@ -2,6 +2,7 @@
 
 mod broker;
 mod crash;
+mod dashboards;
 mod evolution;
 mod faults;
 mod follower;
