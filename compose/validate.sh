@@ -5,7 +5,8 @@
 #
 # Uses `docker compose` (v2 plugin) if it works, else `docker-compose`; if
 # neither is present, installs Debian's `docker-compose` package with apt-get
-# (needs root or sudo). Prints one line on success.
+# (needs root or sudo). Also checks that every host path it bind-mounts
+# exists. Prints one line on success.
 # Exit status: 0 valid, 1 invalid compose file, 2 no usable tool / bad usage.
 set -euo pipefail
 
@@ -72,6 +73,22 @@ version="$("${tool[@]}" version --short 2>/dev/null || true)"
 if ! out="$("${tool[@]}" -f "$file" config -q 2>&1)"; then
     echo "validate.sh: INVALID $file (checked with ${tool[*]} ${version}):" >&2
     printf '%s\n' "$out" >&2
+    exit 1
+fi
+
+# A bind mount whose source is missing is not an error to compose: the engine
+# creates an empty directory there, and Prometheus or Grafana then fail at
+# start with a confusing message. Every host path mounted must exist.
+# (Short form "- /path:/target:mode" from docker-compose v1, long form
+# "source: /path" from docker compose v2; named volumes never start with /.)
+missing=()
+while IFS= read -r src; do
+    [[ -e $src ]] || missing+=("$src")
+done < <(printf '%s\n' "$("${tool[@]}" -f "$file" config 2>/dev/null)" |
+    sed -n -E 's#^[[:space:]]*- (/[^:]+):.*#\1#p; s#^[[:space:]]*source: (/.*)$#\1#p')
+if ((${#missing[@]})); then
+    echo "validate.sh: INVALID $file: bind-mounted paths do not exist:" >&2
+    printf '  %s\n' "${missing[@]}" >&2
     exit 1
 fi
 

@@ -3,6 +3,8 @@
 //! real HTTP, and the real producer and followers, each test with its own
 //! temp directory, topic prefix and ports.
 
+/// Headless Chromium as a test driver, and a reader for the DOM it dumps.
+pub mod browser;
 /// The real binaries as child processes, and a real broker process.
 pub mod process;
 /// The shared workload and [`Setup`], the mock-cluster fixture.

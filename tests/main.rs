@@ -2,11 +2,13 @@
 
 mod broker;
 mod crash;
+mod dashboards;
 mod errors;
 mod evolution;
 mod faults;
 mod follower;
 mod freshness;
+mod page;
 mod pipeline;
 mod reads;
 mod topology;
