@@ -6,5 +6,6 @@ mod evolution;
 mod faults;
 mod follower;
 mod pipeline;
+mod producer_ops;
 mod reads;
 mod topology;
