@@ -400,7 +400,7 @@ async fn a_blank_leader_waits_for_a_table_then_replicates_it_row_for_row() {
     let r = follower.replica.clone();
     wait_until(Duration::from_secs(60), || {
         let (l, f) = (dump(&leader), dump(&r));
-        (l.get("menu").is_some() && l.get("menu") == f.get("menu"))
+        (l.contains_key("menu") && l.get("menu") == f.get("menu"))
             .then_some(())
             .ok_or(format!(
                 "leader menu {:?}, replica menu {:?}",
