@@ -109,6 +109,8 @@ async fn publish(
         partitions: capture.acked_partitions()?,
     };
     ops.metrics.acked_position.set(acked.position.0);
+    // Everything acknowledged was published, by this run or an earlier one.
+    ops.metrics.published_position.set(acked.position.0);
     // Aborted when the run ends: it only reads, and holds nothing to drain.
     let sampler = ops::backlog::spawn(config.leader.clone(), ops.clone(), config.backlog_interval);
     let result = publish_installed(&config, capture, acked, &ops, shutdown).await;
