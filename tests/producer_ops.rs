@@ -420,3 +420,55 @@ async fn a_blank_leader_waits_for_a_table_then_replicates_it_row_for_row() {
     assert!(status.success(), "SIGTERM: drain and exit 0, got {status}");
     registry.shutdown().await.unwrap();
 }
+
+/// The library's `run_on` with a listener bound first, and the registry as the cause: while it
+/// is down nothing can be encoded, so nothing is acknowledged and `/ready` says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ready_fails_naming_the_registry_while_it_is_down_then_recovers() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let leader = dir.path().join("leader.db");
+    let mut expected = Expected::new();
+    seed(&leader, &mut expected);
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    // Reserve a port, leave it closed: the registry is down.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let prefix = unique("regops");
+    create_topics(&cluster, &prefix, &["customers", "everything"]);
+    let mut config = producer_config(&leader, &brokers, &format!("http://{addr}"), &prefix);
+    config.ready_grace = Duration::from_millis(1000);
+    let (producer, http) = RunningProducer::serving(config);
+    let http = format!("http://{http}");
+
+    // The snapshot waits for the registry: after the grace, 503 with the registry's error.
+    wait_until_async(Duration::from_secs(30), || async {
+        let (code, body) = get_json(&format!("{http}/ready")).await?;
+        let errors = metric(&http, "barista_producer_registry_errors_total").await?;
+        let named = body["last_registry_error"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&addr.to_string()));
+        (code == 503 && body["backlog_rows"].as_i64() > Some(0) && named && errors > 0.0)
+            .then_some(())
+            .ok_or(format!("ready {code} {body}, {errors} registry errors"))
+    })
+    .await;
+    assert!(
+        !producer.is_finished(),
+        "the producer waits for the registry"
+    );
+
+    let registry = start_registry_at(dir.path(), addr).await;
+    wait_until_async(Duration::from_secs(60), || async {
+        let (code, body) = get_json(&format!("{http}/ready")).await?;
+        (code == 200 && body["backlog_rows"] == 0 && body["state"] == "capturing")
+            .then_some(())
+            .ok_or(format!("ready {code} {body}"))
+    })
+    .await;
+    producer.stop().await.unwrap();
+    registry.shutdown().await.unwrap();
+}
