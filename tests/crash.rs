@@ -25,6 +25,9 @@ pub fn producer_args(leader: &Path, brokers: &str, registry: &str, prefix: &str)
         prefix.into(),
         "--heartbeat-interval-ms".into(),
         "200".into(),
+        // Several producers run at once: none may take the default 8089.
+        "--http-listen".into(),
+        "127.0.0.1:0".into(),
     ]
 }
 

@@ -106,10 +106,24 @@ pub struct RunningProducer {
 impl RunningProducer {
     /// Starts `barista_producer::run` in the background.
     pub fn start(config: ProducerConfig) -> Self {
+        Self::start_on(None, config)
+    }
+
+    /// Starts it serving `/metrics`, `/status` and `/ready` on a loopback port bound first
+    /// (port 0, so no other test can take it in between); returns it and that address.
+    pub fn serving(config: ProducerConfig) -> (Self, std::net::SocketAddr) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        (Self::start_on(Some(listener), config), addr)
+    }
+
+    fn start_on(listener: Option<tokio::net::TcpListener>, config: ProducerConfig) -> Self {
         let token = CancellationToken::new();
         let t = token.clone();
         let handle = tokio::spawn(async move {
-            let r = barista_producer::run(config, t.cancelled_owned()).await;
+            let r = barista_producer::run_on(listener, config, t.cancelled_owned()).await;
             if let Err(e) = &r {
                 eprintln!("producer failed: {e:#}");
             }

@@ -10,5 +10,6 @@ mod follower;
 mod freshness;
 mod page;
 mod pipeline;
+mod producer_ops;
 mod reads;
 mod topology;

@@ -78,6 +78,11 @@ impl Acks {
         }
     }
 
+    /// The current generation.
+    pub fn gen(&self) -> u64 {
+        self.gen
+    }
+
     /// How far Kafka has acknowledged.
     pub fn acked(&self) -> &Acked {
         &self.acked

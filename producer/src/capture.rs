@@ -5,7 +5,7 @@
 //! Reads: the captured tables (via `_barista_changelog`). Writes: barista's own
 //! `_barista_*` tables only.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,7 +68,7 @@ pub enum CaptureError {
 }
 
 pub use crate::triggers::OP_SCHEMA_CHANGE;
-pub use adopt::Adopted;
+pub use adopt::{Adopted, NOT_LISTED, NO_PRIMARY_KEY};
 
 /// Opens the leader database for capture: WAL (so the producer's reads never
 /// block writers) and a busy timeout (so barista's own short writes wait for
@@ -158,6 +158,8 @@ pub struct Capture {
     adopted_version: i64,
     /// New tables already reported as not captured.
     pub(crate) reported: HashSet<String>,
+    /// Tables not captured now: name → reason.
+    skipped: BTreeMap<String, String>,
     /// Captured tables dropped (or renamed away) on the leader: their drop is recorded.
     dropped: HashSet<i64>,
     /// `PRAGMA schema_version` when dropped tables were last looked for.
@@ -179,11 +181,9 @@ impl Capture {
     ) -> Result<Self, CaptureError> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(SCHEMA_SQL)?;
-        let names = if tables.is_empty() {
-            TableShape::list_tables(&tx)?
-        } else {
-            tables.to_vec()
-        };
+        // The changelog's readers name a0 and a1 (markers) even when no table is captured yet.
+        triggers::widen_changelog(&tx, 0)?;
+        let (names, skipped) = adopt::tables_at_start(&tx, tables)?;
         let mut captured = HashMap::new();
         for name in &names {
             let shape = TableShape::read(&tx, name)?;
@@ -271,7 +271,8 @@ impl Capture {
             schema_version,
             wanted: tables.to_vec(),
             adopted_version: schema_version,
-            reported: HashSet::new(),
+            reported: skipped.keys().cloned().collect(),
+            skipped,
             dropped: HashSet::new(),
             drops_version: schema_version,
         })
@@ -280,6 +281,11 @@ impl Capture {
     /// The captured tables by id.
     pub fn tables(&self) -> &HashMap<i64, CapturedTable> {
         &self.tables
+    }
+
+    /// The tables not captured now, with the reason ([`NO_PRIMARY_KEY`], [`NOT_LISTED`], …).
+    pub fn skipped(&self) -> &BTreeMap<String, String> {
+        &self.skipped
     }
 
     /// `PRAGMA data_version`: changes when another connection commits. Cheap

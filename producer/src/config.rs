@@ -1,6 +1,7 @@
 //! The producer's configuration: parsed once from flags or `BARISTA_*`
 //! environment variables into a validated [`ProducerConfig`].
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,6 +36,16 @@ pub struct ProducerConfig {
     pub repair_triggers: bool,
     /// Changelog rows read per chunk.
     pub chunk_size: usize,
+    /// Create the leader file when it does not exist. Off: a missing leader is an error
+    /// (a mistyped path must not start capture on a new, empty database).
+    pub create_leader: bool,
+    /// Where to serve `/metrics`, `/status` and `/ready`; `None` = no HTTP (or a listener
+    /// the caller bound, see [`crate::run_on`]).
+    pub http_listen: Option<SocketAddr>,
+    /// `/ready` fails when changes wait and nothing was acknowledged for longer than this.
+    pub ready_grace: Duration,
+    /// How often the backlog (changelog rows beyond the acknowledged position) is measured.
+    pub backlog_interval: Duration,
 }
 
 impl ProducerConfig {
@@ -59,6 +70,22 @@ impl ProducerConfig {
             kafka_options: Vec::new(),
             repair_triggers: false,
             chunk_size: 5000,
+            create_leader: false,
+            http_listen: None,
+            ready_grace: Duration::from_secs(30),
+            backlog_interval: Duration::from_secs(1),
         }
+    }
+
+    /// Why the producer must not start on `leader`: it does not exist and creating it was not
+    /// asked for (a mistyped path would otherwise start capture on a new, empty database).
+    pub fn missing_leader(&self) -> Option<String> {
+        (!self.create_leader && !self.leader.exists()).then(|| {
+            format!(
+                "no such file: {} (the leader database must exist; to start capture on a new, \
+                 empty one, pass --create or set BARISTA_CREATE_LEADER=true)",
+                self.leader.display()
+            )
+        })
     }
 }

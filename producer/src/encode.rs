@@ -7,11 +7,13 @@
 //! Writes: the bytes publish sends.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use apache_avro::writer::datum::GenericDatumWriter;
 use barista_runtime::Backoff;
 use barista_schemas::{ChangeEvent, Commit, SqlValue, TableSchemas};
 
+use crate::ops::Ops;
 use crate::registry::{Registry, RegistryError};
 
 #[cfg(test)]
@@ -72,14 +74,17 @@ pub(crate) struct Encoder {
     /// Registered schemas by subject. A subject whose schema changed (a migration) is
     /// registered again and its entry replaced.
     writers: HashMap<String, Registered>,
+    /// Registry errors are counted and the last one kept there.
+    ops: Arc<Ops>,
 }
 
 impl Encoder {
-    /// An encoder that registers schemas in `registry`.
-    pub fn new(registry: Registry) -> Encoder {
+    /// An encoder that registers schemas in `registry` and reports its errors to `ops`.
+    pub fn new(registry: Registry, ops: Arc<Ops>) -> Encoder {
         Encoder {
             registry,
             writers: HashMap::new(),
+            ops,
         }
     }
 
@@ -110,7 +115,14 @@ impl Encoder {
         backoff: &mut Backoff,
     ) -> anyhow::Result<u32> {
         loop {
-            match self.registry.register(subject, schema).await {
+            let r = self.registry.register(subject, schema).await;
+            if let Err(e) = &r {
+                self.ops.registry_error(format!(
+                    "registering {subject} at {}: {e}",
+                    self.registry.url()
+                ));
+            }
+            match r {
                 Ok(id) => return Ok(id),
                 Err(RegistryError::Unavailable(why)) => {
                     tracing::warn!(error = %why, %subject, retry_in = ?backoff.peek(), "schema registry unavailable; retrying");

@@ -4,23 +4,48 @@
 //! Reads: broker metadata. Writes: topics and records.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
+use crate::ops::Ops;
+
+/// The context of the producer's Kafka clients: librdkafka's client errors (brokers down,
+/// transport failures, authentication) are logged and reported to [`Ops`], so `/status` shows
+/// the last one while deliveries are still being retried.
+#[derive(Clone)]
+pub struct KafkaContext {
+    /// Where errors are reported.
+    pub ops: Arc<Ops>,
+}
+
+impl ClientContext for KafkaContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // librdkafka's own log line (through `log`) already says it, once per client.
+        tracing::debug!(%error, reason, "Kafka client error");
+        self.ops.broker_error(format!("{error}: {reason}"));
+    }
+}
+
+/// The producer's Kafka producer.
+pub type KafkaProducer = FutureProducer<KafkaContext>;
+
 /// Kafka settings shared by the producer's clients.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaSettings {
     /// bootstrap.servers
     pub brokers: String,
     /// Extra librdkafka properties (`key=value`), applied last.
     pub options: Vec<(String, String)>,
+    /// Every client's context.
+    pub context: KafkaContext,
 }
 
 impl KafkaSettings {
@@ -38,7 +63,7 @@ impl KafkaSettings {
 
     /// An idempotent producer: `acks=all`, ordered per partition, retried by
     /// librdkafka within `message.timeout.ms`.
-    pub fn producer(&self) -> anyhow::Result<FutureProducer> {
+    pub fn producer(&self) -> anyhow::Result<KafkaProducer> {
         let mut c = self.base();
         c.set("enable.idempotence", "true")
             .set("acks", "all")
@@ -47,7 +72,8 @@ impl KafkaSettings {
             .set("message.timeout.ms", "60000")
             .set("queue.buffering.max.messages", "200000");
         self.apply_options(&mut c);
-        c.create().context("creating the Kafka producer")
+        c.create_with_context(self.context.clone())
+            .context("creating the Kafka producer")
     }
 
     /// Every topic's partition count, refreshed every `every` off the publish loop (a
@@ -101,7 +127,7 @@ impl KafkaSettings {
         replication: i32,
     ) -> anyhow::Result<HashMap<String, i32>> {
         let producer = self.producer()?;
-        let counts = |p: FutureProducer, wanted: Vec<String>| async move {
+        let counts = |p: KafkaProducer, wanted: Vec<String>| async move {
             tokio::task::spawn_blocking(move || -> anyhow::Result<HashMap<String, i32>> {
                 let md = p
                     .client()
@@ -129,8 +155,9 @@ impl KafkaSettings {
         if !missing.is_empty() {
             let mut c = self.base();
             self.apply_options(&mut c);
-            let admin: AdminClient<DefaultClientContext> =
-                c.create().context("creating the Kafka admin client")?;
+            let admin: AdminClient<KafkaContext> = c
+                .create_with_context(self.context.clone())
+                .context("creating the Kafka admin client")?;
             let new: Vec<NewTopic> = missing
                 .iter()
                 .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(replication)))
@@ -165,7 +192,7 @@ impl KafkaSettings {
 
 /// Sends one message, waiting while librdkafka's queue is full.
 pub async fn send(
-    producer: &FutureProducer,
+    producer: &KafkaProducer,
     topic: &str,
     partition: i32,
     key: Option<&[u8]>,

@@ -25,6 +25,8 @@ mod publish;
 mod ack;
 /// The run: wires the stages together, drains on shutdown.
 pub mod pipeline;
+/// Ops: metrics, status and readiness over HTTP; the backlog measured on the leader.
+pub mod ops;
 /// Schema changes: DDL, compatibility check and new triggers in one transaction.
 pub mod migrate;
 /// Tokens: the position a write transaction commits at, for read-your-writes.
@@ -32,4 +34,4 @@ pub mod token;
 
 pub use ack::TopicPartition;
 pub use config::ProducerConfig;
-pub use pipeline::run;
+pub use pipeline::{run, run_on};

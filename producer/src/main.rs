@@ -1,6 +1,7 @@
 //! `producer`: capture a leader SQLite database into Kafka. Thin: parse
 //! flags, start tracing, run until SIGINT/SIGTERM, map errors to exit codes.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -26,16 +27,28 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     after_help = "Example:\n  producer --leader shop.db --brokers localhost:9092 --registry http://localhost:8081\n\n\
 Capture installs triggers and bookkeeping tables (_barista_*) in the leader database, publishes the\n\
 existing rows as a snapshot (op = r), then streams every insert, update and delete from any writer.\n\
-Topics: <prefix>.<table> (key = primary key) and <prefix>.__commits (commit groups, heartbeats).\n\n\
+Topics: <prefix>.<table> (key = primary key) and <prefix>.__commits (commit groups, heartbeats).\n\
+Tables without a primary key (or not in --tables) are skipped with a warning; tables created\n\
+later are picked up while running. The leader must exist (pass --create for a new, empty one).\n\n\
+HTTP (--http-listen, default 127.0.0.1:8089):\n  \
+curl localhost:8089/metrics   Prometheus: barista_producer_backlog_rows, _oldest_unacked_seconds, ...\n  \
+curl localhost:8089/status    JSON: state, positions, backlog, last errors, captured and skipped tables\n  \
+curl localhost:8089/ready     200 while publishing or idle; 503 once changes have waited for Kafka\n                                \
+longer than --ready-grace-ms with nothing acknowledged (the body says why)\n\n\
 Schema changes go through `producer migrate` (see `producer migrate --help`).",
     args_conflicts_with_subcommands = true
 )]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Leader SQLite database file.
+    /// Leader SQLite database file. It must exist unless --create is given.
     #[arg(long, env = "BARISTA_LEADER", default_value = "leader.db")]
     leader: PathBuf,
+    /// Create the leader file when it does not exist, as an empty database: capture starts as
+    /// soon as a table with a primary key is created in it. Without this flag a missing leader
+    /// is refused (exit 2), so a mistyped path never starts capture on a new, empty file.
+    #[arg(long = "create", env = "BARISTA_CREATE_LEADER")]
+    create_leader: bool,
     /// Kafka bootstrap servers.
     #[arg(long, env = "BARISTA_BROKERS", default_value = "localhost:9092")]
     brokers: String,
@@ -73,6 +86,14 @@ struct Args {
     /// Re-create the triggers of tables whose columns changed behind barista's back.
     #[arg(long, env = "BARISTA_REPAIR_TRIGGERS")]
     repair_triggers: bool,
+    /// Address for /metrics (Prometheus), /status (JSON) and /ready. Use 0.0.0.0:8089 in a
+    /// container; port 0 picks a free port (the log line "producer HTTP listening" names it).
+    #[arg(long, env = "BARISTA_HTTP_LISTEN", default_value = "127.0.0.1:8089")]
+    http_listen: SocketAddr,
+    /// /ready answers 503 once changes have waited this long (milliseconds) with nothing
+    /// acknowledged by Kafka: the broker or the registry is down or refusing.
+    #[arg(long, env = "BARISTA_READY_GRACE_MS", default_value_t = 30_000)]
+    ready_grace_ms: u64,
 }
 
 impl Args {
@@ -92,6 +113,12 @@ impl Args {
         c.heartbeat_interval = Duration::from_millis(self.heartbeat_interval_ms.max(10));
         c.kafka_options = self.kafka_options;
         c.repair_triggers = self.repair_triggers;
+        c.create_leader = self.create_leader;
+        c.http_listen = Some(self.http_listen);
+        c.ready_grace = Duration::from_millis(self.ready_grace_ms);
+        if let Some(why) = c.missing_leader() {
+            return Err(why);
+        }
         Ok(c)
     }
 }

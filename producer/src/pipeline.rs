@@ -5,6 +5,9 @@
 //! unacknowledged position. On shutdown, outstanding reports are drained (bounded), the final
 //! prune is sent, and the tail stops.
 //!
+//! Beside them: the HTTP endpoints and the backlog sampler ([`crate::ops`]), which every
+//! stage reports to.
+//!
 //! Reads: the configuration and the shutdown signal. Writes: nothing itself; the stages do.
 
 use std::collections::HashMap;
@@ -22,7 +25,8 @@ use crate::ack::{Acked, Acks};
 use crate::capture::{open_leader, Capture};
 use crate::config::ProducerConfig;
 use crate::encode::Encoder;
-use crate::kafka::KafkaSettings;
+use crate::kafka::{KafkaContext, KafkaSettings};
+use crate::ops::{self, Ops};
 use crate::publish::{AckerStop, Publisher, ACKS};
 use crate::registry::Registry;
 use crate::tail::{CaptureMsg, Control, Tail};
@@ -36,16 +40,99 @@ const PARTITION_COUNTS_EVERY: Duration = Duration::from_secs(10);
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// Runs the producer until `shutdown` resolves (then drains and returns Ok)
-/// or a fatal error occurs.
+/// or a fatal error occurs; serves HTTP on `config.http_listen` when set.
 pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let listener = match config.http_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the HTTP address {addr} (--http-listen)"))?,
+        ),
+        None => None,
+    };
+    run_on(listener, config, shutdown).await
+}
+
+/// Like [`run`], serving HTTP on a listener the caller already bound (tests bind port 0 and
+/// read the address back: no port race), or on none.
+pub async fn run_on(
+    listener: Option<tokio::net::TcpListener>,
+    config: ProducerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let ops = Arc::new(Ops::new(&config));
+    // A oneshot rather than the shutdown future: HTTP stays up through the drain.
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = match listener {
+        Some(listener) => {
+            tracing::info!(addr = %listener.local_addr()?, "producer HTTP listening");
+            let stopped = async move {
+                let _ = http_stopped.await;
+            };
+            Some(tokio::spawn(ops::http::serve(
+                listener,
+                ops.clone(),
+                stopped,
+            )))
+        }
+        None => None,
+    };
+    let result = publish(config, ops, shutdown).await;
+    let _ = stop_http.send(());
+    if let Some(server) = server {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server failed"),
+            Err(e) => tracing::warn!(error = %e, "the HTTP server task failed"),
+        }
+    }
+    result
+}
+
+/// The pipeline itself, reporting to `ops`.
+async fn publish(
+    config: ProducerConfig,
+    ops: Arc<Ops>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if let Some(why) = config.missing_leader() {
+        anyhow::bail!(why);
+    }
     if config.repair_triggers {
         crate::migrate::check_repair(&config.leader, &config.registry_url, &config.topic_prefix)
             .await?;
     }
     let capture = install(&config).await?;
+    ops.skipped_by_capture(capture.skipped().clone());
+    let acked = Acked {
+        position: capture.acked()?,
+        partitions: capture.acked_partitions()?,
+    };
+    ops.metrics.acked_position.set(acked.position.0);
+    // Everything acknowledged was published, by this run or an earlier one.
+    ops.metrics.published_position.set(acked.position.0);
+    // Aborted when the run ends: it only reads, and holds nothing to drain.
+    let sampler = ops::backlog::spawn(config.leader.clone(), ops.clone(), config.backlog_interval);
+    let result = publish_installed(&config, capture, acked, &ops, shutdown).await;
+    sampler.abort();
+    result
+}
+
+/// From an installed capture on: topics, then the stages until shutdown or a fatal error.
+async fn publish_installed(
+    config: &ProducerConfig,
+    capture: Capture,
+    acked: Acked,
+    ops: &Arc<Ops>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if capture.tables().is_empty() {
+        tracing::info!(leader = %config.leader.display(), "no table with a primary key to capture yet: waiting for one to be created");
+    }
     let kafka = KafkaSettings {
         brokers: config.brokers.clone(),
         options: config.kafka_options.clone(),
+        context: KafkaContext { ops: ops.clone() },
     };
     let commits = commits_topic(&config.topic_prefix);
     let topic = |c: &crate::capture::CapturedTable| {
@@ -67,7 +154,9 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
             {
                 Ok(c) => break c,
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff.peek(), "Kafka not ready, retrying");
+                    let e = format!("{e:#}");
+                    tracing::warn!(error = %e, retry_in = ?backoff.peek(), "Kafka not ready, retrying");
+                    ops.broker_error(e);
                     tokio::select! {
                         _ = &mut shutdown => return Ok(()),
                         _ = backoff.wait() => {}
@@ -83,13 +172,9 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
         let t = &capture.tables()[id];
         let topic = topic(t);
         let partitions = counts.get(&topic).copied().unwrap_or(1);
-        claim_topic(&mut outs, t, topic, partitions);
+        claim_topic(&mut outs, t, topic, partitions, ops);
     }
-
-    let acked = Acked {
-        position: capture.acked()?,
-        partitions: capture.acked_partitions()?,
-    };
+    ops.started();
     tracing::info!(acked = %acked.position, backlog = capture.backlog()?, "producer starting");
 
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<CaptureMsg>(4);
@@ -105,13 +190,17 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
         heartbeat: config.heartbeat_interval,
         chunk: config.chunk_size,
         gen: 0,
+        ops: ops.clone(),
     };
     let capture_thread = tail.spawn()?;
 
     let mut publisher = Publisher {
         db_name: config.db_name.clone(),
         kafka: &kafka,
-        encoder: Encoder::new(Registry::new(&config.registry_url, REGISTRY_TIMEOUT)?),
+        encoder: Encoder::new(
+            Registry::new(&config.registry_url, REGISTRY_TIMEOUT)?,
+            ops.clone(),
+        ),
         outs,
         commits_subject: value_subject(&commits),
         commits,
@@ -131,6 +220,7 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
             partitions: config.partitions,
             replication_factor: config.replication_factor,
         },
+        ops: ops.clone(),
     };
     let acks = publisher.acks.clone();
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel::<AckerStop>();
@@ -145,6 +235,8 @@ pub async fn run(config: ProducerConfig, shutdown: impl Future<Output = ()>) -> 
                 AckerStop::Poisoned(e) => break Err(e.into()),
                 AckerStop::Failed { gen, error } if gen == publisher.gen => {
                     tracing::warn!(%error, "delivery failed; rewinding to the oldest unacknowledged position");
+                    ops.broker_error(format!("delivery failed at {error}"));
+                    ops.metrics.resends.inc();
                     acker.abort();
                     if let Err(e) = publisher.rewind() { break Err(e); }
                     (pending_tx, acker) = publisher.spawn_acker(stop_tx.clone());
@@ -214,10 +306,5 @@ async fn install(config: &ProducerConfig) -> anyhow::Result<Capture> {
         Ok(Capture::install(conn, &tables, repair)?)
     })
     .await??;
-    anyhow::ensure!(
-        !capture.tables().is_empty(),
-        "no table to capture in {}",
-        config.leader.display()
-    );
     Ok(capture)
 }

@@ -18,13 +18,14 @@ use barista_schemas::contract::{
     partition_for_key, GROUP_BEGIN, HEADER_GROUP, HEADER_POSITION, HEADER_TOMBSTONE,
 };
 use barista_schemas::{ChangeEvent, Commit, DroppedTable, Op, PartitionTail, Position, Source};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer as _};
+use rdkafka::producer::{DeliveryFuture, Producer as _};
 use tokio::sync::mpsc;
 
 use crate::ack::{Acks, Sent, TopicPartition};
 use crate::capture::ChangeRow;
 use crate::encode::{Encoder, Payload};
-use crate::kafka::{send, KafkaSettings};
+use crate::kafka::{send, KafkaProducer, KafkaSettings};
+use crate::ops::Ops;
 use crate::tail::{now_ms, CaptureMsg, Control};
 use crate::topics::{grow_partitions, NewTopics, TableOut};
 
@@ -68,7 +69,7 @@ pub(crate) struct Publisher<'a> {
     /// Chunks of other generations were read before a rewind and are dropped.
     pub gen: u64,
     /// The current Kafka producer.
-    pub producer: FutureProducer,
+    pub producer: KafkaProducer,
     /// Last position sent per partition: the next event's `prev_position`.
     pub last_sent: HashMap<TopicPartition, Position>,
     /// Tails of the commit group being sent: last position and count per partition.
@@ -91,6 +92,8 @@ pub(crate) struct Publisher<'a> {
     /// Topic prefix, partitions and replication of the topics of tables
     /// captured while running.
     pub topics: NewTopics,
+    /// Positions, acknowledgements and tables, for the operators.
+    pub ops: Arc<Ops>,
 }
 
 impl Publisher<'_> {
@@ -105,14 +108,22 @@ impl Publisher<'_> {
         let gen = self.gen;
         let acks = self.acks.clone();
         let ctl = self.ctl_tx.clone();
+        let ops = self.ops.clone();
         let handle = tokio::spawn(async move {
             while let Some(Pending { sent, fut }) = rx.recv().await {
                 let position = sent.position;
                 let error = match fut.await {
                     Ok(Ok(_)) => {
                         // The guard is dropped before the next await.
+                        let group_end = sent.group_end;
                         let prune = match lock(&acks, ACKS) {
-                            Ok(mut a) => a.delivered(gen, sent, Instant::now(), rx.is_empty()),
+                            Ok(mut a) => {
+                                let prune = a.delivered(gen, sent, Instant::now(), rx.is_empty());
+                                if group_end && gen == a.gen() {
+                                    ops.acked(a.acked().position.0);
+                                }
+                                prune
+                            }
                             Err(e) => {
                                 let _ = stop_tx.send(AckerStop::Poisoned(e));
                                 return;
@@ -193,6 +204,7 @@ impl Publisher<'_> {
                     let counts = self.partition_counts.borrow_and_update();
                     for (topic, was, now) in grow_partitions(&mut self.outs, &counts) {
                         tracing::info!(%topic, was, now, "the topic has more partitions: using them from this group on");
+                        self.ops.topic_grew(&topic, now);
                     }
                 }
                 self.drops.extend(
@@ -241,6 +253,7 @@ impl Publisher<'_> {
                         group_end: true,
                     };
                     let _ = pending.send(Pending { sent, fut });
+                    self.ops.metrics.published_position.set(last.0);
                 }
                 Ok(())
             }

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::ack::Acked;
 use crate::capture::{Capture, CapturedTable, ChangeRow};
+use crate::ops::Ops;
 
 #[cfg(test)]
 mod tests;
@@ -106,6 +107,8 @@ pub(crate) struct Tail {
     pub chunk: usize,
     /// The generation chunks are tagged with.
     pub gen: u64,
+    /// Told about tables that go, and about the tables capture skips.
+    pub ops: Arc<Ops>,
 }
 
 /// What the previous poll saw.
@@ -174,9 +177,14 @@ impl Tail {
             // Drops, then drift, then new tables, all BEFORE the head is read:
             // a drop marker or a new table's snapshot joins the group of the
             // leader transaction that dropped or created the table.
-            self.capture.notice_drops()?;
+            for gone in self.capture.notice_drops()? {
+                self.ops.table_gone(&gone);
+            }
             self.capture.check_schema()?;
             let adopted = self.capture.adopt_new_tables()?;
+            if adopted.rescanned {
+                self.ops.skipped_by_capture(self.capture.skipped().clone());
+            }
             if !adopted.tables.is_empty()
                 && self
                     .tx

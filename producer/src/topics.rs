@@ -13,6 +13,7 @@ use barista_schemas::contract::{key_subject, table_topic, value_subject};
 use barista_schemas::TableSchemas;
 
 use crate::capture::CapturedTable;
+use crate::ops::Ops;
 use crate::publish::Publisher;
 
 /// A captured table's topic, partition count, schemas and subjects.
@@ -55,12 +56,13 @@ pub(crate) struct NewTopics {
 /// Adds `table`'s output on `topic` unless a table of another name already
 /// has that topic (two names that sanitise alike, such as `"odd names"` and
 /// `odd_names`): then it is refused, loudly, and nothing of it is published,
-/// while every other table keeps flowing.
+/// while every other table keeps flowing. Either way `ops` is told.
 pub(crate) fn claim_topic(
     outs: &mut HashMap<i64, TableOut>,
     table: &CapturedTable,
     topic: String,
     partitions: i32,
+    ops: &Ops,
 ) {
     let name = &table.schemas.shape.name;
     // The same name again is a table dropped and created anew: both outputs share the topic
@@ -69,8 +71,14 @@ pub(crate) fn claim_topic(
     if let Some(other) = outs.values().find(clash) {
         tracing::error!(table = %name, other = %other.schemas.shape.name, %topic,
             "two tables map to the same topic; this one is not published (rename one of them)");
+        let why = format!(
+            "topic name clash: {topic} is already the topic of table {:?} (rename one of them)",
+            other.schemas.shape.name
+        );
+        ops.table_refused(name, why);
         return;
     }
+    ops.table_published(name, &topic, partitions);
     outs.insert(
         table.id,
         TableOut::new(topic, partitions, table.schemas.clone()),
@@ -114,7 +122,9 @@ impl Publisher<'_> {
             {
                 Ok(c) => break c,
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?self.backoff.peek(), "creating a new table's topic failed; retrying");
+                    let e = format!("{e:#}");
+                    tracing::warn!(error = %e, retry_in = ?self.backoff.peek(), "creating a new table's topic failed; retrying");
+                    self.ops.broker_error(e);
                     self.backoff.wait().await;
                 }
             }
@@ -123,7 +133,7 @@ impl Publisher<'_> {
         for (t, (topic, partitions)) in tables.iter().zip(wanted) {
             let partitions = counts.get(&topic).copied().unwrap_or(partitions);
             tracing::info!(table = %t.schemas.shape.name, %topic, partitions, "publishing a table captured while running");
-            claim_topic(&mut self.outs, t, topic, partitions);
+            claim_topic(&mut self.outs, t, topic, partitions, &self.ops);
         }
         Ok(())
     }
@@ -135,6 +145,10 @@ mod tests {
     use rusqlite::Connection;
 
     use super::*;
+
+    fn ops() -> Ops {
+        Ops::new(&crate::ProducerConfig::new("l.db", "b", "r"))
+    }
 
     fn captured(conn: &Connection, id: i64, name: &str) -> CapturedTable {
         CapturedTable {
@@ -153,10 +167,19 @@ mod tests {
         )
         .unwrap();
         let mut outs = HashMap::new();
+        let ops = ops();
         for (id, name) in [(1, "odd names"), (2, "odd_names"), (3, "plain")] {
             let t = captured(&conn, id, name);
-            claim_topic(&mut outs, &t, table_topic("p", name), 3);
+            claim_topic(&mut outs, &t, table_topic("p", name), 3, &ops);
         }
+        let skipped = ops.status().unwrap().skipped;
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].table, "odd_names");
+        assert!(
+            skipped[0].reason.contains("topic name clash")
+                && skipped[0].reason.contains("odd names"),
+            "{skipped:?}"
+        );
         let mut topics: Vec<(i64, &str)> =
             outs.iter().map(|(id, o)| (*id, o.topic.as_str())).collect();
         topics.sort();
@@ -164,7 +187,7 @@ mod tests {
         assert_eq!(outs[&1].value_subject, "p.odd_names-value");
         // `plain` dropped and created again: a new id on the same topic.
         let again = captured(&conn, 4, "plain");
-        claim_topic(&mut outs, &again, table_topic("p", "plain"), 3);
+        claim_topic(&mut outs, &again, table_topic("p", "plain"), 3, &ops);
         assert_eq!(outs[&4].topic, "p.plain");
         assert_eq!(outs[&3].topic, "p.plain");
     }
@@ -177,8 +200,9 @@ mod tests {
         )
         .unwrap();
         let mut outs = HashMap::new();
-        claim_topic(&mut outs, &captured(&conn, 1, "a"), "p.a".into(), 3);
-        claim_topic(&mut outs, &captured(&conn, 2, "b"), "p.b".into(), 3);
+        let ops = ops();
+        claim_topic(&mut outs, &captured(&conn, 1, "a"), "p.a".into(), 3, &ops);
+        claim_topic(&mut outs, &captured(&conn, 2, "b"), "p.b".into(), 3, &ops);
         let counts = HashMap::from([("p.a".to_owned(), 6), ("p.b".to_owned(), 2)]);
         assert_eq!(
             grow_partitions(&mut outs, &counts),

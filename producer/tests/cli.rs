@@ -13,12 +13,18 @@ fn help_names_every_flag_with_its_env_var_and_an_example() {
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
     assert!(help.contains("Example:"), "{help}");
+    for endpoint in ["/metrics", "/status", "/ready"] {
+        assert!(help.contains(endpoint), "{endpoint} missing:\n{help}");
+    }
     for (flag, env) in [
         ("--leader", "BARISTA_LEADER"),
         ("--brokers", "BARISTA_BROKERS"),
         ("--registry", "BARISTA_REGISTRY_URL"),
         ("--topic-prefix", "BARISTA_TOPIC_PREFIX"),
         ("--kafka-option", "BARISTA_KAFKA_OPTIONS"),
+        ("--create", "BARISTA_CREATE_LEADER"),
+        ("--http-listen", "BARISTA_HTTP_LISTEN"),
+        ("--ready-grace-ms", "BARISTA_READY_GRACE_MS"),
     ] {
         assert!(
             help.contains(flag) && help.contains(env),
@@ -39,9 +45,9 @@ fn bad_configuration_exits_2_and_says_what_is_wrong() {
 }
 
 #[test]
-fn a_leader_that_cannot_be_opened_exits_1_naming_the_file() {
+fn a_missing_leader_exits_2_saying_no_such_file_and_is_not_created() {
     let dir = tempfile::tempdir().unwrap();
-    let leader = dir.path().join("no-such-dir").join("leader.db");
+    let leader = dir.path().join("typo.db");
     let out = producer()
         .arg("--leader")
         .arg(&leader)
@@ -50,6 +56,38 @@ fn a_leader_that_cannot_be_opened_exits_1_naming_the_file() {
             "127.0.0.1:1",
             "--registry",
             "http://127.0.0.1:1",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("BARISTA_CREATE_LEADER")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no such file"), "{err}");
+    assert!(err.contains(&leader.display().to_string()), "{err}");
+    assert!(err.contains("--create"), "says how to create it: {err}");
+    assert!(
+        !leader.exists(),
+        "a missing leader must never be created silently"
+    );
+}
+
+#[test]
+fn a_leader_that_cannot_be_created_exits_1_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = dir.path().join("no-such-dir").join("leader.db");
+    let out = producer()
+        .arg("--leader")
+        .arg(&leader)
+        .args([
+            "--create",
+            "--brokers",
+            "127.0.0.1:1",
+            "--registry",
+            "http://127.0.0.1:1",
+            "--http-listen",
+            "127.0.0.1:0",
         ])
         .output()
         .unwrap();

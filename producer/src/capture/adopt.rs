@@ -6,17 +6,26 @@
 //! leader transaction that created a table and wrote to others reaches the
 //! followers in one commit group with the new table's snapshot.
 //!
+//! Also the one place that decides whether a table is captured at all, at start and later:
+//! not in `--tables`, no primary key, or otherwise not capturable means skipped, warned about
+//! once per run, and listed with its reason in `/status`.
+//!
 //! Reads: the leader's table list. Writes: `_barista_tables`, the changelog
 //! (snapshot rows), triggers.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use barista_schemas::{ContractError, TableSchemas, TableShape};
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::{params, Connection, TransactionBehavior};
 
 use super::{schema_version, Capture, CaptureError, CapturedTable};
 use crate::triggers;
+
+/// The reason given for a table without a primary key.
+pub const NO_PRIMARY_KEY: &str = "no primary key";
+/// The reason given for a table left out by an explicit `--tables` list.
+pub const NOT_LISTED: &str = "not in --tables";
 
 /// What [`Capture::adopt_new_tables`] found.
 #[derive(Debug, Default)]
@@ -26,6 +35,85 @@ pub struct Adopted {
     /// Not captured, with the reason (no primary key, not in `--tables`),
     /// each reported once per run.
     pub skipped: Vec<(String, String)>,
+    /// The table list was looked at again: [`Capture::skipped`] is current.
+    pub rescanned: bool,
+}
+
+/// Whether a table is captured.
+pub(super) enum Verdict {
+    /// It can be: its shape.
+    Capture(TableShape),
+    /// It is not: a short reason (for `/status`) and the whole story (for the log).
+    Skip {
+        /// `no primary key`, `not in --tables`, or why it cannot be captured.
+        reason: String,
+        /// What to do about it.
+        detail: String,
+    },
+}
+
+/// Decides whether table `name` is captured, given the `--tables` list (`wanted`, empty =
+/// every table that can be).
+pub(super) fn classify(
+    conn: &Connection,
+    wanted: &[String],
+    name: &str,
+) -> Result<Verdict, CaptureError> {
+    if !wanted.is_empty() && !wanted.iter().any(|w| w == name) {
+        return Ok(Verdict::Skip {
+            reason: NOT_LISTED.into(),
+            detail: "add it to --tables to capture it".into(),
+        });
+    }
+    match TableShape::read(conn, name) {
+        Ok(shape) => Ok(Verdict::Capture(shape)),
+        Err(ContractError::NotCapturable { why, .. }) => {
+            // Classified by the table itself, not by the message's words.
+            let keyed: bool = conn.query_row(
+                "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE pk > 0",
+                [name],
+                |r| r.get(0),
+            )?;
+            let reason = if keyed {
+                why.clone()
+            } else {
+                NO_PRIMARY_KEY.into()
+            };
+            Ok(Verdict::Skip {
+                reason,
+                detail: why,
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// At start: the tables to capture (every listed one when `wanted` is explicit, where a table
+/// that cannot be captured is an error; else every table that can be) and the ones skipped,
+/// with their reason, each warned about.
+pub(super) fn tables_at_start(
+    conn: &Connection,
+    wanted: &[String],
+) -> Result<(Vec<String>, BTreeMap<String, String>), CaptureError> {
+    let mut names = Vec::new();
+    let mut skipped = BTreeMap::new();
+    for name in TableShape::list_tables(conn)? {
+        if wanted.contains(&name) {
+            // Read, and refused loudly when it cannot be captured, by install.
+            continue;
+        }
+        match classify(conn, wanted, &name)? {
+            Verdict::Capture(_) => names.push(name),
+            Verdict::Skip { reason, detail } => {
+                tracing::warn!(table = %name, %reason, %detail, "table not captured");
+                skipped.insert(name, reason);
+            }
+        }
+    }
+    if !wanted.is_empty() {
+        names = wanted.to_vec();
+    }
+    Ok((names, skipped))
 }
 
 impl Capture {
@@ -47,25 +135,24 @@ impl Capture {
             .prepare("SELECT name FROM _barista_tables")?
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        let mut adopted = Adopted::default();
+        let mut adopted = Adopted {
+            rescanned: true,
+            ..Adopted::default()
+        };
         let mut added = Vec::new();
+        let mut skipped = BTreeMap::new();
+        let mut details = BTreeMap::new();
         for name in TableShape::list_tables(&tx)? {
             if known.contains(&name) {
                 continue;
             }
-            if !self.wanted.is_empty() && !self.wanted.contains(&name) {
-                adopted
-                    .skipped
-                    .push((name, "not in the --tables list".to_owned()));
-                continue;
-            }
-            let shape = match TableShape::read(&tx, &name) {
-                Ok(shape) => shape,
-                Err(ContractError::NotCapturable { why, .. }) => {
-                    adopted.skipped.push((name, why));
+            let shape = match classify(&tx, &self.wanted, &name)? {
+                Verdict::Capture(shape) => shape,
+                Verdict::Skip { reason, detail } => {
+                    skipped.insert(name.clone(), reason);
+                    details.insert(name, detail);
                     continue;
                 }
-                Err(e) => return Err(e.into()),
             };
             let columns = shape.column_names();
             triggers::widen_changelog(&tx, columns.len())?;
@@ -88,12 +175,16 @@ impl Capture {
         self.adopted_version = version;
         // Reported once per run; a table that becomes capturable later (dropped
         // and created again with a primary key) is still captured then.
-        adopted
-            .skipped
-            .retain(|(name, _)| self.reported.insert(name.clone()));
-        for (name, why) in &adopted.skipped {
-            tracing::warn!(table = %name, reason = %why, "new table not captured");
+        adopted.skipped = skipped
+            .iter()
+            .filter(|(name, _)| self.reported.insert((*name).clone()))
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect();
+        for (name, reason) in &adopted.skipped {
+            let detail = details.get(name).map_or("", String::as_str);
+            tracing::warn!(table = %name, %reason, %detail, "new table not captured");
         }
+        self.skipped = skipped;
         for t in &added {
             self.tables.insert(t.id, t.clone());
         }

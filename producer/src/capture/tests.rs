@@ -87,3 +87,80 @@ fn refuses_tables_without_key_and_detects_drift() {
         .to_string();
     assert!(err.contains("changed behind barista's back"), "{err}");
 }
+
+#[test]
+fn a_blank_leader_installs_and_waits_and_keyless_tables_are_skipped_with_their_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blank.db");
+    let conn = open_leader(&path).unwrap();
+    conn.execute_batch("CREATE TABLE loose(a, b)").unwrap();
+    let mut cap = Capture::install(conn, &[], false).unwrap();
+    assert!(cap.tables().is_empty());
+    let skipped = |c: &Capture| -> Vec<(String, String)> {
+        c.skipped()
+            .iter()
+            .map(|(t, r)| (t.clone(), r.clone()))
+            .collect()
+    };
+    assert_eq!(skipped(&cap), [("loose".into(), NO_PRIMARY_KEY.into())]);
+    // The readers work on a changelog that no table has widened yet.
+    assert_eq!(cap.head().unwrap(), P(0));
+    assert!(cap.read(P(0), P(0), 10).unwrap().0.is_empty());
+    assert!(cap.drops_between(P(0), P(0)).unwrap().is_empty());
+
+    let app = open_leader(&path).unwrap();
+    app.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'a');
+         CREATE TABLE loose2(x);",
+    )
+    .unwrap();
+    let adopted = cap.adopt_new_tables().unwrap();
+    let names: Vec<&str> = adopted
+        .tables
+        .iter()
+        .map(|t| t.schemas.shape.name.as_str())
+        .collect();
+    assert_eq!(names, ["t"]);
+    assert!(adopted.rescanned);
+    assert_eq!(
+        adopted.skipped,
+        [("loose2".to_owned(), NO_PRIMARY_KEY.to_owned())],
+        "loose was reported at start already"
+    );
+    assert_eq!(
+        skipped(&cap),
+        [
+            ("loose".into(), NO_PRIMARY_KEY.into()),
+            ("loose2".into(), NO_PRIMARY_KEY.into())
+        ]
+    );
+    let (rows, _) = cap.read(P(0), cap.head().unwrap(), 10).unwrap();
+    assert_eq!(rows.iter().map(|r| r.op).collect::<Vec<_>>(), [Op::Read]);
+    // A skipped table that goes leaves the list.
+    app.execute_batch("DROP TABLE loose").unwrap();
+    cap.adopt_new_tables().unwrap();
+    assert_eq!(skipped(&cap), [("loose2".into(), NO_PRIMARY_KEY.into())]);
+}
+
+#[test]
+fn tables_left_out_of_the_list_are_skipped_with_that_reason() {
+    let (dir, conn) = leader();
+    conn.execute_batch("CREATE TABLE other(id INTEGER PRIMARY KEY)")
+        .unwrap();
+    let mut cap = Capture::install(conn, &["t".into()], false).unwrap();
+    assert_eq!(
+        cap.skipped().get("other").map(String::as_str),
+        Some(NOT_LISTED)
+    );
+    let app = open_leader(&dir.path().join("leader.db")).unwrap();
+    app.execute_batch("CREATE TABLE later(id INTEGER PRIMARY KEY)")
+        .unwrap();
+    let adopted = cap.adopt_new_tables().unwrap();
+    assert!(adopted.tables.is_empty());
+    assert_eq!(
+        adopted.skipped,
+        [("later".to_owned(), NOT_LISTED.to_owned())]
+    );
+    assert_eq!(cap.skipped().len(), 2);
+    assert_eq!(cap.tables().len(), 1);
+}

@@ -13,7 +13,11 @@ fn schemas(ddl: &str) -> TableSchemas {
 }
 
 fn encoder(url: &str) -> Encoder {
-    Encoder::new(Registry::new(url, Duration::from_secs(5)).unwrap())
+    let ops = crate::ops::Ops::new(&crate::ProducerConfig::new("l.db", "b", url));
+    Encoder::new(
+        Registry::new(url, Duration::from_secs(5)).unwrap(),
+        std::sync::Arc::new(ops),
+    )
 }
 
 fn quick() -> Backoff {

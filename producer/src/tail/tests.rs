@@ -41,6 +41,9 @@ fn rig(chunk: usize, heartbeat: Duration) -> Rig {
             heartbeat,
             chunk,
             gen: 0,
+            ops: Arc::new(crate::ops::Ops::new(&crate::ProducerConfig::new(
+                "l.db", "b", "r",
+            ))),
         },
         seen: Seen {
             data_version: i64::MIN,
