@@ -65,6 +65,8 @@ fn a_fatal_producer_error_is_printed_once_with_its_whole_chain() {
             "127.0.0.1:1",
             "--registry",
             "http://127.0.0.1:1",
+            "--http-listen",
+            "127.0.0.1:0",
         ],
     );
     assert_eq!(code, Some(1), "{stderr}");
