@@ -7,9 +7,10 @@
 //! change at or below what was applied, or already buffered, is a
 //! **duplicate** (a resend after a producer rewind). A change that went to the
 //! dead-letter topic **blocks** the chain at its position until the chain
-//! passes it; meanwhile its offset stays the restart point.
+//! passes it; meanwhile its offset stays the restart point. An operator may
+//! **skip** such a position on purpose: the chain then counts it as passed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use barista_schemas::envelope::DecodedChange;
@@ -67,6 +68,11 @@ pub struct PartitionChain {
     gap_since: Option<Instant>,
     /// Oldest first: their offsets stay stored until the chain passes them.
     blocked: Vec<Blocked>,
+    /// Positions an operator skipped: the chain passes them without a
+    /// change (their predecessor unknown, since they could not be decoded).
+    /// Kept for the process's life (a handful), so that a resend of one is
+    /// never applied.
+    skipped: BTreeSet<Position>,
     /// The partition's high watermark as last seen.
     pub high_watermark: i64,
 }
@@ -96,6 +102,17 @@ impl PartitionChain {
     /// Why the partition is blocked, if it is.
     pub fn blocked(&self) -> Option<&Blocked> {
         self.blocked.first()
+    }
+
+    /// Every dead-lettered message that holds the chain back, oldest first.
+    pub fn held(&self) -> &[Blocked] {
+        &self.blocked
+    }
+
+    /// True when an operator skipped `position` and the chain has not
+    /// applied past it: a message claiming it is neither decoded nor applied.
+    pub fn is_skipped(&self, position: Position) -> bool {
+        self.skipped.contains(&position)
     }
 
     /// Records that the message at `offset` was consumed.
@@ -132,11 +149,24 @@ impl PartitionChain {
     /// the gap clock. Returns the blocked messages the chain has passed.
     fn advance(&mut self, now: Instant) -> Vec<Blocked> {
         let mut c = self.contiguous.max(self.applied);
+        let mut reached_end = true;
         for (pos, (_, ch)) in self.buffered.range(c.next()..) {
+            // A skipped position below this change counts as passed when the
+            // chain gets to it: the operator vouched for it (and, since it
+            // could not be decoded, for its unknown predecessor).
+            while let Some(&s) = self.skipped.range(c.next()..*pos).next() {
+                c = s;
+            }
             if ch.source.prev_position.is_none_or(|p| p <= c) {
                 c = *pos;
             } else {
+                reached_end = false;
                 break;
+            }
+        }
+        if reached_end {
+            while let Some(&s) = self.skipped.range(c.next()..).next() {
+                c = s;
             }
         }
         self.contiguous = c;
@@ -163,6 +193,30 @@ impl PartitionChain {
             reason,
         });
         true
+    }
+
+    /// An operator skipped `position` (a held message they decided not to
+    /// apply, or one skipped before a restart): the chain counts it as
+    /// passed. Returns the blocked messages now released, the skipped one
+    /// among them.
+    pub fn skip(&mut self, position: Position, now: Instant) -> Vec<Blocked> {
+        if position > self.contiguous.max(self.applied) {
+            self.skipped.insert(position);
+        }
+        let (mut released, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.blocked)
+            .into_iter()
+            .partition(|b| b.position == position);
+        self.blocked = held;
+        released.extend(self.advance(now));
+        released
+    }
+
+    /// The message at `offset` no longer holds the chain: it was replayed
+    /// (now buffered as a change, which keeps its offset as the restart
+    /// point until applied). Returns it if it was held.
+    pub fn unblock(&mut self, offset: i64) -> Option<Blocked> {
+        let i = self.blocked.iter().position(|b| b.offset == offset)?;
+        Some(self.blocked.remove(i))
     }
 
     /// A gap that has waited longer than `timeout`, unless a dead-lettered
@@ -404,6 +458,109 @@ mod tests {
         }
         assert_eq!(c.blocked(), None);
         assert_eq!(c.contiguous(), P(3));
+    }
+
+    #[test]
+    fn skipping_a_held_position_releases_the_changes_behind_it() {
+        let mut c = PartitionChain::new(0, P(0));
+        for o in 0..4 {
+            c.consumed(o);
+        }
+        offer(&mut c, 0, 1, None);
+        assert!(c.block(1, P(2), "poison".into()));
+        offer(&mut c, 2, 3, Some(2));
+        offer(&mut c, 3, 4, Some(3));
+        assert_eq!(c.contiguous(), P(1));
+        assert_eq!(c.next_offset(), 0);
+        c.take_through(P(1));
+        assert_eq!(c.next_offset(), 1, "held at the poison");
+        let released = c.skip(P(2), Instant::now());
+        assert_eq!(
+            released
+                .iter()
+                .map(|b| (b.offset, b.position))
+                .collect::<Vec<_>>(),
+            [(1, P(2))]
+        );
+        assert_eq!(
+            c.contiguous(),
+            P(4),
+            "the chain passes the skipped position"
+        );
+        assert!(c.held().is_empty() && c.is_skipped(P(2)));
+        assert_eq!(
+            c.next_offset(),
+            2,
+            "the poison is no longer the restart point"
+        );
+        assert_eq!(positions(&c.take_through(P(4))), [3, 4], "nothing for 2");
+    }
+
+    #[test]
+    fn a_skipped_position_at_the_tail_completes_its_partition() {
+        let mut c = PartitionChain::new(0, P(0));
+        offer(&mut c, 0, 1, None);
+        assert!(c.block(1, P(2), "poison".into()));
+        c.consumed(1);
+        c.skip(P(2), Instant::now());
+        // A group whose last change here is the skipped one can complete.
+        assert_eq!(c.contiguous(), P(2));
+        assert_eq!(c.next_offset(), 0, "change 1 is still to apply");
+        c.take_through(P(2));
+        assert_eq!(c.next_offset(), 2);
+    }
+
+    #[test]
+    fn a_skip_does_not_jump_a_gap_below_it() {
+        let mut c = PartitionChain::new(0, P(0));
+        offer(&mut c, 0, 1, None);
+        // 3 names 2, which never arrived; 5 is poison; 6 follows it.
+        offer(&mut c, 1, 3, Some(2));
+        assert!(c.block(2, P(5), "poison".into()));
+        offer(&mut c, 3, 6, Some(5));
+        c.skip(P(5), Instant::now());
+        assert_eq!(c.contiguous(), P(1), "2 is still missing");
+        let gap = c.gap(Instant::now() + Duration::from_secs(99), Duration::ZERO);
+        assert_eq!(
+            gap.map(|g| g.prev),
+            Some(Some(P(2))),
+            "a real gap, not hidden"
+        );
+        // The resend of 2 arrives: the chain goes through the skipped 5.
+        offer(&mut c, 4, 2, Some(1));
+        assert_eq!(c.contiguous(), P(6));
+    }
+
+    #[test]
+    fn a_skip_restored_after_a_restart_passes_the_poison_read_again() {
+        // The replica stored offset 1 (the poison's) and position 1.
+        let mut c = PartitionChain::new(1, P(1));
+        c.skip(P(2), Instant::now());
+        assert!(c.is_skipped(P(2)), "a re-read of the poison is not decoded");
+        assert!(!c.is_applied(P(2), P(1)));
+        c.consumed(1);
+        c.consumed(2);
+        offer(&mut c, 2, 3, Some(2));
+        assert_eq!(c.contiguous(), P(3));
+        assert_eq!(c.held(), []);
+    }
+
+    #[test]
+    fn a_replayed_message_is_unblocked_and_its_change_keeps_the_offset() {
+        let mut c = PartitionChain::new(0, P(0));
+        c.consumed(0);
+        assert!(c.block(0, P(1), "poison".into()));
+        c.consumed(1);
+        offer(&mut c, 1, 2, Some(1));
+        assert_eq!(c.contiguous(), P(0));
+        // The replay decodes it: it enters the chain like any change.
+        match offer(&mut c, 0, 1, None) {
+            Offer::Buffered { released } => assert_eq!(released.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.unblock(0), None, "the chain released it already");
+        assert_eq!(c.contiguous(), P(2));
+        assert_eq!(c.next_offset(), 0, "its offset stays until it is applied");
     }
 
     #[test]
