@@ -44,6 +44,27 @@ pub struct Batch {
     pub drops: Vec<(Position, String)>,
 }
 
+/// A change an operator skipped: a row of `_barista_skipped`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SkippedChange {
+    /// Where the message is.
+    pub topic: String,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// The leader position it claimed.
+    pub position: Position,
+    /// The writer schema id in its frame, if framed.
+    pub schema_id: Option<u32>,
+    /// The message key (the row's primary key, Avro-encoded) as sent.
+    pub key: Option<Vec<u8>>,
+    /// Why it could not be applied.
+    pub error: String,
+    /// The operator's reason.
+    pub reason: String,
+}
+
 /// Statements prepared for one table under one writer shape.
 struct TableSql {
     upsert: String,
@@ -112,6 +133,53 @@ impl Replica {
             p.leader_ts_ms = ts;
         }
         Ok(p)
+    }
+
+    /// Records a skipped change, durably before the chain releases what it
+    /// held: in a transaction of its own, or, while part of a large group is
+    /// open ([`Replica::apply_partial`]), in that one (committed, like the
+    /// release, only with the rest of the group).
+    pub fn record_skip(&mut self, s: &SkippedChange) -> rusqlite::Result<()> {
+        let own = !self.open;
+        if own {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        }
+        let r = self.conn.execute(
+            "INSERT INTO _barista_skipped(topic, partition, offset, position, schema_id, message_key, \
+             error, reason, replica_position, skipped_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
+             coalesce((SELECT position FROM _barista_position WHERE id = 1), 0), \
+             strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) \
+             ON CONFLICT(topic, partition, position) DO UPDATE SET offset = excluded.offset, \
+             error = excluded.error, reason = excluded.reason, skipped_at = excluded.skipped_at",
+            params![
+                s.topic,
+                s.partition,
+                s.offset,
+                s.position,
+                s.schema_id,
+                s.key,
+                s.error,
+                s.reason
+            ],
+        );
+        if !own {
+            return r.map(drop);
+        }
+        match r.and_then(|_| self.conn.execute_batch("COMMIT")) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// Every skipped position, per partition.
+    pub fn skipped(&self) -> rusqlite::Result<Vec<(TopicPartition, Position)>> {
+        self.conn
+            .prepare("SELECT topic, partition, position FROM _barista_skipped")?
+            .query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?
+            .collect()
     }
 
     /// Creates the table of a writer shape, or adds the columns it lacks.

@@ -19,3 +19,26 @@ CREATE TABLE IF NOT EXISTS _barista_position (
     leader_ts_ms  INTEGER NOT NULL,
     applied_at_ms INTEGER NOT NULL
 );
+
+-- Changes an operator skipped (`consumer dead-letters skip`): poison messages
+-- that held their partition's chain, released on purpose without applying
+-- them. The replica's position passes them, so for the key of a skipped
+-- change the replica may differ from the leader until a later change to
+-- that key overwrites it; each row here says which change, why it could not
+-- be applied, and who decided what (reason) and when. Written durably
+-- before the held changes are released; read at start, so a restart that
+-- reads the message again does not hold the chain again.
+CREATE TABLE IF NOT EXISTS _barista_skipped (
+    topic            TEXT NOT NULL,
+    partition        INTEGER NOT NULL,
+    offset           INTEGER NOT NULL,
+    position         INTEGER NOT NULL,
+    schema_id        INTEGER,
+    message_key      BLOB,
+    error            TEXT NOT NULL,
+    reason           TEXT NOT NULL,
+    -- The replica's position when the operator skipped it.
+    replica_position INTEGER NOT NULL,
+    skipped_at       TEXT NOT NULL,
+    PRIMARY KEY (topic, partition, position)
+);
