@@ -36,6 +36,10 @@ use crate::state::{FollowerState, Shared};
 /// Most messages taken from librdkafka's queue before applying.
 const RECV_BATCH: usize = 5_000;
 
+/// Dead letters remembered, replay and skip: the operator's side of the loop.
+#[path = "follower_admin.rs"]
+mod admin;
+
 struct Follower {
     config: FollowerConfig,
     shared: Arc<Shared>,
@@ -49,6 +53,8 @@ struct Follower {
     dead_letters: DeadLetters,
     /// The partitions held, for the high-watermark task.
     held: tokio::sync::watch::Sender<Vec<TopicPartition>>,
+    /// Dead-lettered messages holding their chain, kept for a replay.
+    poison: admin::HeldMessages,
 }
 
 /// Runs a follower until `shutdown` resolves or a fatal error (a gap, lost
@@ -81,7 +87,8 @@ pub async fn run(
     let scope = kafka::scope(&config);
     let data = kafka::data_topics(&all, &config.topic_prefix, &scope);
     kafka::ensure_dead_letter_topic(&config, &all, &dlq_topic).await;
-    let (chains, commits_next) = kafka::assign(&consumer, &data, &commits, &progress)?;
+    let (mut chains, commits_next) = kafka::assign(&consumer, &data, &commits, &progress)?;
+    admin::restore_skips(&replica, &mut chains)?;
     tracing::info!(follower = %config.follower_id, position = %progress.position, partitions = chains.len(), "follower started");
 
     let held = tokio::sync::watch::channel(chains.keys().cloned().collect()).0;
@@ -95,6 +102,7 @@ pub async fn run(
         groups: CommitGroups::new(commits, commits_next, scope),
         replica: Some(replica),
         held,
+        poison: Default::default(),
         config,
     };
     f.publish_status()?;
@@ -132,9 +140,12 @@ impl Follower {
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_log = Instant::now();
+        let shared = self.shared.clone();
+        let mut inbox = shared.board.inbox.try_lock().ok();
         loop {
             tokio::select! {
                 _ = &mut *shutdown => return Ok(()),
+                Some(cmd) = admin::next(&mut inbox) => self.operate(cmd).await?,
                 changed = paused_rx.changed() => {
                     if changed.is_err() { continue; }
                     let paused = *paused_rx.borrow_and_update();
@@ -208,6 +219,7 @@ impl Follower {
                 Ok(None) => {}
                 Err(e) => {
                     self.shared.metrics.dead_letters.inc();
+                    self.remember(&m, None, &e.to_string(), false)?;
                     self.dead_letters.send(&m, &e.to_string()).await;
                 }
             }
@@ -232,6 +244,10 @@ impl Follower {
             self.shared.metrics.duplicates.inc();
             return Ok(());
         }
+        if position.is_some_and(|p| chain.is_skipped(p)) {
+            tracing::debug!(topic = %tp.0, partition = tp.1, offset, "skipped by an operator; not applied");
+            return Ok(());
+        }
         let decoded = with_registry_retry(&self.decoder, |d| d.change(payload), shutdown).await;
         let chain = self.chains.get_mut(&tp).context("partition vanished")?;
         match decoded {
@@ -240,10 +256,11 @@ impl Follower {
                     self.shared.metrics.duplicates.inc();
                 }
                 Offer::Buffered { released } => {
-                    for b in released {
+                    for b in &released {
                         tracing::warn!(topic = %tp.0, partition = tp.1, position = %b.position, offset = b.offset,
                             "the chain passed a dead-lettered message's position: it was not a missing change of this partition; no longer held");
                     }
+                    self.passed(&tp, &released)?;
                 }
             },
             Ok(None) => {}
@@ -257,16 +274,19 @@ impl Follower {
                 // the stored offset stays at it (a restart reads it again)
                 // until the chain passes its position. The replica keeps
                 // serving reads at its position; readiness fails as lag grows.
+                let mut holds = false;
                 if let Some(p) = position {
                     let reason = format!(
                         "position {p} (offset {offset}) went to the dead-letter topic: {why}; changes of {}/{} that follow it in the leader's chain are held back, and the stored offset stays at it",
                         tp.0, tp.1
                     );
-                    if chain.block(offset, p, reason) {
+                    holds = chain.block(offset, p, reason);
+                    if holds {
                         tracing::error!(topic = %tp.0, partition = tp.1, position = %p, offset, error = %why, "partition blocked by a poison change");
                     }
                 }
                 self.shared.metrics.dead_letters.inc();
+                self.remember(&m, position, &why, holds)?;
                 self.dead_letters.send(&m, &why).await;
             }
         }
@@ -463,6 +483,7 @@ fn publish_status(
         dead_letters: m.dead_letters.get(),
         paused: *shared.paused.borrow(),
         halted: None,
+        held_by: crate::held::held_by(shared, chains)?,
     };
     *shared.status()? = status;
     Ok(())

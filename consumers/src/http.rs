@@ -1,7 +1,8 @@
 //! The follower's HTTP side: `/` (the lag page, for people), `/metrics`
 //! (Prometheus), `/status` (JSON), `/ready` (503 until the leader is heard,
 //! above the configured lag, or when halted), `/admin/pause` and
-//! `/admin/resume` for operators and tests, and the read API (`/tables/…`,
+//! `/admin/resume` for operators and tests, the dead letters
+//! (`/dead-letters…`, see [`crate::held`]), and the read API (`/tables/…`,
 //! see [`crate::serve`]).
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/admin/pause", post(pause))
         .route("/admin/resume", post(resume))
         .with_state(shared.clone())
+        .merge(crate::held::router(shared.clone()))
         .merge(crate::serve::router(shared))
 }
 

@@ -49,6 +49,9 @@ pub struct Metrics {
     pub dead_letters: Counter,
     /// Replica transactions committed.
     pub batches: Counter,
+    /// Dead-lettered messages holding a partition's chain (and so every
+    /// later commit group) back.
+    pub held_messages: Gauge,
     /// Changes of large commit groups written into an open replica
     /// transaction before their group was complete (memory stays bounded).
     pub streamed: Counter,
@@ -68,6 +71,7 @@ impl Metrics {
             duplicates: Counter::default(),
             dead_letters: Counter::default(),
             batches: Counter::default(),
+            held_messages: Gauge::default(),
             streamed: Counter::default(),
             registry: Registry::default(),
         };
@@ -111,6 +115,11 @@ impl Metrics {
             "batches",
             "Replica transactions committed",
             m.batches.clone(),
+        );
+        registry.register(
+            "held_messages",
+            "Dead-lettered messages holding later commit groups back (see /dead-letters)",
+            m.held_messages.clone(),
         );
         registry.register(
             "streamed_changes",
@@ -211,6 +220,9 @@ pub struct Status {
     /// The follower stopped applying: why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub halted: Option<String>,
+    /// Dead-lettered messages that hold later commit groups back, oldest
+    /// first: replay or skip them (`consumer dead-letters --help`).
+    pub held_by: Vec<crate::held::HeldBy>,
 }
 
 /// Seconds behind, on the leader's clock ([`leader_now_ms`]): how long ago the

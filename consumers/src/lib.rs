@@ -20,6 +20,8 @@ pub mod groups;
 pub mod replica;
 /// Poison messages → the dead-letter topic.
 pub mod dead_letter;
+/// Dead letters for operators: which hold the chain back; replay and skip.
+pub mod held;
 /// The loop that feeds the cores and carries out their plans.
 pub mod follower;
 /// The applied position and its freshness, published to everything else.

@@ -114,6 +114,8 @@ pub struct Shared {
     pub max_lag_seconds: f64,
     /// Replica file, for reads.
     pub replica: PathBuf,
+    /// Dead letters for operators, and their replay and skip commands.
+    pub board: crate::held::Board,
 }
 
 impl Shared {
@@ -129,6 +131,7 @@ impl Shared {
             paused: watch::channel(false).0,
             max_lag_seconds: config.max_lag_seconds,
             replica: config.replica.clone(),
+            board: crate::held::Board::default(),
         })
     }
 
