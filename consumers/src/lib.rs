@@ -32,6 +32,8 @@ pub mod lag;
 pub mod http;
 /// The read API served from the replica.
 pub mod serve;
+/// `consumer dead-letters …`: the operator's client of the admin API.
+pub mod dead_letters_cli;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,15 +1,18 @@
 //! `consumer`: a follower that keeps a SQLite replica of the leader. Thin:
 //! parse flags, start tracing, run until SIGINT/SIGTERM, map errors to exit codes.
+//! `consumer dead-letters …` instead asks a running follower about the
+//! messages it could not apply.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use barista_consumer::dead_letters_cli::{self, DeadLettersCommand};
 use barista_consumer::FollowerConfig;
 use barista_runtime::args::parse_kv;
 use barista_runtime::{exit, logs, run_until_signal};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// mimalloc rather than glibc malloc: with many small short-lived buffers per
 /// change, glibc's free lists (malloc_consolidate, unlink_chunk) took about a
@@ -29,9 +32,13 @@ Reads: curl 'localhost:8091/tables/customers/row?id=7&min_position=4711&timeout_
        curl 'localhost:8091/tables/customers/rows?limit=100&max_staleness_ms=2000'\n\
   every answer carries the position it was read at; 503 {\"error\":\"behind\"|\"stale\"} means read elsewhere.\n\
 Each follower is its own consumer group and reads every partition. The replica can be opened\n\
-read-only by any SQLite client; its position is in the table _barista_position."
+read-only by any SQLite client; its position is in the table _barista_position.\n\
+A message it cannot apply that holds later changes back: consumer dead-letters --help."
 )]
 struct Args {
+    /// Without a subcommand: run the follower.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Replica SQLite file (created if missing).
     #[arg(long, env = "BARISTA_REPLICA", default_value = "replica.db")]
     replica: PathBuf,
@@ -73,8 +80,20 @@ struct Args {
     kafka_options: Vec<(String, String)>,
 }
 
+/// Subcommands that talk to a running follower instead of being one.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Messages the follower could not apply: list, show, replay or skip
+    /// the ones that hold later changes back.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
+}
+
 fn main() -> ExitCode {
     let a = Args::parse();
+    if let Some(Command::DeadLetters(c)) = a.command {
+        return dead_letters(c);
+    }
     logs::init_tracing();
     if a.follower_id.trim().is_empty() {
         return exit::bad_configuration("consumer", "--follower-id must not be empty");
@@ -88,4 +107,23 @@ fn main() -> ExitCode {
     c.heartbeat_grace = Duration::from_millis(a.heartbeat_grace_ms);
     c.kafka_options = a.kafka_options;
     run_until_signal("consumer", |shutdown| barista_consumer::run(c, shutdown))
+}
+
+/// Runs a `dead-letters` subcommand: prints the follower's answer, or the
+/// reason it refused (exit code 1).
+fn dead_letters(c: DeadLettersCommand) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return exit::failure("consumer dead-letters", &e.into()),
+    };
+    match rt.block_on(dead_letters_cli::run(c)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("consumer dead-letters: {e:#}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
 }
