@@ -9,15 +9,22 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Path of a workspace binary next to the running test executable
-/// (`target/<profile>/deps/main-…` → `target/<profile>/<name>`).
+/// (`target/<profile>/deps/main-…` → `target/<profile>/<name>`), or in
+/// `BARISTA_BIN_DIR` when set: worktrees that share one `CARGO_TARGET_DIR`
+/// overwrite each other's `target/<profile>/<name>` (only the test
+/// executables carry a hash), so a test run can point at its own copies.
 /// `cargo test --workspace` builds them (the producer and consumer packages
 /// have integration tests, which makes cargo build their binaries).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
+    let dir = match std::env::var_os("BARISTA_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps")
+            .to_owned(),
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
