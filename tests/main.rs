@@ -3,6 +3,7 @@
 mod broker;
 mod crash;
 mod dashboards;
+mod dead_letters;
 mod errors;
 mod evolution;
 mod faults;
