@@ -458,12 +458,13 @@ async fn a_poison_change_in_the_chain_holds_every_later_group_and_status_names_i
 }
 
 /// Replay: while the cause is not fixed it says why and the message stays
-/// held; once the follower's registry is restored it decodes, enters the
-/// chain, and the held groups are applied once: the replica ends equal to
-/// the leader row for row, the new column included.
+/// held; once the follower's registry is restored, one message replayed by
+/// name and the other by `--all` decode, enter their chains, and the held
+/// groups are applied once: the replica ends equal to the leader row for
+/// row, the new column included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replay_after_the_registry_is_restored_applies_the_held_groups_once() {
-    let mut h = Held::start("replay", 1).await;
+    let mut h = Held::start("replay", 2).await;
     let p = h.poison[0].clone();
     let [t, pa, o] = Held::at(&p);
 
@@ -473,14 +474,29 @@ async fn replay_after_the_registry_is_restored_applies_the_held_groups_once() {
         err.contains("still cannot be decoded") && err.contains("still held"),
         "{err}"
     );
-    h.wait_held(std::slice::from_ref(&p)).await;
+    h.wait_held(&h.poison.clone()).await;
     assert_eq!(replica_position(&h.replica), h.before_position);
 
     h.restore_registry().await;
     let (ok, out, err) = h.cli(&["replay", &t, &pa, &o]).await;
     assert!(ok, "{out}{err}");
     assert!(
-        out.contains("replayed") && out.contains("nothing holds"),
+        out.contains("replayed") && out.contains("still held by"),
+        "{out}"
+    );
+    assert_eq!(
+        replica_position(&h.replica),
+        h.before_position,
+        "the group also waits for the second"
+    );
+    let (ok, out, err) = h.cli(&["replay", "--all"]).await;
+    assert!(ok, "{out}{err}");
+    let q = &h.poison[1];
+    assert!(
+        out.contains(&format!(
+            "{}/{} offset {} replayed",
+            q.topic, q.partition, q.offset
+        )) && out.contains("nothing holds"),
         "{out}"
     );
     h.caught_up().await;
@@ -493,7 +509,7 @@ async fn replay_after_the_registry_is_restored_applies_the_held_groups_once() {
         h.changes_in_kafka(),
         "every change applied exactly once: {st}"
     );
-    assert_eq!(st["dead_letters"], 1, "{st}");
+    assert_eq!(st["dead_letters"], 2, "{st}");
     let (_, out, _) = h.cli(&["list"]).await;
     assert!(out.lines().nth(1).unwrap().starts_with("no "), "{out}");
     assert!(out.contains("replayed: decoded as position"), "{out}");

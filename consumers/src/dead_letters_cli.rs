@@ -55,13 +55,24 @@ dead-lettered), then the error or what became of it.\n\nExample:\n  consumer dea
         after_long_help = "The follower decodes the copy it holds in memory with a \
 fresh lookup of the writer schema in its registry. On success the change enters its \
 partition's chain like any other and the held commit groups are applied, each once.\n\n\
-Example (after restoring the schema in the registry):\n  consumer dead-letters replay barista.customers 1 42"
+Examples (after restoring the schema in the registry):\n  consumer dead-letters replay barista.customers 1 42\n  consumer dead-letters replay --all    # every held one, in the leader's order"
     )]
     Replay {
         #[command(flatten)]
         target: Target,
-        #[command(flatten)]
-        message: Message,
+        /// The topic it was read from (e.g. barista.customers).
+        #[arg(required_unless_present = "all")]
+        topic: Option<String>,
+        /// Its partition.
+        #[arg(required_unless_present = "all")]
+        partition: Option<i32>,
+        /// Its offset.
+        #[arg(required_unless_present = "all")]
+        offset: Option<i64>,
+        /// Replay every held message, in the leader's order, stopping at the
+        /// first that still fails (a lost schema usually poisons many).
+        #[arg(long, conflicts_with_all = ["topic", "partition", "offset"])]
+        all: bool,
     },
     /// Give up on a held message on purpose: record it as skipped in the
     /// replica, with your reason, and release what it held back.
@@ -137,11 +148,44 @@ pub async fn run(cmd: DeadLettersCommand) -> anyhow::Result<()> {
             let d: DeadLetterDetail = call(http.get(url)).await?;
             print!("{}", render_detail(&d, crate::held::now_ms()));
         }
-        DeadLettersCommand::Replay { target, message } => {
+        DeadLettersCommand::Replay {
+            target,
+            topic,
+            partition,
+            offset,
+            all,
+        } => {
+            let ids = match (topic, partition, offset) {
+                (Some(topic), Some(partition), Some(offset)) if !all => vec![MessageId {
+                    topic,
+                    partition,
+                    offset,
+                }],
+                _ => {
+                    let l: Listing =
+                        call(http.get(format!("{}/dead-letters", base(&target)))).await?;
+                    let mut held: Vec<DeadLetter> = l
+                        .dead_letters
+                        .into_iter()
+                        .filter(|d| d.holds_back)
+                        .collect();
+                    held.sort_by_key(|d| d.position);
+                    held.into_iter().map(|d| d.id).collect()
+                }
+            };
+            if ids.is_empty() {
+                println!("nothing is held: nothing to replay");
+            }
             let url = format!("{}/admin/dead-letters/replay", base(&target));
-            let id = MessageId::from(message);
-            let done: Done = call(http.post(url).json(&id)).await?;
-            print!("{}", render_done(&done));
+            for (n, id) in ids.iter().enumerate() {
+                let r = call::<Done>(http.post(&url).json(id)).await;
+                let done = if all {
+                    r.with_context(|| format!("replayed {n} of {}; {id}", ids.len()))?
+                } else {
+                    r?
+                };
+                print!("{}", render_done(&done));
+            }
         }
         DeadLettersCommand::Skip {
             target,

@@ -22,6 +22,10 @@ use crate::groups::Chains;
 use crate::held::{self, Action, Command, DeadLetterDetail, Done, MessageId, Refusal};
 use crate::replica::{Replica, SkippedChange};
 
+/// How long a command applies what it released before it answers (well
+/// under the API's wait for an answer).
+const APPLY_WHILE_ANSWERING: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Held messages by where they are, kept whole for a replay.
 pub(super) type HeldMessages = HashMap<MessageId, OwnedMessage>;
 
@@ -111,8 +115,11 @@ impl Follower {
         let answer = match r {
             Ok(outcome) => {
                 tracing::warn!(%id, ?action, %outcome, "held message released by an operator");
-                // Apply what it released now, rather than at the next message.
-                loop {
+                // Apply what it released now rather than at the next
+                // message, for a while: a long backlog goes on in the loop,
+                // and the operator gets an answer before the API gives up.
+                let start = Instant::now();
+                while start.elapsed() < APPLY_WHILE_ANSWERING {
                     let before = self.shared.state().position;
                     self.apply_ready().await?;
                     if self.shared.state().position == before {
