@@ -258,7 +258,7 @@ pub fn render_list(v: &[DeadLetter], now_ms: i64) -> String {
             d.id.offset,
             or_dash(d.position),
             or_dash(d.schema_id),
-            ago(d.since_ms, now_ms),
+            ago(d.since, now_ms),
             d.outcome.as_deref().unwrap_or(&d.error)
         );
     }
@@ -281,8 +281,8 @@ pub fn render_detail(d: &DeadLetterDetail, now_ms: i64) -> String {
         or_dash(s.position),
         or_dash(s.schema_id),
         if s.holds_back { "yes: later commit groups wait for it" } else { "no" },
-        ago(s.since_ms, now_ms),
-        s.since_ms,
+        ago(s.since, now_ms),
+        s.since,
         s.error
     );
     if let Some(o) = &s.outcome {

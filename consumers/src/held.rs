@@ -67,8 +67,8 @@ pub struct DeadLetter {
     pub schema_id: Option<u32>,
     /// Why it could not be applied (the latest attempt's reason).
     pub error: String,
-    /// When it was dead-lettered, Unix ms.
-    pub since_ms: i64,
+    /// When it was dead-lettered (by this process), Unix ms.
+    pub since: i64,
     /// True while it holds its partition's chain, and so every later
     /// commit group of this follower, back.
     pub holds_back: bool,
@@ -117,7 +117,7 @@ impl DeadLetterDetail {
                 position,
                 schema_id: schema_id(payload),
                 error: error.to_owned(),
-                since_ms: now_ms(),
+                since: now_ms(),
                 holds_back: holds,
                 outcome: None,
             },
@@ -152,8 +152,9 @@ pub struct HeldBy {
     pub position: Position,
     /// Why it could not be applied.
     pub error: String,
-    /// Since when it holds, Unix ms.
-    pub since_ms: i64,
+    /// Since when it holds (dead-lettered by this process), Unix ms; the
+    /// name the lag page reads.
+    pub since: i64,
 }
 
 /// What holds later groups back, in the leader's order, for `/status`;
@@ -168,8 +169,8 @@ pub fn held_by(shared: &Shared, chains: &Chains) -> Result<Vec<HeldBy>, Poisoned
                 partition: *partition,
                 offset: b.offset,
             };
-            let (error, since_ms) = book.get(&id).map_or((b.reason.clone(), 0), |d| {
-                (d.summary.error.clone(), d.summary.since_ms)
+            let (error, since) = book.get(&id).map_or((b.reason.clone(), 0), |d| {
+                (d.summary.error.clone(), d.summary.since)
             });
             v.push(HeldBy {
                 topic: id.topic,
@@ -177,7 +178,7 @@ pub fn held_by(shared: &Shared, chains: &Chains) -> Result<Vec<HeldBy>, Poisoned
                 offset: id.offset,
                 position: b.position,
                 error,
-                since_ms,
+                since,
             });
         }
     }
@@ -227,7 +228,7 @@ impl Book {
     /// Every entry, held ones first, then newest first.
     pub fn list(&self) -> Vec<DeadLetter> {
         let mut v: Vec<DeadLetter> = self.entries.iter().map(|e| e.summary.clone()).collect();
-        v.sort_by_key(|d| (!d.holds_back, std::cmp::Reverse(d.since_ms)));
+        v.sort_by_key(|d| (!d.holds_back, std::cmp::Reverse(d.since)));
         v
     }
 
@@ -452,7 +453,7 @@ fn answer(r: Result<Done, Refusal>) -> Response {
 mod tests {
     use super::*;
 
-    fn entry(offset: i64, holds: bool, since_ms: i64) -> DeadLetterDetail {
+    fn entry(offset: i64, holds: bool, since: i64) -> DeadLetterDetail {
         DeadLetterDetail {
             summary: DeadLetter {
                 id: MessageId {
@@ -463,7 +464,7 @@ mod tests {
                 position: None,
                 schema_id: None,
                 error: "e".into(),
-                since_ms,
+                since,
                 holds_back: holds,
                 outcome: None,
             },
