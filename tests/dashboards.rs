@@ -30,12 +30,6 @@ const PRODUCER_METRICS: &[&str] = &[
     "barista_producer_oldest_unacked_seconds",
 ];
 
-/// Follower metrics the dashboard queries that a follower on this branch
-/// does not serve yet: `held_messages` (messages held behind a poison
-/// message) is being added in parallel with the dead-letter work. When it
-/// lands the scrape covers it; delete it from here then.
-const FOLLOWER_METRICS_IN_FLIGHT: &[&str] = &["barista_follower_held_messages"];
-
 /// The datasource uids compose provisions (`uid:` lines of the datasource
 /// file; a YAML parser for one key is not worth a dependency).
 fn provisioned_uids() -> BTreeSet<String> {
@@ -173,7 +167,7 @@ async fn the_grafana_dashboard_queries_metrics_that_exist() {
     for m in &queried {
         if m.starts_with("barista_follower_") {
             assert!(
-                served.contains(m) || FOLLOWER_METRICS_IN_FLIGHT.contains(&m.as_str()),
+                served.contains(m),
                 "the dashboard queries {m}, which a follower does not serve; it serves {served:?}"
             );
         } else {
@@ -181,11 +175,6 @@ async fn the_grafana_dashboard_queries_metrics_that_exist() {
                 PRODUCER_METRICS.contains(&m.as_str()),
                 "the dashboard queries {m}, which is not a known producer metric {PRODUCER_METRICS:?}"
             );
-        }
-    }
-    for m in FOLLOWER_METRICS_IN_FLIGHT {
-        if served.contains(*m) {
-            eprintln!("{m} is served now: remove it from FOLLOWER_METRICS_IN_FLIGHT");
         }
     }
 }
