@@ -118,6 +118,16 @@ impl PartitionChain {
     /// Records that the message at `offset` was consumed.
     pub fn consumed(&mut self, offset: i64) {
         self.consumed = offset + 1;
+        // A message at `offset` is proof the partition reaches past it: a
+        // watermark sampled before it arrived never reads below what was read.
+        self.saw_high_watermark(offset + 1);
+    }
+
+    /// A high watermark sampled from the broker (or implied by a message);
+    /// the chain keeps the highest seen, so a stale sample never shows the
+    /// follower ahead of its partition.
+    pub fn saw_high_watermark(&mut self, hw: i64) {
+        self.high_watermark = self.high_watermark.max(hw);
     }
 
     /// True when a message claiming `position` needs no decoding: applied

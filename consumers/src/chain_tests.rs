@@ -266,3 +266,15 @@ fn take_through_leaves_later_changes_buffered() {
     assert_eq!(c.applied(), P(5), "taking nothing moves nothing");
     assert_eq!(c.pending_through(P(7)), 1);
 }
+
+#[test]
+fn a_stale_watermark_sample_never_shows_the_chain_ahead_of_its_partition() {
+    let mut c = PartitionChain::new(0, P(0));
+    c.saw_high_watermark(10);
+    c.consumed(14); // read offset 14: the partition holds at least 15
+    assert_eq!(c.high_watermark, 15);
+    c.saw_high_watermark(12); // a sample taken before offset 14 arrived
+    assert_eq!((c.high_watermark, c.offset_lag()), (15, 0));
+    c.saw_high_watermark(20);
+    assert_eq!(c.offset_lag(), 5);
+}

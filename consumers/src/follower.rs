@@ -155,7 +155,7 @@ impl Follower {
                 }
                 _ = tick.tick() => {
                     for (tp, h) in hwms.borrow_and_update().iter() {
-                        if let Some(c) = self.chains.get_mut(tp) { c.high_watermark = *h; }
+                        if let Some(c) = self.chains.get_mut(tp) { c.saw_high_watermark(*h); }
                     }
                     self.check_gaps()?;
                     self.publish_status()?;
