@@ -159,6 +159,7 @@ mod tests {
             ts_ms,
             partitions: vec![],
             dropped: vec![],
+            checksums: vec![],
         }
     }
 

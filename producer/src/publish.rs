@@ -275,6 +275,7 @@ impl Publisher<'_> {
             ts_ms,
             partitions,
             dropped: Vec::new(),
+            checksums: Vec::new(),
         }
     }
 

@@ -8,6 +8,7 @@ use apache_avro::Schema;
 use serde::{Deserialize, Serialize};
 
 use crate::avro_schema::COMMIT_AVSC;
+use crate::checksum::TableChecksum;
 use crate::{ContractError, Position};
 
 /// The tail of a commit group in one partition.
@@ -48,6 +49,11 @@ pub struct Commit {
     /// Tables dropped in this group (absent in records written before v2).
     #[serde(default)]
     pub dropped: Vec<DroppedTable>,
+    /// The leader's checksum ([`crate::checksum`]) of every table this group
+    /// changed, at `last_position` (absent in records written before v3, and
+    /// in begin records and heartbeats).
+    #[serde(default)]
+    pub checksums: Vec<TableChecksum>,
 }
 
 impl Commit {
@@ -107,6 +113,10 @@ mod tests {
             dropped: vec![DroppedTable {
                 table: "gone".into(),
                 position: Position(11),
+            }],
+            checksums: vec![TableChecksum {
+                table: "t".into(),
+                sum: -42,
             }],
         };
         let bytes = apache_avro::to_avro_datum(&schema, c.to_avro().unwrap()).unwrap();

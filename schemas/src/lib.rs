@@ -7,6 +7,8 @@
 pub mod avro_schema;
 /// The envelope in Avro binary without apache-avro `Value` trees.
 pub mod binary;
+/// Table checksums: the canonical row hash and its order-independent sum.
+pub mod checksum;
 /// Commit groups and heartbeats on the commits topic.
 pub mod commit;
 /// Topic, subject and header names: every name that crosses a process boundary.

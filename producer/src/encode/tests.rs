@@ -62,6 +62,10 @@ async fn every_message_encodes_as_the_converter_encoded_the_first() {
             table: "gone".into(),
             position: Position(12),
         }],
+        checksums: vec![barista_schemas::checksum::TableChecksum {
+            table: "t".into(),
+            sum: i64::MIN,
+        }],
     };
     let fake = serve(vec![(200, r#"{"id": 258}"#)]).await;
     let mut enc = encoder(&fake.url);
@@ -227,5 +231,6 @@ fn heartbeat() -> Commit {
         ts_ms: 1,
         partitions: vec![],
         dropped: vec![],
+        checksums: vec![],
     }
 }
