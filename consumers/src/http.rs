@@ -41,18 +41,7 @@ async fn lag_page() -> Response {
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
-    let mut out = String::new();
-    match prometheus_client::encoding::text::encode(&mut out, &s.metrics.registry) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            out,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+    barista_runtime::metrics::openmetrics(&s.metrics.registry)
 }
 
 async fn status(State(s): State<Arc<Shared>>) -> Response {

@@ -15,6 +15,8 @@ pub mod exit;
 pub mod backoff;
 /// Locks whose poisoning stops the process instead of resetting state.
 pub mod locks;
+/// `GET /metrics`: a Prometheus registry as OpenMetrics text.
+pub mod metrics;
 
 pub use backoff::Backoff;
 pub use locks::{lock, Poisoned};
