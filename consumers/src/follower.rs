@@ -177,11 +177,7 @@ impl Follower {
                         match m {
                             Ok(m) => self.handle(m, shutdown).await?,
                             Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
-                                anyhow::bail!(
-                                    "a stored offset of this replica is no longer in Kafka: retention deleted changes it never applied. \
-                                     The replica cannot be brought up to date from Kafka; re-seed it (stop the follower, delete {} \
-                                     and start again, so it replays from the earliest offset and the snapshot)",
-                                    self.config.replica.display());
+                                anyhow::bail!("{}", crate::seed::history_deleted(&self.config));
                             }
                             Err(e) => tracing::warn!(error = %e, "Kafka consumer error (retrying)"),
                         }
@@ -402,11 +398,12 @@ impl Follower {
                 anyhow::bail!(
                     "gap in {t}/{p}: change {pos} follows position {prev:?}, which this follower never received \
                      (it has up to {have}); waited {:?} for a resend. Changes were lost between the producer and \
-                     Kafka or removed by retention; re-seed this replica",
+                     Kafka or removed by retention; re-seed this replica: `{cmd}`",
                     self.config.gap_timeout,
                     pos = g.position,
                     prev = g.prev.map(i64::from),
-                    have = g.have
+                    have = g.have,
+                    cmd = crate::seed::reseed_command(&self.config),
                 );
             }
         }
