@@ -247,7 +247,10 @@ async fn a_follower_seeded_from_a_peer_under_writes_ends_equal_and_never_goes_ba
     wait_for_capture(&setup.leader).await;
     let (l, mut exp) = (setup.leader.clone(), setup.expected.clone());
     let writer = tokio::task::spawn_blocking(move || {
-        write_workload_paced(&l, 7, 4000, Duration::from_millis(1), &mut exp);
+        let started = Instant::now();
+        write_workload_paced(&l, 7, 4000, Duration::from_micros(500), &mut exp);
+        let rate = 4000.0 / started.elapsed().as_secs_f64();
+        eprintln!("the leader wrote {rate:.0} transactions/s");
     });
     // The peer has applied some of it.
     wait_until(Duration::from_secs(60), || {

@@ -57,14 +57,9 @@ struct Follower {
     poison: admin::HeldMessages,
 }
 
-/// Runs a follower until `shutdown` resolves or a fatal error (a gap, lost
-/// history, a replica that cannot be written, a poisoned lock).
-pub async fn run(
-    config: FollowerConfig,
-    shared: Arc<Shared>,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    tokio::pin!(shutdown);
+/// Opens (creating if needed) the replica and publishes its stored
+/// position, so `/status` says where it is before anything else happens.
+pub async fn open(config: &FollowerConfig, shared: &Shared) -> anyhow::Result<Replica> {
     let path = config.replica.clone();
     let replica = tokio::task::spawn_blocking(move || Replica::open(&path))
         .await?
@@ -76,8 +71,21 @@ pub async fn run(
     ));
     // From the first second, before Kafka is reached: the replica's own
     // position, and a seconds lag nobody has measured yet.
-    publish_status(&shared, &config, &Chains::new())?;
+    publish_status(shared, config, &Chains::new())?;
+    Ok(replica)
+}
 
+/// Runs a follower on the replica [`open`] returned until `shutdown`
+/// resolves or a fatal error (a gap, lost history, a replica that cannot be
+/// written, a poisoned lock).
+pub async fn run(
+    config: FollowerConfig,
+    shared: Arc<Shared>,
+    replica: Replica,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    let progress = replica.progress()?;
     let consumer = kafka::consumer(&config)?;
     let commits = commits_topic(&config.topic_prefix);
     let dlq_topic = dead_letter_topic(&config.topic_prefix);

@@ -86,6 +86,9 @@ pub async fn run_on(
     if !seed::seed_if_asked(&config, &mut shutdown).await? {
         return Ok(());
     }
+    // Before HTTP: `/status` answers with the replica's own position from
+    // its first request.
+    let replica = follower::open(&config, &shared).await?;
     let token = tokio_util::sync::CancellationToken::new();
     let server = match listener {
         Some(listener) => {
@@ -100,7 +103,7 @@ pub async fn run_on(
         }
         None => None,
     };
-    let r = follower::run(config, shared, shutdown).await;
+    let r = follower::run(config, shared, replica, shutdown).await;
     token.cancel();
     if let Some(s) = server {
         let _ = s.await;
