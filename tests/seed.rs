@@ -173,8 +173,17 @@ async fn a_follower_whose_history_was_deleted_halts_with_the_seed_command_that_f
         .split_whitespace()
         .map(|w| w.trim_matches('\'').to_owned())
         .collect();
-    for flag in ["--replica", "--follower-id", "--brokers", "--registry", "--topic-prefix"] {
-        assert!(words.iter().any(|w| w == flag), "{flag} missing from {command}");
+    for flag in [
+        "--replica",
+        "--follower-id",
+        "--brokers",
+        "--registry",
+        "--topic-prefix",
+    ] {
+        assert!(
+            words.iter().any(|w| w == flag),
+            "{flag} missing from {command}"
+        );
     }
     assert!(words.ends_with(&[
         "--reseed".to_owned(),
@@ -195,7 +204,10 @@ async fn a_follower_whose_history_was_deleted_halts_with_the_seed_command_that_f
     let mut reseeded = Proc::start_program(PathBuf::from(&words[0]), args, &lost_log, None);
     caught_up_proc(&mut reseeded, &leader, &lost_replica).await;
     let resumed = replica_offset(&lost_replica, &topic, 0).unwrap();
-    assert!(resumed >= earliest, "resumes at {resumed}, before {earliest}");
+    assert!(
+        resumed >= earliest,
+        "resumes at {resumed}, before {earliest}"
+    );
     // And it follows from there.
     write_big(65, 70);
     caught_up_proc(&mut reseeded, &leader, &lost_replica).await;
@@ -263,7 +275,11 @@ async fn a_follower_seeded_from_a_peer_under_writes_ends_equal_and_never_goes_ba
     let replica = setup.dir.path().join("seeded.db");
     let log = setup.dir.path().join("seeded.log");
     let url = format!("http://{peer_addr}/snapshot");
-    let s = (setup.brokers.as_str(), setup.registry.url(), setup.prefix.as_str());
+    let s = (
+        setup.brokers.as_str(),
+        setup.registry.url(),
+        setup.prefix.as_str(),
+    );
     let mut seeded = Proc::start(
         "consumer",
         follower_args(&replica, "seeded", s, port, &["--seed-from", &url]),
@@ -277,7 +293,10 @@ async fn a_follower_seeded_from_a_peer_under_writes_ends_equal_and_never_goes_ba
         if let Some(st) = status(port).await {
             let p = st["applied_position"].as_i64().unwrap();
             let leader_now = leader_position(&setup.leader);
-            assert!(p <= leader_now, "follower at {p}, ahead of the leader at {leader_now}");
+            assert!(
+                p <= leader_now,
+                "follower at {p}, ahead of the leader at {leader_now}"
+            );
             if let Some(&last) = seen.last() {
                 assert!(p >= last, "position went back from {last} to {p}");
             }
@@ -304,11 +323,21 @@ async fn a_follower_seeded_from_a_peer_under_writes_ends_equal_and_never_goes_ba
         seen[0],
         seen[seen.len() - 1]
     );
-    assert!(while_writing > 0, "the follower served nothing while the leader wrote");
-    assert!(seen[0] > 0, "it started from the peer's snapshot, not from zero");
+    assert!(
+        while_writing > 0,
+        "the follower served nothing while the leader wrote"
+    );
+    assert!(
+        seen[0] > 0,
+        "it started from the peer's snapshot, not from zero"
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("replica seeded"), "{}", seeded.log_tail(30));
-    assert!(text.contains("mb_per_s"), "progress logged: {}", seeded.log_tail(30));
+    assert!(
+        text.contains("mb_per_s"),
+        "progress logged: {}",
+        seeded.log_tail(30)
+    );
     assert!(seeded.terminate(Duration::from_secs(30)).success());
     peer.stop().await.unwrap();
     producer.stop().await.unwrap();
@@ -319,8 +348,14 @@ async fn a_follower_seeded_from_a_peer_under_writes_ends_equal_and_never_goes_ba
 async fn dying_peer(real: String) -> std::net::SocketAddr {
     let resp = reqwest::get(&real).await.unwrap();
     assert!(resp.status().is_success());
-    let sha = resp.headers()[HEADER_SNAPSHOT_SHA256].to_str().unwrap().to_owned();
-    let pos = resp.headers()[HEADER_SNAPSHOT_POSITION].to_str().unwrap().to_owned();
+    let sha = resp.headers()[HEADER_SNAPSHOT_SHA256]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let pos = resp.headers()[HEADER_SNAPSHOT_POSITION]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let body = resp.bytes().await.unwrap().to_vec();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -366,7 +401,11 @@ async fn a_seed_whose_peer_dies_midway_leaves_no_replica_and_a_retry_works() {
     let port = free_port();
     let replica = setup.dir.path().join("seeded.db");
     let url = format!("http://{fake}/snapshot");
-    let s = (setup.brokers.as_str(), setup.registry.url(), setup.prefix.as_str());
+    let s = (
+        setup.brokers.as_str(),
+        setup.registry.url(),
+        setup.prefix.as_str(),
+    );
     let mut seeded = Proc::start(
         "consumer",
         follower_args(&replica, "seeded", s, port, &["--seed-from", &url]),
@@ -381,7 +420,11 @@ async fn a_seed_whose_peer_dies_midway_leaves_no_replica_and_a_retry_works() {
     assert!(!replica.exists(), "a half replica was left");
     let dir = setup.dir.path().to_owned();
     let dir = dir.as_path();
-    assert!(files_named_like(dir, "seeded.db").is_empty(), "{:?}", files_named_like(dir, "seeded.db"));
+    assert!(
+        files_named_like(dir, "seeded.db").is_empty(),
+        "{:?}",
+        files_named_like(dir, "seeded.db")
+    );
     let tail = seeded.log_tail(20);
     assert!(tail.contains("nothing was installed"), "{tail}");
     // The same command again: the peer serves the whole file this time.
@@ -412,7 +455,11 @@ async fn a_follower_seeded_from_the_leader_ends_equal_to_it() {
     let port = free_port();
     let replica = setup.dir.path().join("first.db");
     let url = format!("http://{addr}/snapshot");
-    let s = (setup.brokers.as_str(), setup.registry.url(), setup.prefix.as_str());
+    let s = (
+        setup.brokers.as_str(),
+        setup.registry.url(),
+        setup.prefix.as_str(),
+    );
     let mut first = Proc::start(
         "consumer",
         follower_args(&replica, "first", s, port, &["--seed-from", &url]),

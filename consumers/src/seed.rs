@@ -119,8 +119,9 @@ async fn download(url: &str, partial: &Path) -> anyhow::Result<Seeded> {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let want_sha = header(HEADER_SNAPSHOT_SHA256)
-        .with_context(|| format!("{url} sent no {HEADER_SNAPSHOT_SHA256} header: not a barista snapshot"))?;
+    let want_sha = header(HEADER_SNAPSHOT_SHA256).with_context(|| {
+        format!("{url} sent no {HEADER_SNAPSHOT_SHA256} header: not a barista snapshot")
+    })?;
     let want_position: i64 = header(HEADER_SNAPSHOT_POSITION)
         .and_then(|p| p.parse().ok())
         .with_context(|| format!("{url} sent no {HEADER_SNAPSHOT_POSITION} header"))?;
@@ -187,7 +188,8 @@ fn log_progress(got: u64, total: Option<u64>, elapsed: Duration) {
 
 /// The position a replica file stores (0 when it has none yet).
 fn stored_position(file: &Path) -> rusqlite::Result<i64> {
-    let c = rusqlite::Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let c =
+        rusqlite::Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     c.query_row(
         "SELECT coalesce(max(position), 0) FROM _barista_position",
         [],
@@ -251,7 +253,11 @@ pub fn reseed_command(config: &FollowerConfig) -> String {
         a
     };
     let url = config.seed_from.as_deref().unwrap_or(PEER_PLACEHOLDER);
-    args.extend(["--reseed".to_owned(), "--seed-from".to_owned(), url.to_owned()]);
+    args.extend([
+        "--reseed".to_owned(),
+        "--seed-from".to_owned(),
+        url.to_owned(),
+    ]);
     args.iter()
         .map(|a| shell_quote(a))
         .collect::<Vec<_>>()

@@ -102,19 +102,18 @@ pub fn stream_copy(copy: SnapshotCopy, guard: impl Send + 'static) -> Response {
         leader_ts_ms,
     } = copy;
     let file = tokio::fs::File::from_std(file);
-    let body = futures::stream::unfold(
-        (file, guard, vec![0u8; CHUNK]),
-        |(mut file, guard, mut buf)| async move {
-            match file.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    let chunk = axum::body::Bytes::copy_from_slice(&buf[..n]);
-                    Some((Ok::<_, std::io::Error>(chunk), (file, guard, buf)))
-                }
-                Err(e) => Some((Err(e), (file, guard, buf))),
+    let body = futures::stream::unfold(Some((file, guard, vec![0u8; CHUNK])), |state| async move {
+        let (mut file, guard, mut buf) = state?;
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                let chunk = axum::body::Bytes::copy_from_slice(&buf[..n]);
+                Some((Ok(chunk), Some((file, guard, buf))))
             }
-        },
-    );
+            // Ends the body after the error.
+            Err(e) => Some((Err::<axum::body::Bytes, _>(e), None)),
+        }
+    });
     (
         [
             (header::CONTENT_TYPE, SNAPSHOT_CONTENT_TYPE.to_owned()),

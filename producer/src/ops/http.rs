@@ -19,7 +19,10 @@ pub fn router(ops: Arc<Ops>) -> Router {
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/ready", get(ready))
-        .route(barista_schemas::snapshot::SNAPSHOT_PATH, get(super::snapshot::serve))
+        .route(
+            barista_schemas::snapshot::SNAPSHOT_PATH,
+            get(super::snapshot::serve),
+        )
         .with_state(ops)
 }
 

@@ -133,21 +133,18 @@ pub fn as_replica(c: &Connection) -> rusqlite::Result<()> {
 /// held until the body ends (or the client goes away).
 fn stream(copy: SnapshotCopy, guard: impl Send + 'static) -> Response {
     let file = tokio::fs::File::from_std(copy.file);
-    let body = futures::stream::unfold(
-        Some((file, guard, vec![0u8; CHUNK])),
-        |state| async move {
-            let (mut file, guard, mut buf) = state?;
-            match file.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    let chunk = axum::body::Bytes::copy_from_slice(&buf[..n]);
-                    Some((Ok(chunk), Some((file, guard, buf))))
-                }
-                // Ends the body after the error.
-                Err(e) => Some((Err::<axum::body::Bytes, _>(e), None)),
+    let body = futures::stream::unfold(Some((file, guard, vec![0u8; CHUNK])), |state| async move {
+        let (mut file, guard, mut buf) = state?;
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                let chunk = axum::body::Bytes::copy_from_slice(&buf[..n]);
+                Some((Ok(chunk), Some((file, guard, buf))))
             }
-        },
-    );
+            // Ends the body after the error.
+            Err(e) => Some((Err::<axum::body::Bytes, _>(e), None)),
+        }
+    });
     (
         [
             (header::CONTENT_TYPE, SNAPSHOT_CONTENT_TYPE.to_owned()),
