@@ -48,6 +48,9 @@ pub enum SnapshotError {
     /// The temporary file could not be made, written or hashed.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The copy could not be turned into a replica.
+    #[error("reshaping the copy: {0}")]
+    Reshape(String),
 }
 
 /// A finished copy, ready to stream.
@@ -72,7 +75,7 @@ pub struct SnapshotCopy {
 pub fn copy_consistent(
     source: &Path,
     temp_dir: &Path,
-    reshape: impl FnOnce(&Connection) -> rusqlite::Result<()>,
+    reshape: impl FnOnce(&Connection) -> Result<(), SnapshotError>,
 ) -> Result<SnapshotCopy, SnapshotError> {
     let temp = tempfile::Builder::new()
         .prefix(".barista-snapshot-")
