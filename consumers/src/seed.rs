@@ -24,6 +24,10 @@ use crate::config::FollowerConfig;
 /// Shown in the re-seed command when no `--seed-from` URL is known.
 pub const PEER_PLACEHOLDER: &str = "http://<healthy-peer-or-producer>/snapshot";
 
+/// A download that receives nothing for this long fails (the peer hung, or
+/// its host is gone without closing the connection).
+const STALL: Duration = Duration::from_secs(60);
+
 /// How often download progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -97,17 +101,24 @@ struct Seeded {
 /// checks length, hash and that the file is a replica at the announced
 /// position; fsyncs it.
 async fn download(url: &str, partial: &Path) -> anyhow::Result<Seeded> {
+    // No read timeout on the client: the server copies and hashes the whole
+    // database before it answers (minutes for a large one). A stall once the
+    // body flows is caught per chunk below.
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
-        // A peer that stops sending (hung, or its host gone) fails the seed
-        // rather than hang it.
-        .read_timeout(Duration::from_secs(60))
         .build()?;
-    let mut resp = client
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("requesting {url}"))?;
+    let asked = Instant::now();
+    let request = client.get(url).send();
+    tokio::pin!(request);
+    let mut waiting = tokio::time::interval(Duration::from_secs(5));
+    waiting.tick().await;
+    let mut resp = loop {
+        tokio::select! {
+            r = &mut request => break r.with_context(|| format!("requesting {url}"))?,
+            _ = waiting.tick() => tracing::info!(%url, waited_s = asked.elapsed().as_secs(),
+                "seeding: waiting for the server to copy and hash its database"),
+        }
+    };
     if !resp.status().is_success() {
         let code = resp.status();
         let body = resp.text().await.unwrap_or_default();
@@ -135,7 +146,11 @@ async fn download(url: &str, partial: &Path) -> anyhow::Result<Seeded> {
     let mut got = 0u64;
     let started = Instant::now();
     let mut last_log = started;
-    while let Some(chunk) = resp.chunk().await.context("reading the snapshot")? {
+    while let Some(chunk) = tokio::time::timeout(STALL, resp.chunk())
+        .await
+        .map_err(|_| anyhow::anyhow!("the server sent nothing for {STALL:?}"))?
+        .context("reading the snapshot")?
+    {
         hash.update(&chunk);
         out.write_all(&chunk).await?;
         got += chunk.len() as u64;
