@@ -34,6 +34,34 @@ fn follower_args(
     a
 }
 
+/// Rows of the workload's tables.
+type Rows = std::collections::BTreeMap<String, Vec<Vec<barista_schemas::SqlValue>>>;
+
+/// A position and the rows at it, read in ONE read transaction: `sql` reads
+/// the position (the leader's newest changelog position, or a replica's).
+fn state_at(conn: &mut Connection, sql: &str) -> rusqlite::Result<(i64, Rows)> {
+    let tx = conn.transaction()?;
+    let position: i64 = tx.query_row(sql, [], |r| r.get(0))?;
+    let mut rows = Rows::new();
+    for t in crate::crash::TABLES {
+        let mut stmt = tx.prepare(&format!("SELECT * FROM {t} ORDER BY id"))?;
+        let n = stmt.column_count();
+        let all = stmt
+            .query_map([], |r| {
+                (0..n)
+                    .map(|i| r.get_ref(i).map(barista_schemas::SqlValue::from))
+                    .collect::<Result<Vec<_>, _>>()
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.insert(t.to_owned(), all);
+    }
+    tx.commit()?;
+    Ok((position, rows))
+}
+
+const LEADER_POSITION_SQL: &str = "SELECT coalesce(max(position), 0) FROM _barista_changelog";
+const REPLICA_POSITION_SQL: &str = "SELECT coalesce(max(position), 0) FROM _barista_position";
+
 /// `/status` of a follower on `port`, or `None` while it does not answer.
 async fn status(port: u16) -> Option<serde_json::Value> {
     let r = reqwest::get(format!("http://127.0.0.1:{port}/status"))
@@ -285,6 +313,21 @@ async fn a_follower_seeded_from_a_peer_under_writes_ends_equal_and_never_goes_ba
         follower_args(&replica, "seeded", s, port, &["--seed-from", &url]),
         &log,
     );
+    // The leader's states as the writer goes: position → rows, sampled in
+    // read transactions as fast as they come.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (l, halt) = (setup.leader.clone(), stop.clone());
+    let leader_states = std::thread::spawn(move || {
+        let mut conn = Connection::open(&l).unwrap();
+        let mut states = std::collections::HashMap::new();
+        while !halt.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((p, rows)) = state_at(&mut conn, LEADER_POSITION_SQL) {
+                states.entry(p).or_insert(rows);
+            }
+        }
+        states
+    });
+    let mut follower_states: Vec<(i64, Rows)> = Vec::new();
     let mut seen: Vec<i64> = Vec::new();
     let mut while_writing = 0;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -301,6 +344,13 @@ async fn a_follower_seeded_from_a_peer_under_writes_ends_equal_and_never_goes_ba
                 assert!(p >= last, "position went back from {last} to {p}");
             }
             seen.push(p);
+            if let Ok(mut c) =
+                Connection::open_with_flags(&replica, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            {
+                if let Ok(st) = state_at(&mut c, REPLICA_POSITION_SQL) {
+                    follower_states.push(st);
+                }
+            }
             if !writer.is_finished() {
                 while_writing += 1;
             } else if p == leader_now && same_rows(&setup.leader, &replica).is_ok() {
@@ -317,6 +367,26 @@ async fn a_follower_seeded_from_a_peer_under_writes_ends_equal_and_never_goes_ba
     }
     writer.await.unwrap();
     caught_up_proc(&mut seeded, &setup.leader, &replica).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let leader_states = leader_states.join().unwrap();
+    // Every state the follower had that the sampler also saw on the leader
+    // is the leader's, row for row.
+    let mut compared = 0;
+    for (p, rows) in &follower_states {
+        if let Some(want) = leader_states.get(p) {
+            assert_eq!(
+                rows, want,
+                "the follower's rows at position {p} are not the leader's"
+            );
+            compared += 1;
+        }
+    }
+    eprintln!(
+        "{compared} of {} follower states compared with the leader's at the same position ({} leader states sampled)",
+        follower_states.len(),
+        leader_states.len()
+    );
+    assert!(compared > 0, "no follower state met a sampled leader state");
     eprintln!(
         "{} status samples ({while_writing} while the leader wrote), positions {}..{}",
         seen.len(),
