@@ -329,3 +329,52 @@ async fn binaries_on_a_real_broker_follow_tables_that_appear() {
     drop(broker);
     registry.shutdown().await.unwrap();
 }
+
+/// `--retention-ms` reaches the topics the producer creates on a real
+/// broker: every table topic and the commits topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_producer_creates_its_topics_with_the_retention_it_was_given() {
+    let Some(bin) = nisshi() else { return };
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(bin, dir.path());
+    let brokers = broker.addr.clone();
+    let registry = start_registry(dir.path()).await;
+    let leader = dir.path().join("leader.db");
+    seed(&leader, &mut Expected::new());
+    let prefix = unique("retention");
+    let mut args = producer_args(&leader, &brokers, registry.url(), &prefix);
+    args.extend(["--retention-ms".into(), "3600000".into()]);
+    let mut producer = Proc::start("producer", args, &dir.path().join("producer.log"));
+    let topics: Vec<String> = TABLES
+        .iter()
+        .map(|t| table_topic(&prefix, t))
+        .chain([commits_topic(&prefix)])
+        .collect();
+    for topic in &topics {
+        wait_until(Duration::from_secs(60), || {
+            producer.assert_running();
+            topic_exists(&brokers, topic)
+        })
+        .await;
+    }
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+    let specs: Vec<rdkafka::admin::ResourceSpecifier> = topics
+        .iter()
+        .map(|t| rdkafka::admin::ResourceSpecifier::Topic(t))
+        .collect();
+    let described = admin
+        .describe_configs(&specs, &rdkafka::admin::AdminOptions::new())
+        .await
+        .unwrap();
+    for (topic, r) in topics.iter().zip(described) {
+        let resource = r.unwrap_or_else(|e| panic!("describing {topic}: {e}"));
+        let retention = resource.get("retention.ms").and_then(|e| e.value.clone());
+        assert_eq!(retention.as_deref(), Some("3600000"), "{topic}");
+    }
+    assert!(producer.terminate(Duration::from_secs(30)).success());
+}

@@ -13,4 +13,5 @@ mod page;
 mod pipeline;
 mod producer_ops;
 mod reads;
+mod seed;
 mod topology;

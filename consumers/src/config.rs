@@ -39,6 +39,16 @@ pub struct FollowerConfig {
     /// How long the follower may hear nothing from the producer (commit
     /// records, heartbeats) before its seconds lag counts the silence.
     pub heartbeat_grace: Duration,
+    /// Where to download a snapshot from when the replica file does not
+    /// exist (or, with `reseed`, to replace it): a peer's or the producer's
+    /// `/snapshot` URL.
+    pub seed_from: Option<String>,
+    /// Replace an existing replica with a snapshot from `seed_from`.
+    pub reseed: bool,
+    /// The command line the follower was started with (the binary sets it),
+    /// from which the re-seed command in a halt message is made; empty =
+    /// made from this configuration.
+    pub command_line: Vec<String>,
 }
 
 impl FollowerConfig {
@@ -63,6 +73,9 @@ impl FollowerConfig {
             kafka_options: Vec::new(),
             log_interval: Duration::from_secs(10),
             heartbeat_grace: Duration::from_secs(3),
+            seed_from: None,
+            reseed: false,
+            command_line: Vec::new(),
         }
     }
 }

@@ -57,14 +57,9 @@ struct Follower {
     poison: admin::HeldMessages,
 }
 
-/// Runs a follower until `shutdown` resolves or a fatal error (a gap, lost
-/// history, a replica that cannot be written, a poisoned lock).
-pub async fn run(
-    config: FollowerConfig,
-    shared: Arc<Shared>,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    tokio::pin!(shutdown);
+/// Opens (creating if needed) the replica and publishes its stored
+/// position, so `/status` says where it is before anything else happens.
+pub async fn open(config: &FollowerConfig, shared: &Shared) -> anyhow::Result<Replica> {
     let path = config.replica.clone();
     let replica = tokio::task::spawn_blocking(move || Replica::open(&path))
         .await?
@@ -76,8 +71,21 @@ pub async fn run(
     ));
     // From the first second, before Kafka is reached: the replica's own
     // position, and a seconds lag nobody has measured yet.
-    publish_status(&shared, &config, &Chains::new())?;
+    publish_status(shared, config, &Chains::new())?;
+    Ok(replica)
+}
 
+/// Runs a follower on the replica [`open`] returned until `shutdown`
+/// resolves or a fatal error (a gap, lost history, a replica that cannot be
+/// written, a poisoned lock).
+pub async fn run(
+    config: FollowerConfig,
+    shared: Arc<Shared>,
+    replica: Replica,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    let progress = replica.progress()?;
     let consumer = kafka::consumer(&config)?;
     let commits = commits_topic(&config.topic_prefix);
     let dlq_topic = dead_letter_topic(&config.topic_prefix);
@@ -177,11 +185,7 @@ impl Follower {
                         match m {
                             Ok(m) => self.handle(m, shutdown).await?,
                             Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
-                                anyhow::bail!(
-                                    "a stored offset of this replica is no longer in Kafka: retention deleted changes it never applied. \
-                                     The replica cannot be brought up to date from Kafka; re-seed it (stop the follower, delete {} \
-                                     and start again, so it replays from the earliest offset and the snapshot)",
-                                    self.config.replica.display());
+                                anyhow::bail!("{}", crate::seed::history_deleted(&self.config));
                             }
                             Err(e) => tracing::warn!(error = %e, "Kafka consumer error (retrying)"),
                         }
@@ -402,11 +406,12 @@ impl Follower {
                 anyhow::bail!(
                     "gap in {t}/{p}: change {pos} follows position {prev:?}, which this follower never received \
                      (it has up to {have}); waited {:?} for a resend. Changes were lost between the producer and \
-                     Kafka or removed by retention; re-seed this replica",
+                     Kafka or removed by retention; re-seed this replica: `{cmd}`",
                     self.config.gap_timeout,
                     pos = g.position,
                     prev = g.prev.map(i64::from),
-                    have = g.have
+                    have = g.have,
+                    cmd = crate::seed::reseed_command(&self.config),
                 );
             }
         }

@@ -2,8 +2,8 @@
 //! (Prometheus), `/status` (JSON), `/ready` (503 until the leader is heard,
 //! above the configured lag, or when halted), `/admin/pause` and
 //! `/admin/resume` for operators and tests, the dead letters
-//! (`/dead-letters…`, see [`crate::held`]), and the read API (`/tables/…`,
-//! see [`crate::serve`]).
+//! (`/dead-letters…`, see [`crate::held`]), `/snapshot` (see
+//! [`crate::snapshot`]), and the read API (`/tables/…`, see [`crate::serve`]).
 
 use std::sync::Arc;
 
@@ -27,6 +27,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/admin/resume", post(resume))
         .with_state(shared.clone())
         .merge(crate::held::router(shared.clone()))
+        .merge(crate::snapshot::router(shared.replica.clone()))
         .merge(crate::serve::router(shared))
 }
 

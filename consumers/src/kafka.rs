@@ -162,11 +162,17 @@ pub fn assign(
     for (t, n) in data {
         for p in 0..*n {
             let tp = (t.clone(), p);
+            // No stored offset: read from the earliest offset Kafka still
+            // has. Everything up to the replica's position is in it already
+            // (a replica seeded from the leader's file has a position and no
+            // offsets), so the chain starts there: older changes are
+            // duplicates, and a change whose predecessor is above the
+            // position but gone from Kafka is a gap, which halts.
             let (next, applied) = progress
                 .offsets
                 .get(&tp)
                 .copied()
-                .unwrap_or((0, Position::ZERO));
+                .unwrap_or((0, progress.position));
             tpl.add_partition_offset(t, p, resume_at(next))?;
             chains.insert(tp, PartitionChain::new(next, applied));
         }

@@ -34,6 +34,10 @@ pub mod http;
 pub mod serve;
 /// `consumer dead-letters …`: the operator's client of the admin API.
 pub mod dead_letters_cli;
+/// `GET /snapshot`: a consistent, hashed copy of the replica for new followers.
+pub mod snapshot;
+/// `--seed-from`: a new (or re-seeded) replica downloaded from a snapshot.
+pub mod seed;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -76,6 +80,15 @@ pub async fn run_on(
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Seeded before anything serves or reads the replica: until then the
+    // file is absent (or the old one) and nothing is ready.
+    let mut shutdown = std::pin::pin!(shutdown);
+    if !seed::seed_if_asked(&config, &mut shutdown).await? {
+        return Ok(());
+    }
+    // Before HTTP: `/status` answers with the replica's own position from
+    // its first request.
+    let replica = follower::open(&config, &shared).await?;
     let token = tokio_util::sync::CancellationToken::new();
     let server = match listener {
         Some(listener) => {
@@ -90,7 +103,7 @@ pub async fn run_on(
         }
         None => None,
     };
-    let r = follower::run(config, shared, shutdown).await;
+    let r = follower::run(config, shared, replica, shutdown).await;
     token.cancel();
     if let Some(s) = server {
         let _ = s.await;

@@ -33,7 +33,9 @@ Reads: curl 'localhost:8091/tables/customers/row?id=7&min_position=4711&timeout_
   every answer carries the position it was read at; 503 {\"error\":\"behind\"|\"stale\"} means read elsewhere.\n\
 Each follower is its own consumer group and reads every partition. The replica can be opened\n\
 read-only by any SQLite client; its position is in the table _barista_position.\n\
-A message it cannot apply that holds later changes back: consumer dead-letters --help."
+A message it cannot apply that holds later changes back: consumer dead-letters --help.\n\
+A new follower at any time: consumer --replica new.db --follower-id follower-2 \\\n\
+    --seed-from http://<peer>:8091/snapshot   (a peer's or the producer's snapshot, then follows)"
 )]
 struct Args {
     /// Without a subcommand: run the follower.
@@ -78,6 +80,14 @@ struct Args {
     /// Extra librdkafka property, key=value (repeatable; comma-separated in the env var).
     #[arg(short = 'X', long = "kafka-option", env = "BARISTA_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_kv)]
     kafka_options: Vec<(String, String)>,
+    /// When the replica file does not exist, download it from this snapshot URL (a healthy
+    /// peer's or the producer's /snapshot) instead of replaying all of Kafka's history.
+    #[arg(long, env = "BARISTA_SEED_FROM")]
+    seed_from: Option<String>,
+    /// Replace an existing replica (for example one halted because retention deleted its
+    /// history) with a snapshot from --seed-from.
+    #[arg(long, env = "BARISTA_RESEED", requires = "seed_from")]
+    reseed: bool,
 }
 
 /// Subcommands that talk to a running follower instead of being one.
@@ -106,6 +116,9 @@ fn main() -> ExitCode {
     c.gap_timeout = Duration::from_millis(a.gap_timeout_ms);
     c.heartbeat_grace = Duration::from_millis(a.heartbeat_grace_ms);
     c.kafka_options = a.kafka_options;
+    c.seed_from = a.seed_from;
+    c.reseed = a.reseed;
+    c.command_line = std::env::args().collect();
     run_until_signal("consumer", |shutdown| barista_consumer::run(c, shutdown))
 }
 

@@ -14,7 +14,7 @@ use rusqlite::{params, params_from_iter, Connection};
 
 use crate::chain::TopicPartition;
 
-const REPLICA_SQL: &str = include_str!("sql/replica.sql");
+use barista_schemas::snapshot::REPLICA_SQL;
 
 fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))

@@ -24,6 +24,11 @@ pub struct ProducerConfig {
     pub partitions: i32,
     /// Replication factor for topics barista creates.
     pub replication_factor: i32,
+    /// `retention.ms` of the topics barista creates (table topics and the
+    /// commits topic); `None` = the broker's default (`log.retention.ms`,
+    /// 7 days on Apache Kafka). A follower whose history retention deleted
+    /// halts and must be re-seeded from a snapshot.
+    pub retention_ms: Option<i64>,
     /// `source.db` in events.
     pub db_name: String,
     /// How often to look for new commits.
@@ -65,6 +70,7 @@ impl ProducerConfig {
             tables: Vec::new(),
             partitions: 3,
             replication_factor: 1,
+            retention_ms: None,
             poll_interval: Duration::from_millis(1),
             heartbeat_interval: Duration::from_millis(1000),
             kafka_options: Vec::new(),

@@ -44,6 +44,8 @@ pub struct KafkaSettings {
     pub brokers: String,
     /// Extra librdkafka properties (`key=value`), applied last.
     pub options: Vec<(String, String)>,
+    /// `retention.ms` of the topics it creates; `None` = the broker's default.
+    pub retention_ms: Option<i64>,
     /// Every client's context.
     pub context: KafkaContext,
 }
@@ -158,10 +160,8 @@ impl KafkaSettings {
             let admin: AdminClient<KafkaContext> = c
                 .create_with_context(self.context.clone())
                 .context("creating the Kafka admin client")?;
-            let new: Vec<NewTopic> = missing
-                .iter()
-                .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(replication)))
-                .collect();
+            let retention = self.retention_ms.map(|ms| ms.to_string());
+            let new = new_topics(&missing, replication, retention.as_deref());
             let opts = AdminOptions::new()
                 .operation_timeout(Some(Duration::from_secs(10)))
                 .request_timeout(Some(Duration::from_secs(15)));
@@ -188,6 +188,25 @@ impl KafkaSettings {
         }
         Ok(all)
     }
+}
+
+/// The topics to create, with `retention.ms` when one is configured (else
+/// the broker's default applies).
+fn new_topics<'a>(
+    missing: &'a [&'a (String, i32)],
+    replication: i32,
+    retention_ms: Option<&'a str>,
+) -> Vec<NewTopic<'a>> {
+    missing
+        .iter()
+        .map(|(t, p)| {
+            let topic = NewTopic::new(t, *p, TopicReplication::Fixed(replication));
+            match retention_ms {
+                Some(ms) => topic.set("retention.ms", ms),
+                None => topic,
+            }
+        })
+        .collect()
 }
 
 /// Sends one message, waiting while librdkafka's queue is full.
@@ -225,5 +244,24 @@ pub async fn send(
             }
             Err((e, _)) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_topics;
+
+    #[test]
+    fn created_topics_carry_the_configured_retention_or_none() {
+        let (a, c) = (("p.t".to_owned(), 3), ("p.__commits".to_owned(), 1));
+        let missing = [&a, &c];
+        let with = new_topics(&missing, 1, Some("3600000"));
+        assert_eq!(with.len(), 2);
+        for t in &with {
+            assert_eq!(t.config, [("retention.ms", "3600000")], "{}", t.name);
+        }
+        assert!(new_topics(&missing, 1, None)
+            .iter()
+            .all(|t| t.config.is_empty()));
     }
 }

@@ -83,6 +83,11 @@ struct Args {
     /// Extra librdkafka property, key=value (repeatable; comma-separated in the env var).
     #[arg(short = 'X', long = "kafka-option", env = "BARISTA_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_kv)]
     kafka_options: Vec<(String, String)>,
+    /// retention.ms of the topics barista creates (table topics and <prefix>.__commits), in ms;
+    /// -1 keeps everything. Default: the broker's log.retention.ms (7 days on Apache Kafka).
+    /// A follower whose unapplied history is deleted halts; re-seed it from a snapshot.
+    #[arg(long, env = "BARISTA_RETENTION_MS", allow_negative_numbers = true)]
+    retention_ms: Option<i64>,
     /// Re-create the triggers of tables whose columns changed behind barista's back.
     #[arg(long, env = "BARISTA_REPAIR_TRIGGERS")]
     repair_triggers: bool,
@@ -112,6 +117,12 @@ impl Args {
         c.poll_interval = Duration::from_millis(self.poll_interval_ms.max(1));
         c.heartbeat_interval = Duration::from_millis(self.heartbeat_interval_ms.max(10));
         c.kafka_options = self.kafka_options;
+        if let Some(ms) = self.retention_ms {
+            if ms < -1 || ms == 0 {
+                return Err("--retention-ms must be positive, or -1 to keep everything".into());
+            }
+            c.retention_ms = Some(ms);
+        }
         c.repair_triggers = self.repair_triggers;
         c.create_leader = self.create_leader;
         c.http_listen = Some(self.http_listen);

@@ -19,6 +19,7 @@ use crate::tail::now_ms;
 
 pub mod backlog;
 pub mod http;
+mod snapshot;
 mod metrics;
 #[cfg(test)]
 mod tests;
@@ -183,6 +184,8 @@ pub struct Ops {
     /// Capture installed and the topics exist.
     started: AtomicBool,
     details: Mutex<Details>,
+    /// Held while `/snapshot` serves a copy of the leader: one at a time.
+    snapshot_busy: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Ops {
@@ -196,6 +199,7 @@ impl Ops {
             last_ack_ms: AtomicI64::new(0),
             started: AtomicBool::new(false),
             details: Mutex::new(Details::default()),
+            snapshot_busy: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 

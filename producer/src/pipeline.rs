@@ -132,6 +132,7 @@ async fn publish_installed(
     let kafka = KafkaSettings {
         brokers: config.brokers.clone(),
         options: config.kafka_options.clone(),
+        retention_ms: config.retention_ms,
         context: KafkaContext { ops: ops.clone() },
     };
     let commits = commits_topic(&config.topic_prefix);

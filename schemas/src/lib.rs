@@ -17,6 +17,8 @@ pub mod contract;
 pub mod envelope;
 /// The read API's JSON encoding of SQLite values (exact per storage class).
 pub mod json;
+/// The seed snapshot: a consistent, hashed copy a new follower starts from.
+pub mod snapshot;
 /// A captured table's shape, read from SQLite (`PRAGMA table_xinfo`).
 pub mod table;
 /// SQLite values and their exact round trip through Avro unions.

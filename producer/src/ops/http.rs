@@ -1,6 +1,7 @@
 //! The producer's HTTP side: `/metrics` (Prometheus text), `/status` (JSON) and `/ready`
 //! (200 while publishing or with nothing to publish; 503 when changes have waited for Kafka
-//! longer than the grace period).
+//! longer than the grace period), and `/snapshot` (the leader as a replica, for seeding a
+//! follower; see [`super::snapshot`]).
 
 use std::sync::Arc;
 
@@ -18,6 +19,10 @@ pub fn router(ops: Arc<Ops>) -> Router {
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/ready", get(ready))
+        .route(
+            barista_schemas::snapshot::SNAPSHOT_PATH,
+            get(super::snapshot::serve),
+        )
         .with_state(ops)
 }
 

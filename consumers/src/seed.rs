@@ -1,0 +1,339 @@
+//! Seeding, before the follower starts: with `--seed-from URL`, a replica
+//! that does not exist yet (or, with `--reseed`, one to replace) is
+//! downloaded from a peer's or the producer's `/snapshot` instead of being
+//! rebuilt from all of Kafka's history. The follower then resumes from the
+//! offsets stored in the file, under its own consumer group.
+//!
+//! Crash safety: the download goes to `<replica>.seed-partial` next to the
+//! replica (same file system, so the final rename is atomic), is checked
+//! against the SHA-256 and length the server announced, fsynced, and only
+//! then renamed over the replica (and the directory fsynced). An interrupted
+//! seed leaves at most the partial file, which the next attempt truncates;
+//! the replica itself is either absent, the old one, or the whole new one.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use barista_schemas::snapshot::{FileHash, HEADER_SNAPSHOT_POSITION, HEADER_SNAPSHOT_SHA256};
+use tokio::io::AsyncWriteExt;
+
+use crate::config::FollowerConfig;
+
+/// Shown in the re-seed command when no `--seed-from` URL is known.
+pub const PEER_PLACEHOLDER: &str = "http://<healthy-peer-or-producer>/snapshot";
+
+/// A download that receives nothing for this long fails (the peer hung, or
+/// its host is gone without closing the connection).
+const STALL: Duration = Duration::from_secs(60);
+
+/// How often download progress is logged.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Where a download is written before it is complete and checked.
+pub fn partial_path(replica: &Path) -> PathBuf {
+    with_suffix(replica, ".seed-partial")
+}
+
+fn with_suffix(file: &Path, suffix: &str) -> PathBuf {
+    let mut s = file.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Seeds the replica if the configuration asks for it. `Ok(false)` when
+/// `shutdown` resolved first (nothing installed, the partial file removed).
+pub async fn seed_if_asked(
+    config: &FollowerConfig,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> anyhow::Result<bool> {
+    let Some(url) = &config.seed_from else {
+        if config.reseed {
+            bail!("--reseed needs --seed-from URL (a healthy peer's or the producer's /snapshot)");
+        }
+        return Ok(true);
+    };
+    let replica = &config.replica;
+    if replica.exists() && !config.reseed {
+        tracing::info!(replica = %replica.display(), %url,
+            "the replica exists: following it; --seed-from is only used for a missing replica (pass --reseed to replace it)");
+        return Ok(true);
+    }
+    let partial = partial_path(replica);
+    let r = tokio::select! {
+        r = download(url, &partial) => r.map(Some),
+        _ = &mut *shutdown => Ok(None),
+    };
+    let seeded = match r {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            let _ = std::fs::remove_file(&partial);
+            tracing::info!("seeding interrupted by shutdown; nothing installed");
+            return Ok(false);
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e.context(format!(
+                "seeding {} from {url} (nothing was installed; run the same command again)",
+                replica.display()
+            )));
+        }
+    };
+    let (p, r) = (partial.clone(), replica.clone());
+    tokio::task::spawn_blocking(move || install(&p, &r))
+        .await?
+        .with_context(|| format!("installing the snapshot as {}", replica.display()))?;
+    tracing::info!(replica = %replica.display(), %url, position = seeded.position, bytes = seeded.bytes,
+        sha256 = %seeded.sha256, seconds = seeded.seconds, "replica seeded; following from its stored offsets");
+    Ok(true)
+}
+
+/// What a finished download holds.
+struct Seeded {
+    position: i64,
+    bytes: u64,
+    sha256: String,
+    seconds: f64,
+}
+
+/// Downloads `url` into `partial`, hashing as it goes, logging progress;
+/// checks length, hash and that the file is a replica at the announced
+/// position; fsyncs it.
+async fn download(url: &str, partial: &Path) -> anyhow::Result<Seeded> {
+    // No read timeout on the client: the server copies and hashes the whole
+    // database before it answers (minutes for a large one). A stall once the
+    // body flows is caught per chunk below.
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()?;
+    let asked = Instant::now();
+    let request = client.get(url).send();
+    tokio::pin!(request);
+    let mut waiting = tokio::time::interval(Duration::from_secs(5));
+    waiting.tick().await;
+    let mut resp = loop {
+        tokio::select! {
+            r = &mut request => break r.with_context(|| format!("requesting {url}"))?,
+            _ = waiting.tick() => tracing::info!(%url, waited_s = asked.elapsed().as_secs(),
+                "seeding: waiting for the server to copy and hash its database"),
+        }
+    };
+    if !resp.status().is_success() {
+        let code = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        bail!("{url} answered {code}: {body}");
+    }
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let want_sha = header(HEADER_SNAPSHOT_SHA256).with_context(|| {
+        format!("{url} sent no {HEADER_SNAPSHOT_SHA256} header: not a barista snapshot")
+    })?;
+    let want_position: i64 = header(HEADER_SNAPSHOT_POSITION)
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("{url} sent no {HEADER_SNAPSHOT_POSITION} header"))?;
+    let total = resp.content_length();
+    tracing::info!(%url, bytes = total, position = want_position, "seeding: download started");
+    // Truncates what an interrupted attempt left.
+    let mut out = tokio::fs::File::create(partial)
+        .await
+        .with_context(|| format!("creating {}", partial.display()))?;
+    let mut hash = FileHash::new();
+    let mut got = 0u64;
+    let started = Instant::now();
+    let mut last_log = started;
+    while let Some(chunk) = tokio::time::timeout(STALL, resp.chunk())
+        .await
+        .map_err(|_| anyhow::anyhow!("the server sent nothing for {STALL:?}"))?
+        .context("reading the snapshot")?
+    {
+        hash.update(&chunk);
+        out.write_all(&chunk).await?;
+        got += chunk.len() as u64;
+        if last_log.elapsed() >= PROGRESS_EVERY {
+            last_log = Instant::now();
+            log_progress(got, total, started.elapsed());
+        }
+    }
+    out.flush().await?;
+    out.sync_all().await?;
+    drop(out);
+    if let Some(t) = total.filter(|t| *t != got) {
+        bail!("the snapshot ended after {got} of {t} bytes");
+    }
+    let sha256 = hash.finish();
+    if sha256 != want_sha {
+        bail!("SHA-256 mismatch: got {sha256}, the server announced {want_sha}");
+    }
+    let p = partial.to_owned();
+    let position = tokio::task::spawn_blocking(move || stored_position(&p))
+        .await?
+        .context("the snapshot is not a barista replica")?;
+    if position != want_position {
+        bail!("the snapshot is at position {position}, the server announced {want_position}");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    log_progress(got, total, started.elapsed());
+    Ok(Seeded {
+        position,
+        bytes: got,
+        sha256,
+        seconds,
+    })
+}
+
+fn log_progress(got: u64, total: Option<u64>, elapsed: Duration) {
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    let rate = got as f64 / secs;
+    let percent = total.map(|t| (got as f64 * 100.0 / t.max(1) as f64).round());
+    let eta_s = total.map(|t| (t.saturating_sub(got) as f64 / rate.max(1.0)).ceil());
+    tracing::info!(
+        bytes = got,
+        total,
+        percent,
+        mb_per_s = (rate / 1e6 * 10.0).round() / 10.0,
+        eta_s,
+        "seeding"
+    );
+}
+
+/// The position a replica file stores (0 when it has none yet).
+fn stored_position(file: &Path) -> rusqlite::Result<i64> {
+    let c =
+        rusqlite::Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    c.query_row(
+        "SELECT coalesce(max(position), 0) FROM _barista_position",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// Renames the checked download over the replica. The old replica's WAL and
+/// shared-memory files go first: SQLite would replay an old WAL into the new
+/// file. Then the directory is fsynced so the rename survives a power cut.
+fn install(partial: &Path, replica: &Path) -> std::io::Result<()> {
+    for suffix in ["-wal", "-shm", "-journal"] {
+        match std::fs::remove_file(with_suffix(replica, suffix)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    std::fs::rename(partial, replica)?;
+    let dir = match replica.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The command that re-seeds this follower: the flags it was started with,
+/// `--reseed` and `--seed-from` (its own URL if it had one, else a
+/// placeholder for a healthy peer's or the producer's `/snapshot`).
+pub fn reseed_command(config: &FollowerConfig) -> String {
+    let mut args: Vec<String> = if config.command_line.is_empty() {
+        let mut a: Vec<String> = [
+            "consumer",
+            "--replica",
+            &config.replica.display().to_string(),
+            "--follower-id",
+            &config.follower_id,
+            "--brokers",
+            &config.brokers,
+            "--registry",
+            &config.registry_url,
+            "--topic-prefix",
+            &config.topic_prefix,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if !config.tables.is_empty() {
+            a.extend(["--tables".to_owned(), config.tables.join(",")]);
+        }
+        a
+    } else {
+        let mut a = Vec::new();
+        let mut it = config.command_line.iter();
+        while let Some(arg) = it.next() {
+            if arg == "--seed-from" {
+                it.next();
+            } else if !(arg == "--reseed" || arg.starts_with("--seed-from=")) {
+                a.push(arg.clone());
+            }
+        }
+        a
+    };
+    let url = config.seed_from.as_deref().unwrap_or(PEER_PLACEHOLDER);
+    args.extend([
+        "--reseed".to_owned(),
+        "--seed-from".to_owned(),
+        url.to_owned(),
+    ]);
+    args.iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `a` as one shell word.
+fn shell_quote(a: &str) -> String {
+    let plain = !a.is_empty()
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c));
+    if plain {
+        a.to_owned()
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
+    }
+}
+
+/// The halt message when a stored offset is gone from Kafka.
+pub fn history_deleted(config: &FollowerConfig) -> String {
+    format!(
+        "a stored offset of this replica is no longer in Kafka: retention deleted changes it never applied, \
+         so it cannot be brought up to date from Kafka. Re-seed it from a healthy peer's (or the producer's) \
+         /snapshot; it then follows from the snapshot's offsets: `{}`",
+        reseed_command(config)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reseed_command_keeps_the_flags_and_replaces_any_seed_flags() {
+        let mut c = FollowerConfig::new("/r/replica.db", "f1", "b:9092", "http://reg:8081");
+        c.command_line = [
+            "/bin/consumer",
+            "--replica",
+            "/r/replica.db",
+            "--seed-from",
+            "http://old/snapshot",
+            "--reseed",
+            "--seed-from=http://x",
+            "--tables",
+            "a b",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            reseed_command(&c),
+            "/bin/consumer --replica /r/replica.db --tables 'a b' --reseed --seed-from \
+             'http://<healthy-peer-or-producer>/snapshot'"
+        );
+        c.seed_from = Some("http://peer:8091/snapshot".into());
+        assert!(reseed_command(&c).ends_with("--reseed --seed-from http://peer:8091/snapshot"));
+        c.command_line.clear();
+        assert_eq!(
+            reseed_command(&c),
+            "consumer --replica /r/replica.db --follower-id f1 --brokers b:9092 --registry http://reg:8081 \
+             --topic-prefix barista --reseed --seed-from http://peer:8091/snapshot"
+        );
+    }
+}
