@@ -4,7 +4,7 @@
 //! A replica of `--size-mb` (random, incompressible blobs) is served by the
 //! follower's snapshot route on loopback; each round copies it with `cp`
 //! (the baseline: no consistency, no hash, no fsync) and seeds a new replica
-//! from it (`VACUUM INTO` in one read transaction + SHA-256 on the serving
+//! from it (online backup in one read transaction + SHA-256 on the serving
 //! side; download + SHA-256 + fsync + rename on the seeding side). Rounds are
 //! interleaved; medians are reported with the ratio seed/cp in MB/s.
 

@@ -1,7 +1,7 @@
 //! `GET /snapshot` on the producer: the leader's file as a replica, for the
 //! first follower when there is no peer to seed from (or none healthy).
 //!
-//! The copy is made in one read transaction on the leader (`VACUUM INTO`,
+//! The copy is made in one read transaction on the leader (online backup,
 //! see [`barista_schemas::snapshot`]; the leader is in WAL mode, so writers
 //! go on). Then, in the copy only: every trigger goes (barista's capture,
 //! and the application's, whose effects arrive as changes of their own and
