@@ -11,7 +11,7 @@ use barista_schemas::{Position, SqlValue, TableShape};
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::capture::{CaptureError, OP_SCHEMA_CHANGE};
-use crate::triggers::{quote, OP_DELETE, OP_DROP, OP_INSERT, OP_SNAPSHOT, OP_UPDATE};
+use crate::triggers::{self, quote, OP_DELETE, OP_DROP, OP_INSERT, OP_SNAPSHOT, OP_UPDATE};
 
 /// A recomputed checksum, or why there is none.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +27,8 @@ pub enum SumAt {
 /// (a snapshot read counts as an insert). Run it inside one read transaction.
 ///
 /// Unknown when the rows now are not in `shape`, or the changes after `position` are not all
-/// in it: a schema change or a drop of the table after `position`, or other columns now.
+/// in it: a schema change or a drop of the table after `position`, other columns now, or
+/// its triggers gone (the table under that name is not the captured one).
 pub fn sum_at(
     conn: &Connection,
     id: i64,
@@ -52,6 +53,11 @@ pub fn sum_at(
         return Ok(SumAt::Unknown(format!(
             "{what} of the table at position {at} is not behind position {position} yet"
         )));
+    }
+    // Table `id` itself, not another one created since under its name (whose drop marker
+    // for `id` is not recorded yet): `id`'s triggers are still on it.
+    if !triggers::installed(conn, id)? {
+        return Ok(SumAt::Unknown("its capture triggers are missing".into()));
     }
     match TableShape::read(conn, &shape.name) {
         Ok(now) if now == *shape => {}
