@@ -39,6 +39,10 @@ pub struct FollowerConfig {
     /// How long the follower may hear nothing from the producer (commit
     /// records, heartbeats) before its seconds lag counts the silence.
     pub heartbeat_grace: Duration,
+    /// Keep table checksums in the replica and compare them with the
+    /// leader's at every commit record (on by default; off only to measure
+    /// their cost).
+    pub checksums: bool,
 }
 
 impl FollowerConfig {
@@ -63,6 +67,7 @@ impl FollowerConfig {
             kafka_options: Vec::new(),
             log_interval: Duration::from_secs(10),
             heartbeat_grace: Duration::from_secs(3),
+            checksums: true,
         }
     }
 }
