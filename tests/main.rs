@@ -1,6 +1,7 @@
 //! End-to-end tests, one module per scenario family.
 
 mod broker;
+mod checksums;
 mod crash;
 mod dashboards;
 mod dead_letters;

@@ -20,6 +20,7 @@ mod adopt;
 mod drift;
 mod dropped;
 mod history;
+mod sums;
 #[cfg(test)]
 mod tests;
 
@@ -69,6 +70,7 @@ pub enum CaptureError {
 
 pub use crate::triggers::OP_SCHEMA_CHANGE;
 pub use adopt::{Adopted, NOT_LISTED, NO_PRIMARY_KEY};
+pub(crate) use sums::Mark;
 
 /// Opens the leader database for capture: WAL (so the producer's reads never
 /// block writers) and a busy timeout (so barista's own short writes wait for
@@ -164,6 +166,8 @@ pub struct Capture {
     dropped: HashSet<i64>,
     /// `PRAGMA schema_version` when dropped tables were last looked for.
     drops_version: i64,
+    /// Schema-change and drop markers [`Capture::read`] scanned, for the table checksums.
+    marks: Vec<Mark>,
 }
 
 impl Capture {
@@ -275,6 +279,7 @@ impl Capture {
             skipped,
             dropped: HashSet::new(),
             drops_version: schema_version,
+            marks: Vec::new(),
         })
     }
 
@@ -347,7 +352,12 @@ impl Capture {
     ) -> Result<(Vec<ChangeRow>, Option<Position>), CaptureError> {
         // Disjoint borrows: the statement borrows the connection while markers update the
         // table schemas and their history.
-        let (conn, tables, history) = (&self.conn, &mut self.tables, &mut self.history);
+        let (conn, tables, history, marks) = (
+            &self.conn,
+            &mut self.tables,
+            &mut self.history,
+            &mut self.marks,
+        );
         let mut stmt = conn.prepare_cached(
             "SELECT * FROM _barista_changelog WHERE position > ?1 AND position <= ?2 ORDER BY position LIMIT ?3",
         )?;
@@ -363,6 +373,7 @@ impl Capture {
             let op_code: i64 = r.get(2)?;
             if op_code == OP_DROP {
                 // Not a change: see [`Capture::drops_between`].
+                marks.push(Mark::Drop(position, table_id));
                 continue;
             }
             if op_code == OP_SCHEMA_CHANGE {
@@ -371,6 +382,9 @@ impl Capture {
                 let known = history
                     .get(&table_id)
                     .is_some_and(|m| m.iter().any(|(at, _)| *at == position));
+                if tables.contains_key(&table_id) {
+                    marks.push(Mark::Shape(position, table_id));
+                }
                 if let Some(table) = tables.get_mut(&table_id).filter(|_| !known) {
                     let shape = |side: &str| -> Result<Arc<TableSchemas>, CaptureError> {
                         let text: String = r.get(idx(side).unwrap_or(usize::MAX))?;
@@ -427,10 +441,13 @@ impl Capture {
 
     /// Records that everything up to `acked` is in Kafka and deletes the
     /// shipped changelog rows, keeping the newest row (see changelog.sql).
+    /// With `sums` (the table checksums as of `acked`), `_barista_checksums` is replaced by
+    /// them in the same transaction, so the stored sums and the acknowledged position agree.
     pub fn prune(
         &mut self,
         acked: Position,
         partitions: &HashMap<TopicPartition, Position>,
+        sums: Option<&[(String, u64)]>,
     ) -> Result<usize, CaptureError> {
         let tx = self
             .conn
@@ -448,6 +465,9 @@ impl Capture {
             for ((topic, partition), last) in partitions {
                 stmt.execute(params![topic, partition, last.0])?;
             }
+        }
+        if let Some(sums) = sums {
+            sums::store(&tx, acked, sums)?;
         }
         let n = tx.execute(
             "DELETE FROM _barista_changelog WHERE position <= ?1 \

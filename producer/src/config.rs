@@ -46,6 +46,9 @@ pub struct ProducerConfig {
     pub ready_grace: Duration,
     /// How often the backlog (changelog rows beyond the acknowledged position) is measured.
     pub backlog_interval: Duration,
+    /// Keep a checksum per captured table, carry it in commit records and store it with the
+    /// acknowledged position (see [`crate::checksums`]). Off only to measure its cost.
+    pub checksums: bool,
 }
 
 impl ProducerConfig {
@@ -74,6 +77,7 @@ impl ProducerConfig {
             http_listen: None,
             ready_grace: Duration::from_secs(30),
             backlog_interval: Duration::from_secs(1),
+            checksums: true,
         }
     }
 

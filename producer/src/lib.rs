@@ -9,6 +9,8 @@ pub mod config;
 pub mod triggers;
 /// Capture: install, snapshot, read the changelog by position, prune.
 pub mod capture;
+/// Checksums: per table, the sum of its rows' hashes, kept from the changes the tail reads.
+pub mod checksums;
 /// Tail: the capture thread, handing commit groups to the publisher in chunks.
 mod tail;
 /// The registry door: the one place that speaks to the schema registry.

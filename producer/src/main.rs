@@ -35,7 +35,8 @@ curl localhost:8089/metrics   Prometheus: barista_producer_backlog_rows, _oldest
 curl localhost:8089/status    JSON: state, positions, backlog, last errors, captured and skipped tables\n  \
 curl localhost:8089/ready     200 while publishing or idle; 503 once changes have waited for Kafka\n                                \
 longer than --ready-grace-ms with nothing acknowledged (the body says why)\n\n\
-Schema changes go through `producer migrate` (see `producer migrate --help`).",
+Schema changes go through `producer migrate` (see `producer migrate --help`).\n\
+Table checksums: `producer verify --leader shop.db` compares them with the leader's rows.",
     args_conflicts_with_subcommands = true
 )]
 struct Args {
@@ -94,6 +95,10 @@ struct Args {
     /// acknowledged by Kafka: the broker or the registry is down or refusing.
     #[arg(long, env = "BARISTA_READY_GRACE_MS", default_value_t = 30_000)]
     ready_grace_ms: u64,
+    /// Keep a checksum per table and carry it in commit records (on by default; off only to
+    /// measure what it costs: followers then have nothing to compare with).
+    #[arg(long, env = "BARISTA_CHECKSUMS", default_value_t = true, action = clap::ArgAction::Set, hide = true)]
+    checksums: bool,
 }
 
 impl Args {
@@ -116,6 +121,7 @@ impl Args {
         c.create_leader = self.create_leader;
         c.http_listen = Some(self.http_listen);
         c.ready_grace = Duration::from_millis(self.ready_grace_ms);
+        c.checksums = self.checksums;
         if let Some(why) = c.missing_leader() {
             return Err(why);
         }
@@ -135,6 +141,78 @@ Compatible: re-create the triggers, record a schema-change marker the running pr
 commit, register the new versions (exit 0). Incompatible: roll back, print the field, the rule and a\n\
 safe alternative (exit 1); the leader is unchanged. Bad usage: exit 2.")]
     Migrate(MigrateArgs),
+    /// Check the table checksums the producer stored against the leader's rows: finds rows
+    /// changed behind the capture triggers' back.
+    #[command(after_help = "Example:\n  \
+        producer verify --leader shop.db\n\n\
+With each position Kafka acknowledged, the producer stores a checksum per captured table in the\n\
+leader (_barista_checksums): the sum of a hash of every row. The same numbers travel in commit\n\
+records, and followers compare them with their own rows. This command recomputes each table's\n\
+checksum from the leader file itself, as of the stored position (the rows now, minus the changes\n\
+still in the changelog after it), in one read transaction, and prints one line per table:\n  \
+customers: ok sum=… position=…\n  \
+customers: MISMATCH leader-file=… stored=… position=…   a row changed without the triggers\n  \
+customers: not verified (why)                          e.g. no stored checksum yet\n\n\
+Safe while the producer runs: it only reads. A MISMATCH means the leader's rows are not what was\n\
+published (a write made with the triggers dropped, a restored file): followers hold other rows.\n\
+To re-publish the table: stop the producer, drop its three _barista_<id>_* triggers, start it\n\
+with --repair-triggers; it re-creates them and publishes the table's rows again as a snapshot\n\
+(op = r). Rows the leader lost that way stay on followers: check the writer first.\n\n\
+Exit status: 0 no mismatch, 1 a mismatch (or the file could not be read), 2 bad usage (no such\n\
+file, or not a leader barista captured).")]
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct VerifyArgs {
+    /// Leader SQLite database file (the producer must have captured it).
+    #[arg(long, env = "BARISTA_LEADER", default_value = "leader.db")]
+    leader: PathBuf,
+}
+
+fn verify(args: VerifyArgs) -> ExitCode {
+    use barista_producer::checksums::verify::{verify, Verdict, VerifyError};
+    let file = args.leader.display().to_string();
+    if !args.leader.is_file() {
+        eprintln!("producer verify: no such file: {file}");
+        return ExitCode::from(2);
+    }
+    let conn = match rusqlite::Connection::open_with_flags(
+        &args.leader,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("producer verify: opening {file}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // A running producer or writer may hold the write lock for a moment.
+    let _ = conn.busy_timeout(Duration::from_secs(10));
+    match verify(&conn, &file) {
+        Ok(tables) => {
+            for t in &tables {
+                println!("{t}");
+            }
+            let bad = tables
+                .iter()
+                .filter(|t| matches!(t.verdict, Verdict::Mismatch { .. }))
+                .count();
+            if bad > 0 {
+                eprintln!("producer verify: {bad} table(s) differ from their stored checksum");
+                return ExitCode::from(1);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e @ VerifyError::NotALeader(_)) => {
+            eprintln!("producer verify: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("producer verify: {file}: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -212,8 +290,10 @@ fn migrate(args: MigrateArgs) -> ExitCode {
 
 fn main() -> ExitCode {
     let mut args = Args::parse();
-    if let Some(Command::Migrate(m)) = args.command.take() {
-        return migrate(m);
+    match args.command.take() {
+        Some(Command::Migrate(m)) => return migrate(m),
+        Some(Command::Verify(v)) => return verify(v),
+        None => {}
     }
     logs::init_tracing();
     let config = match args.into_config() {

@@ -191,6 +191,8 @@ async fn publish_installed(
         chunk: config.chunk_size,
         gen: 0,
         ops: ops.clone(),
+        checksums: config.checksums,
+        sums: None,
     };
     let capture_thread = tail.spawn()?;
 

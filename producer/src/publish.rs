@@ -197,6 +197,7 @@ impl Publisher<'_> {
                 rows,
                 drops,
                 done,
+                checksums,
                 ..
             } => {
                 if self.begun.is_none() {
@@ -243,6 +244,7 @@ impl Publisher<'_> {
                         .collect();
                     let mut commit = self.commit(first, last, ts_ms, partitions);
                     commit.dropped = std::mem::take(&mut self.drops);
+                    commit.checksums = checksums;
                     let pos = last.to_string();
                     let fut = self
                         .send_commit(&commit, &[(HEADER_POSITION, &pos)])

@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 
 use crate::ack::Acked;
 use crate::capture::{Capture, CapturedTable, ChangeRow};
+use crate::checksums::Checksums;
 use crate::ops::Ops;
+use barista_schemas::checksum::TableChecksum;
 
 #[cfg(test)]
 mod tests;
@@ -50,6 +52,8 @@ pub(crate) enum CaptureMsg {
         drops: Vec<(Position, String)>,
         /// The group's last chunk.
         done: bool,
+        /// On the last chunk: the checksum of every table the group changed, at `last`.
+        checksums: Vec<TableChecksum>,
     },
     /// Tables captured while running (their snapshot rows follow in the
     /// next group): the publisher creates their topics before it sends them.
@@ -109,6 +113,10 @@ pub(crate) struct Tail {
     pub gen: u64,
     /// Told about tables that go, and about the tables capture skips.
     pub ops: Arc<Ops>,
+    /// Keep the table checksums (loaded when the thread starts, as of `next_from`).
+    pub checksums: bool,
+    /// The table checksums, as of the last position read.
+    pub sums: Option<Checksums>,
 }
 
 /// What the previous poll saw.
@@ -130,12 +138,25 @@ impl Tail {
 
     /// The thread's body; an error stops capture (the publisher then stops too).
     pub fn run(mut self) -> anyhow::Result<()> {
+        self.load_sums()?;
         let mut seen = Seen {
             data_version: i64::MIN,
             sent_at: Instant::now(),
         };
         while self.poll_once(&mut seen)? == Flow::Continue {
             std::thread::sleep(self.poll);
+        }
+        Ok(())
+    }
+
+    /// Loads the table checksums as of `next_from` (the acknowledged position) when asked to
+    /// keep them and not loaded yet.
+    pub(crate) fn load_sums(&mut self) -> anyhow::Result<()> {
+        if self.checksums && self.sums.is_none() {
+            self.sums = Some(
+                Checksums::load(&self.capture, self.next_from)
+                    .context("loading the table checksums")?,
+            );
         }
         Ok(())
     }
@@ -148,9 +169,16 @@ impl Tail {
                     self.gen = gen;
                     self.next_from = from;
                     seen.data_version = i64::MIN;
+                    if let Some(sums) = &mut self.sums {
+                        sums.rewind(from);
+                    }
                 }
                 Control::Prune(acked) => {
-                    match self.capture.prune(acked.position, &acked.partitions) {
+                    let sums = self.sums.as_mut().map(|s| s.acknowledged(acked.position));
+                    match self
+                        .capture
+                        .prune(acked.position, &acked.partitions, sums.as_deref())
+                    {
                         Ok(n) => {
                             tracing::debug!(acked = %acked.position, pruned = n, "changelog pruned")
                         }
@@ -233,6 +261,15 @@ impl Tail {
                 .context("reading the changelog")?;
             let done = scanned.is_none_or(|s| s >= head);
             from = scanned.unwrap_or(head);
+            let marks = self.capture.take_marks();
+            let mut checksums = Vec::new();
+            if let Some(sums) = &mut self.sums {
+                sums.apply(&self.capture, &rows, &marks)
+                    .context("keeping the table checksums")?;
+                if done {
+                    checksums = sums.end_group(head);
+                }
+            }
             let chunk = CaptureMsg::Chunk {
                 gen: self.gen,
                 first,
@@ -241,6 +278,7 @@ impl Tail {
                 rows,
                 drops: std::mem::take(&mut drops),
                 done,
+                checksums,
             };
             if self.tx.blocking_send(chunk).is_err() {
                 return Ok(Flow::Stop);

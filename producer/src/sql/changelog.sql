@@ -32,3 +32,12 @@ CREATE TABLE IF NOT EXISTS _barista_partitions (
     last_position INTEGER NOT NULL,
     PRIMARY KEY (topic, partition)
 );
+
+-- The table checksums (barista_schemas::checksum) as of `position`, the acknowledged
+-- position they were stored with (in the transaction that pruned up to it). A restarted
+-- producer continues from them; `producer verify` recomputes them from the rows.
+CREATE TABLE IF NOT EXISTS _barista_checksums (
+    tbl      TEXT PRIMARY KEY,   -- the captured table's name
+    sum      INTEGER NOT NULL,   -- the wrapping u64 sum of its rows' hashes, as i64 bits
+    position INTEGER NOT NULL
+);

@@ -44,6 +44,8 @@ fn rig(chunk: usize, heartbeat: Duration) -> Rig {
             ops: Arc::new(crate::ops::Ops::new(&crate::ProducerConfig::new(
                 "l.db", "b", "r",
             ))),
+            checksums: true,
+            sums: None,
         },
         seen: Seen {
             data_version: i64::MIN,
