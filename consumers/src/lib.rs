@@ -38,6 +38,8 @@ pub mod http;
 pub mod serve;
 /// `consumer dead-letters …`: the operator's client of the admin API.
 pub mod dead_letters_cli;
+/// `consumer verify`: a replica's checksums recomputed, or compared with a peer.
+pub mod verify_cli;
 
 use std::future::Future;
 use std::sync::Arc;
