@@ -67,8 +67,38 @@ struct ShapePlan {
     json: String,
 }
 
+/// The replica-row reads of one apply call, prepared once per shape: no
+/// SQL text hashed per change (as `prepare_cached` would).
+#[derive(Default)]
+pub struct Reads<'c> {
+    statements: Vec<(Arc<ShapePlan>, rusqlite::Statement<'c>)>,
+}
+
+impl<'c> Reads<'c> {
+    fn statement(
+        &mut self,
+        conn: &'c Connection,
+        plan: &Arc<ShapePlan>,
+    ) -> rusqlite::Result<&mut rusqlite::Statement<'c>> {
+        let i = match self
+            .statements
+            .iter()
+            .position(|(p, _)| Arc::ptr_eq(p, plan))
+        {
+            Some(i) => i,
+            None => {
+                let stmt = conn.prepare(&plan.select_one)?;
+                self.statements.push((plan.clone(), stmt));
+                self.statements.len() - 1
+            }
+        };
+        Ok(&mut self.statements[i].1)
+    }
+}
+
 /// A table's sum inside the open transaction.
 struct TableSum {
+    table: String,
     plan: Arc<ShapePlan>,
     sum: u64,
     /// Position of the last change to the table in this transaction.
@@ -80,7 +110,7 @@ struct TableSum {
 pub struct Sums {
     enabled: bool,
     plans: HashMap<usize, Arc<ShapePlan>>,
-    open: HashMap<String, TableSum>,
+    open: Vec<TableSum>,
     /// Tables whose stored sum this process recomputed or kept since it last
     /// saw another connection write the file. A stored sum follows only the
     /// changes the follower applied, so a hand edit of a row it does not
@@ -102,7 +132,7 @@ impl Sums {
         Sums {
             enabled,
             plans: HashMap::new(),
-            open: HashMap::new(),
+            open: Vec::new(),
             trusted: HashSet::new(),
             data_version: None,
         }
@@ -161,62 +191,79 @@ impl Sums {
     /// The open transaction's sum of `shape`'s table, taken under `shape`:
     /// the stored one if it was stored under the same shape, else (a
     /// migration, or a replica from before checksums) recomputed from all
-    /// the table's rows, inside the transaction.
-    fn table(
-        &mut self,
-        conn: &Connection,
-        shape: &Arc<RowShape>,
-    ) -> rusqlite::Result<&mut TableSum> {
-        let plan = self.plan(shape);
-        let current = self
+    /// the table's rows, inside the transaction. Its index in `open` (a few
+    /// tables per transaction: a pointer comparison beats hashing names).
+    fn table(&mut self, conn: &Connection, shape: &Arc<RowShape>) -> rusqlite::Result<usize> {
+        // The common case, first: the table is open under this very shape.
+        if let Some(i) = self
             .open
-            .get(&shape.table)
-            .map(|t| t.plan.json == plan.json);
-        if current != Some(true) {
-            let stored: Option<(i64, String)> = conn
-                .prepare_cached("SELECT sum, shape FROM _barista_checksums WHERE tbl = ?1")?
-                .query_row([&shape.table], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            let sum = match stored {
-                Some((sum, json))
-                    if current.is_none()
-                        && json == plan.json
-                        && self.trusted.contains(&shape.table) =>
-                {
-                    checksum::from_wire(sum)
-                }
-                _ => {
-                    let (sum, rows) = recompute(conn, &plan.shape, &plan.hasher)?;
-                    tracing::debug!(table = %shape.table, rows, "table checksum recomputed from the rows");
-                    self.trusted.insert(shape.table.clone());
-                    sum
-                }
-            };
-            let last = Position::ZERO;
-            self.open
-                .insert(shape.table.clone(), TableSum { plan, sum, last });
+            .iter()
+            .position(|t| Arc::ptr_eq(&t.plan.shape, shape))
+        {
+            return Ok(i);
         }
-        // Just inserted when it was not there.
-        Ok(self.open.get_mut(&shape.table).expect("present"))
+        let plan = self.plan(shape);
+        let at = self.open.iter().position(|t| t.table == shape.table);
+        if let Some(i) = at.filter(|&i| self.open[i].plan.json == plan.json) {
+            // Another copy of the same shape (decoded under another id).
+            self.open[i].plan = plan;
+            return Ok(i);
+        }
+        let stored: Option<(i64, String)> = conn
+            .prepare_cached("SELECT sum, shape FROM _barista_checksums WHERE tbl = ?1")?
+            .query_row([&shape.table], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let sum = match stored {
+            Some((sum, json))
+                if at.is_none() && json == plan.json && self.trusted.contains(&shape.table) =>
+            {
+                checksum::from_wire(sum)
+            }
+            _ => {
+                let (sum, rows) = recompute(conn, &plan.shape, &plan.hasher)?;
+                tracing::debug!(table = %shape.table, rows, "table checksum recomputed from the rows");
+                self.trusted.insert(shape.table.clone());
+                sum
+            }
+        };
+        let t = TableSum {
+            table: shape.table.clone(),
+            plan,
+            sum,
+            last: at.map_or(Position::ZERO, |i| self.open[i].last),
+        };
+        Ok(match at {
+            Some(i) => {
+                self.open[i] = t;
+                i
+            }
+            None => {
+                self.open.push(t);
+                self.open.len() - 1
+            }
+        })
     }
 
     /// Before a write to `key` (values in `shape`'s key order) by the change
-    /// at `position`: the replica's row there, if any, leaves the sum.
-    pub fn take_out(
+    /// at `position`: the replica's row there, if any, leaves the sum; the
+    /// table's index is handed to [`Sums::put_in`].
+    pub fn take_out<'c>(
         &mut self,
-        conn: &Connection,
+        conn: &'c Connection,
+        reads: &mut Reads<'c>,
         shape: &Arc<RowShape>,
         key: &[&SqlValue],
         position: Position,
-    ) -> rusqlite::Result<()> {
+    ) -> rusqlite::Result<usize> {
         if !self.enabled {
-            return Ok(());
+            return Ok(usize::MAX);
         }
-        let t = self.table(conn, shape)?;
+        let i = self.table(conn, shape)?;
+        let t = &mut self.open[i];
         t.last = t.last.max(position);
         let n = t.plan.shape.columns.len();
-        let row: Option<Vec<SqlValue>> = conn
-            .prepare_cached(&t.plan.select_one)?
+        let row: Option<Vec<SqlValue>> = reads
+            .statement(conn, &t.plan)?
             .query_row(params_from_iter(key), |r| {
                 (0..n).map(|i| r.get_ref(i).map(SqlValue::from)).collect()
             })
@@ -224,27 +271,20 @@ impl Sums {
         if let Some(row) = row {
             t.sum = checksum::apply(t.sum, Some(t.plan.hasher.hash(&row)), None);
         }
-        Ok(())
+        Ok(i)
     }
 
-    /// After writing `row` (in `shape`'s order): it enters the sum.
-    pub fn put_in(
-        &mut self,
-        conn: &Connection,
-        shape: &Arc<RowShape>,
-        row: &[SqlValue],
-    ) -> rusqlite::Result<()> {
-        if !self.enabled {
-            return Ok(());
+    /// After writing `row` (in `shape`'s order) to the table [`Sums::take_out`]
+    /// named: it enters the sum.
+    pub fn put_in(&mut self, table: usize, row: &[SqlValue]) {
+        if let Some(t) = self.open.get_mut(table) {
+            t.sum = checksum::apply(t.sum, None, Some(t.plan.hasher.hash(row)));
         }
-        let t = self.table(conn, shape)?;
-        t.sum = checksum::apply(t.sum, None, Some(t.plan.hasher.hash(row)));
-        Ok(())
     }
 
     /// The table was dropped inside the transaction: its sum goes with it.
     pub fn dropped(&mut self, conn: &Connection, table: &str) -> rusqlite::Result<()> {
-        self.open.remove(table);
+        self.open.retain(|t| t.table != table);
         conn.prepare_cached("DELETE FROM _barista_checksums WHERE tbl = ?1")?
             .execute([table])?;
         Ok(())
@@ -264,11 +304,11 @@ impl Sums {
             "INSERT INTO _barista_checksums(tbl, sum, shape) VALUES (?1, ?2, ?3) \
              ON CONFLICT(tbl) DO UPDATE SET sum = excluded.sum, shape = excluded.shape",
         )?;
-        for (table, t) in &self.open {
-            store.execute(params![table, checksum::to_wire(t.sum), t.plan.json])?;
+        for t in &self.open {
+            store.execute(params![t.table, checksum::to_wire(t.sum), t.plan.json])?;
         }
         for l in leader {
-            let Some(t) = self.open.get(&l.table) else {
+            let Some(t) = self.open.iter().find(|t| t.table == l.table) else {
                 continue;
             };
             if t.last < l.since {

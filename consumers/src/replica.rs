@@ -440,8 +440,10 @@ fn write_changes(
     changes: &[DecodedChange],
     sqls: &[Arc<TableSql>],
 ) -> rusqlite::Result<()> {
+    let mut reads = crate::checksums::Reads::default();
     for (c, sql) in changes.iter().zip(sqls) {
         let at = c.source.position;
+        let mut take_out = |key: &[&SqlValue]| sums.take_out(conn, &mut reads, &c.shape, key, at);
         match c.op {
             Op::Create | Op::Read | Op::Update => {
                 let Some(after) = &c.after else { continue };
@@ -449,21 +451,21 @@ fn write_changes(
                     // The key itself changed: the old row goes.
                     if sql.pk.iter().any(|&i| before.get(i) != after.get(i)) {
                         let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &before[i]).collect();
-                        sums.take_out(conn, &c.shape, &key, at)?;
+                        take_out(&key)?;
                         conn.prepare_cached(&sql.delete)?
                             .execute(params_from_iter(key))?;
                     }
                 }
                 let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &after[i]).collect();
-                sums.take_out(conn, &c.shape, &key, at)?;
+                let table = take_out(&key)?;
                 conn.prepare_cached(&sql.upsert)?
                     .execute(params_from_iter(after.iter()))?;
-                sums.put_in(conn, &c.shape, after)?;
+                sums.put_in(table, after);
             }
             Op::Delete => {
                 let Some(before) = &c.before else { continue };
                 let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &before[i]).collect();
-                sums.take_out(conn, &c.shape, &key, at)?;
+                take_out(&key)?;
                 conn.prepare_cached(&sql.delete)?
                     .execute(params_from_iter(key))?;
             }
