@@ -253,13 +253,15 @@ struct Writer {
     phase: AtomicU8,
     /// One transaction of [`BIG`] rows, next.
     big: AtomicBool,
+    /// Write nothing else meanwhile.
+    hold: AtomicBool,
     written: AtomicU64,
 }
 
 /// More rows than the producer's chunk: a group announced by a begin record
 /// and streamed into an open replica transaction by a follower with a small
 /// `batch_max`.
-const BIG: i64 = 6_000;
+const BIG: i64 = 20_000;
 
 fn value(rng: &mut impl Rng) -> rusqlite::types::Value {
     use rusqlite::types::Value as V;
@@ -290,9 +292,14 @@ fn write_until_stopped(leader: &Path, w: &Writer, pace: Duration) {
             .unwrap();
     }
     while !w.stop.load(Ordering::SeqCst) {
+        let big = w.big.load(Ordering::SeqCst);
+        if !big && w.hold.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
         let tx = conn.transaction().unwrap();
         let mut n = 0;
-        if w.big.swap(false, Ordering::SeqCst) {
+        if big {
             for id in 10_000..10_000 + BIG {
                 let v = value(&mut rng);
                 if live[1].insert(id) {
@@ -307,6 +314,10 @@ fn write_until_stopped(leader: &Path, w: &Writer, pace: Duration) {
                 }
                 n += 1;
             }
+            tx.commit().unwrap();
+            w.written.fetch_add(n, Ordering::SeqCst);
+            w.big.store(false, Ordering::SeqCst);
+            continue;
         }
         for _ in 0..rng.random_range(1..10) {
             let t = rng.random_range(0..2usize);
@@ -401,6 +412,30 @@ fn same_rows_on_leader_columns(leader: &Path, replica: &Path) -> Result<(), Stri
         }
     }
     Ok(())
+}
+
+/// One transaction of [`BIG`] rows while `follower` is caught up with the
+/// leader, so that it reads the group's first chunk before its commit record
+/// and streams it.
+async fn big_group(w: &Writer, leader: &Path, follower: &RunningFollower) {
+    w.hold.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(50)).await; // the writer's transaction in flight
+    let head = leader_position(leader);
+    wait_until(Duration::from_secs(600), || {
+        let st = follower.status();
+        (st.applied_position.0 >= head)
+            .then_some(())
+            .ok_or(format!("catching up to {head}: {st:?}"))
+    })
+    .await;
+    w.big.store(true, Ordering::SeqCst);
+    wait_until(Duration::from_secs(60), || {
+        (!w.big.load(Ordering::SeqCst))
+            .then_some(())
+            .ok_or("large transaction not written yet".to_owned())
+    })
+    .await;
+    w.hold.store(false, Ordering::SeqCst);
 }
 
 fn migrate_now(leader: &Path, registry: &str, prefix: &str, ddl: &str) {
@@ -501,8 +536,8 @@ async fn no_false_alarm_through_duplicates_a_producer_sigkill_a_broker_outage_mi
     );
     w.phase.store(1, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    w.big.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    big_group(&w, &s.leader, &streamed).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     w.phase.store(2, Ordering::SeqCst);
     migrate_now(
         &s.leader,
@@ -511,6 +546,9 @@ async fn no_false_alarm_through_duplicates_a_producer_sigkill_a_broker_outage_mi
         "ALTER TABLE customers DROP COLUMN note;",
     );
     eprintln!("after the migrations: {} changes written", written(&w));
+    // Another large group, after the drop.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    big_group(&w, &s.leader, &streamed).await;
     // 5. Go on up to the number of changes asked for.
     wait_until(Duration::from_secs(900), || {
         let n = written(&w);
