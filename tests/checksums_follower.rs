@@ -574,9 +574,11 @@ async fn no_false_alarm_through_duplicates_a_producer_sigkill_a_broker_outage_mi
                 panic!("false alarm: {d:?}");
             }
             let st = f.status();
-            (st.applied_position.0 == head)
-                .then(|| same_rows_on_leader_columns(&l, &r))
-                .unwrap_or(Err(format!("at {}, leader at {head}", st.applied_position)))
+            if st.applied_position.0 == head {
+                same_rows_on_leader_columns(&l, &r)
+            } else {
+                Err(format!("at {}, leader at {head}", st.applied_position))
+            }
         })
         .await;
     }
