@@ -624,3 +624,75 @@ async fn no_false_alarm_through_duplicates_a_producer_sigkill_a_broker_outage_mi
     let status = producer.terminate(Duration::from_secs(30));
     assert!(status.success(), "{status}");
 }
+
+/// A migration read in the same commit group as the table's last change
+/// before it: the leader's sum at the group's end is in the new shape, the
+/// follower's last change of the table in the old one. The producer was
+/// stopped meanwhile, so the tail reads both in one group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_migration_in_the_same_group_as_the_tables_last_change_is_no_false_alarm() {
+    let s = Setup::new_with(1, "summerge").await;
+    let producer = RunningProducer::start(s.producer_config());
+    let (f, _) = RunningFollower::serving(s.follower_config("r.db"));
+    wait_for_capture(&s.leader).await;
+    migrate_now(
+        &s.leader,
+        s.registry.url(),
+        &s.prefix,
+        "ALTER TABLE customers ADD COLUMN note TEXT;",
+    );
+    edit(
+        &s.leader,
+        "UPDATE customers SET note = 'x' WHERE id <= 10; INSERT INTO everything(id) VALUES (1)",
+    );
+    let head = leader_position(&s.leader);
+    wait_until(Duration::from_secs(60), || {
+        let st = f.status();
+        (st.applied_position.0 == head)
+            .then_some(())
+            .ok_or(format!("{st:?}"))
+    })
+    .await;
+    producer.stop().await.unwrap();
+    edit(
+        &s.leader,
+        "UPDATE customers SET coffee = 'last' WHERE id = 1",
+    );
+    migrate_now(
+        &s.leader,
+        s.registry.url(),
+        &s.prefix,
+        "ALTER TABLE customers DROP COLUMN note;",
+    );
+    let producer = RunningProducer::start(s.producer_config());
+    let head = leader_position(&s.leader);
+    let (l, r) = (s.leader.clone(), f.replica.clone());
+    wait_until(Duration::from_secs(60), || {
+        let st = f.status();
+        if let Some(d) = &st.diverged {
+            panic!("false alarm: {d:?}");
+        }
+        if st.applied_position.0 == head {
+            same_rows_on_leader_columns(&l, &r)
+        } else {
+            Err(format!("at {}, leader at {head}", st.applied_position))
+        }
+    })
+    .await;
+    // A later change of the table, in the new shape, is compared.
+    edit(
+        &s.leader,
+        "UPDATE customers SET coffee = 'later' WHERE id = 2",
+    );
+    let head = leader_position(&s.leader);
+    wait_until(Duration::from_secs(60), || {
+        let st = f.status();
+        (st.applied_position.0 == head)
+            .then_some(())
+            .ok_or(format!("{st:?}"))
+    })
+    .await;
+    assert_eq!(f.status().diverged, None);
+    f.stop().await.unwrap();
+    producer.stop().await.unwrap();
+}
