@@ -189,8 +189,31 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             "\n## publish: {n} committed changes of ~100-byte rows, until Kafka acknowledged all"
         );
         let (mut b, mut r) = (Vec::new(), Vec::new());
+        // The table checksums' cost: the same run without them, in the same round.
+        let mut plain = Vec::new();
         for round in 1..=args.rounds {
-            let (run, size) = publish::barista(&broker, &reg, dir, n, parts).await?;
+            // Alternating which goes first: a later run in a round tends to be slower (the
+            // broker holds more), which must not count for or against the checksums.
+            let ((run, size), (without, _)) = if round % 2 == 1 {
+                let without = publish::barista(&broker, &reg, dir, n, parts, false).await?;
+                (
+                    publish::barista(&broker, &reg, dir, n, parts, true).await?,
+                    without,
+                )
+            } else {
+                let with = publish::barista(&broker, &reg, dir, n, parts, true).await?;
+                (
+                    with,
+                    publish::barista(&broker, &reg, dir, n, parts, false).await?,
+                )
+            };
+            println!(
+                "  round {round}: table checksums on {:.2} µs CPU/change, off {:.2} µs; on/off {:.3}",
+                run.cpu_us,
+                without.cpu_us,
+                run.cpu_us / without.cpu_us
+            );
+            plain.push(without);
             event_size = size;
             let raw = publish::raw(&broker, n, size.round() as usize, parts).await?;
             println!(
@@ -212,6 +235,27 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             if median(&ratios) >= 0.5 { "ok" } else { "MISSED" },
             median(&b.iter().map(|x| x.1).collect::<Vec<_>>()),
             median(&r.iter().map(|x| x.1).collect::<Vec<_>>()),
+        );
+        let on: Vec<f64> = b.iter().map(|x| x.1).collect();
+        let off: Vec<f64> = plain.iter().map(|x| x.cpu_us).collect();
+        let cost: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a / b).collect();
+        println!(
+            "  table checksums: CPU/change {:.2} µs with, {:.2} µs without (medians); with/without {:.3} (goal <= 1.05: {}); changes/s {:.0} with, {:.0} without",
+            median(&on),
+            median(&off),
+            median(&cost),
+            if median(&cost) <= 1.05 { "ok" } else { "MISSED" },
+            median(&br),
+            median(&plain.iter().map(|x| x.rate).collect::<Vec<_>>()),
+        );
+        let hash_ns = median(
+            &(0..5)
+                .map(|_| publish::row_hash_ns(1_000_000))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        );
+        println!(
+            "  table checksums, measured alone: {hash_ns:.0} ns to hash a row = {:.1} % of the CPU/change without them (an update hashes two rows)",
+            hash_ns / 10.0 / median(&off)
         );
     }
 

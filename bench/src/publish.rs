@@ -26,13 +26,15 @@ pub struct Run {
 }
 
 /// barista: N changes committed before the producer starts; timed from its
-/// start until Kafka acknowledged the last one.
+/// start until Kafka acknowledged the last one. `checksums`: whether the producer keeps the
+/// table checksums (`ProducerConfig::checksums`), to measure what they cost.
 pub async fn barista(
     broker: &Broker,
     registry: &str,
     dir: &std::path::Path,
     n: i64,
     partitions: i32,
+    checksums: bool,
 ) -> anyhow::Result<(Run, f64)> {
     let leader = dir.join(format!("publish-{}.db", rand::random::<u32>()));
     env::leader(&leader)?;
@@ -44,6 +46,7 @@ pub async fn barista(
     let mut config = ProducerConfig::new(&leader, &broker.bootstrap(), registry);
     config.topic_prefix = prefix.clone();
     config.partitions = partitions;
+    config.checksums = checksums;
     let token = CancellationToken::new();
     let cpu0 = env::cpu_time();
     let t0 = Instant::now();
@@ -181,4 +184,38 @@ pub async fn raw(broker: &Broker, n: i64, size: usize, partitions: i32) -> anyho
         rate: n as f64 / elapsed.as_secs_f64(),
         cpu_us: cpu.as_secs_f64() * 1e6 / n as f64,
     })
+}
+
+/// What the table checksums add to one change, measured alone: nanoseconds to hash one
+/// benchmark row (an insert hashes its after image once, an update both images), the way
+/// the producer does, from the table's value schema. Noise-free next to the end-to-end
+/// figures, which a shared machine blurs by more than the cost itself.
+pub fn row_hash_ns(hashes: usize) -> anyhow::Result<f64> {
+    use barista_schemas::checksum::RowHasher;
+    use barista_schemas::envelope::RowShape;
+    use barista_schemas::{SqlValue, TableSchemas, TableShape};
+    let conn = rusqlite::Connection::open_in_memory()?;
+    conn.execute_batch(env::TABLE_SQL)?;
+    let schemas = TableSchemas::derive(TableShape::read(&conn, "items")?)?;
+    let hasher = RowHasher::new(&RowShape::from_value_schema(&schemas.value_json)?);
+    let rows: Vec<Vec<SqlValue>> = (0..1000i64)
+        .map(|i| {
+            vec![
+                SqlValue::Integer(i),
+                SqlValue::Text(format!("item-{i:012}-espresso")),
+                SqlValue::Text(
+                    "a double shot, oat milk, no sugar; pick up at the side counter".into(),
+                ),
+                SqlValue::Integer(i % 17),
+                SqlValue::Real(i as f64 * 0.25),
+            ]
+        })
+        .collect();
+    let t0 = Instant::now();
+    let mut sum = 0u64;
+    for i in 0..hashes {
+        sum = sum.wrapping_add(hasher.hash(std::hint::black_box(&rows[i % rows.len()])));
+    }
+    std::hint::black_box(sum);
+    Ok(t0.elapsed().as_secs_f64() * 1e9 / hashes as f64)
 }

@@ -250,6 +250,7 @@ impl Capture {
                         params![name, triggers::columns_json(&columns)],
                     )?;
                     let id = tx.last_insert_rowid();
+                    sums::store_new_table(&tx, name)?;
                     let n = triggers::snapshot(&tx, id, name, &columns)?;
                     tracing::info!(table = %name, rows = n, "snapshot taken");
                     id

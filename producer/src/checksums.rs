@@ -78,7 +78,7 @@ pub(crate) struct Checksums {
     base_at: Position,
     /// Groups read after `base_at`, oldest first.
     groups: VecDeque<GroupSums>,
-    /// Tables the group being read touched: (id, whether with a change).
+    /// Tables the group being read touched: (id, whether a change came after its markers).
     touched: Vec<(i64, bool)>,
 }
 
@@ -207,9 +207,13 @@ impl Checksums {
         self.base_at = self.base_at.max(to);
     }
 
+    /// Table `id` changed (`changed`), or a marker of it was read (not `changed`). A marker
+    /// after the table's last change in the group leaves it out of the group's record: its
+    /// sum is then in a shape no change event of the group was written with, which a
+    /// follower cannot know yet. The next group that changes it carries it.
     fn touch(&mut self, id: i64, changed: bool) {
         match self.touched.iter_mut().find(|(t, _)| *t == id) {
-            Some((_, c)) => *c |= changed,
+            Some((_, c)) => *c = changed,
             None => self.touched.push((id, changed)),
         }
     }

@@ -50,8 +50,12 @@ pub struct Commit {
     #[serde(default)]
     pub dropped: Vec<DroppedTable>,
     /// The leader's checksum ([`crate::checksum`]) of every table this group
-    /// changed, at `last_position` (absent in records written before v3, and
-    /// in begin records and heartbeats).
+    /// changed, at `last_position`, sorted by table, in the shape of the
+    /// writer schema of the table's last change event in the group (a table
+    /// whose shape changed after its last change in the group, or that the
+    /// group dropped, is left out; so is one whose sum the leader cannot know
+    /// at the moment). Absent in records written before v3, and in begin
+    /// records and heartbeats.
     #[serde(default)]
     pub checksums: Vec<TableChecksum>,
 }
