@@ -248,13 +248,7 @@ impl Checksums {
         t.sum = recomputed(capture, id, at, &t)?;
         tracing::info!(table = %t.name, position = %at, known = t.sum.is_some(), "table shape changed: checksum recomputed in the new shape");
         self.live.insert(id, t);
-        // Only a change after the new shape puts the table's sum in this group's commit
-        // record: a follower's sum after a change before it is in the old shape, and would
-        // differ from this one wherever the shapes hash a row differently (a dropped column).
-        match self.touched.iter_mut().find(|(t, _)| *t == id) {
-            Some((_, changed)) => *changed = false,
-            None => self.touched.push((id, false)),
-        }
+        self.touch(id, false);
         Ok(())
     }
 
