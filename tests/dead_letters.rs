@@ -576,6 +576,11 @@ async fn skip_records_the_decision_in_the_replica_and_survives_a_restart() {
     assert!(ok && out.contains("nothing holds"), "{out}{err}");
     h.follower_at(leader_position(&h.s.leader)).await;
     h.wait_held(&[]).await;
+    // Knowingly different from the leader: not compared with its checksums
+    // (no false divergence), and said so.
+    let st = h.status().await;
+    assert_eq!(st["unverified"], serde_json::json!(["customers"]), "{st}");
+    assert!(st.get("diverged").is_none(), "{st}");
 
     // The replica: the leader, except the skipped changes' effects. Its
     // customers table never saw the new schema (no column `stamps`), and
@@ -645,5 +650,7 @@ async fn skip_records_the_decision_in_the_replica_and_survives_a_restart() {
     let st = h.status().await;
     assert_eq!(st["held_by"], serde_json::json!([]), "{st}");
     assert_eq!(st["dead_letters"], 0, "{st}");
+    assert_eq!(st["unverified"], serde_json::json!(["customers"]), "{st}");
+    assert!(st.get("diverged").is_none(), "{st}");
     h.stop().await;
 }

@@ -2,6 +2,7 @@
 
 mod broker;
 mod checksums;
+mod checksums_follower;
 mod crash;
 mod dashboards;
 mod dead_letters;

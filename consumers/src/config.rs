@@ -49,6 +49,10 @@ pub struct FollowerConfig {
     /// from which the re-seed command in a halt message is made; empty =
     /// made from this configuration.
     pub command_line: Vec<String>,
+    /// Keep table checksums in the replica and compare them with the
+    /// leader's at every commit record (on by default; off only to measure
+    /// their cost).
+    pub checksums: bool,
 }
 
 impl FollowerConfig {
@@ -76,6 +80,7 @@ impl FollowerConfig {
             seed_from: None,
             reseed: false,
             command_line: Vec::new(),
+            checksums: true,
         }
     }
 }

@@ -29,7 +29,6 @@ use crate::dead_letter::DeadLetters;
 use crate::decode::{with_registry_retry, Decoder};
 use crate::groups::{ApplyPlan, Chains, CommitGroups, Plan};
 use crate::kafka;
-use crate::lag::{PartitionLabels, PartitionStatus, Status};
 use crate::replica::{Batch, Replica};
 use crate::state::{FollowerState, Shared};
 
@@ -39,6 +38,11 @@ const RECV_BATCH: usize = 5_000;
 /// Dead letters remembered, replay and skip: the operator's side of the loop.
 #[path = "follower_admin.rs"]
 mod admin;
+
+/// Status, and what the checksums say: the comparison's scope, the stop.
+#[path = "follower_checks.rs"]
+mod checks;
+use checks::publish_status;
 
 struct Follower {
     config: FollowerConfig,
@@ -55,13 +59,17 @@ struct Follower {
     held: tokio::sync::watch::Sender<Vec<TopicPartition>>,
     /// Dead-lettered messages holding their chain, kept for a replay.
     poison: admin::HeldMessages,
+    /// Topics with changes an operator skipped: their tables are not
+    /// compared with the leader's checksums.
+    skipped_topics: std::collections::HashSet<String>,
 }
 
 /// Opens (creating if needed) the replica and publishes its stored
 /// position, so `/status` says where it is before anything else happens.
 pub async fn open(config: &FollowerConfig, shared: &Shared) -> anyhow::Result<Replica> {
     let path = config.replica.clone();
-    let replica = tokio::task::spawn_blocking(move || Replica::open(&path))
+    let sums = config.checksums;
+    let replica = tokio::task::spawn_blocking(move || Replica::open_with(&path, sums))
         .await?
         .with_context(|| format!("opening replica {}", config.replica.display()))?;
     let progress = replica.progress()?;
@@ -85,6 +93,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
+    if let Some(d) = replica.divergence().cloned() {
+        // Stopped before: stays stopped, serving reads, until re-seeded.
+        return checks::stand_diverged(&shared, &config, &Chains::new(), d, shutdown).await;
+    }
     let progress = replica.progress()?;
     let consumer = kafka::consumer(&config)?;
     let commits = commits_topic(&config.topic_prefix);
@@ -97,6 +109,7 @@ pub async fn run(
     kafka::ensure_dead_letter_topic(&config, &all, &dlq_topic).await;
     let (mut chains, commits_next) = kafka::assign(&consumer, &data, &commits, &progress)?;
     admin::restore_skips(&replica, &mut chains)?;
+    let skipped_topics = checks::unverified_at_start(&shared, &config, &replica)?;
     tracing::info!(follower = %config.follower_id, position = %progress.position, partitions = chains.len(), "follower started");
 
     let held = tokio::sync::watch::channel(chains.keys().cloned().collect()).0;
@@ -111,10 +124,15 @@ pub async fn run(
         replica: Some(replica),
         held,
         poison: Default::default(),
+        skipped_topics,
         config,
     };
     f.publish_status()?;
     let result = f.follow(hwms, &mut shutdown).await;
+    if let Some(checks::Diverged(d)) = result.as_ref().err().and_then(|e| e.downcast_ref()) {
+        let d = d.clone();
+        return checks::stand_diverged(&shared, &f.config, &f.chains, d, shutdown).await;
+    }
     if let Err(e) = &result {
         // A poisoned status says nothing anyone should trust; else say why.
         if let Ok(mut s) = shared.status() {
@@ -350,9 +368,14 @@ impl Follower {
             offsets: plan.offsets,
             position: Some((position, ts)),
             drops: plan.drops,
+            checksums: self.leader_sums(plan.checksums)?,
         };
-        let offsets = self
-            .on_replica(move |replica| replica.apply(&batch).map(|()| batch.offsets))
+        let (offsets, diverged) = self
+            .on_replica(move |replica| {
+                replica
+                    .apply(&batch)
+                    .map(|()| (batch.offsets, replica.divergence().cloned()))
+            })
             .await?
             .context("applying to the replica")?;
         // Published only after the replica commit: a read woken by it opens a
@@ -364,6 +387,9 @@ impl Follower {
         // tools show this group's lag; the replica's copy is the one the
         // follower trusts on restart.
         kafka::commit_offsets(&self.consumer, &offsets);
+        if let Some(d) = diverged {
+            return Err(self.diverged(d));
+        }
         self.publish_status()?;
         Ok(())
     }
@@ -437,59 +463,4 @@ impl Follower {
         );
         Ok(())
     }
-}
-
-/// Rebuilds the status and the lag metrics from the published state and the
-/// partitions held.
-fn publish_status(
-    shared: &Shared,
-    config: &FollowerConfig,
-    chains: &Chains,
-) -> Result<(), Poisoned> {
-    let st = shared.state();
-    let seconds = st.seconds_lag(config.heartbeat_grace);
-    let m = &shared.metrics;
-    let mut partitions = std::collections::BTreeMap::new();
-    let mut total = 0;
-    for ((t, p), chain) in chains {
-        let lag = chain.offset_lag();
-        total += lag;
-        m.offset_lag
-            .get_or_create(&PartitionLabels {
-                topic: t.clone(),
-                partition: p.to_string(),
-            })
-            .set(lag);
-        partitions.insert(
-            format!("{t}/{p}"),
-            PartitionStatus {
-                next_offset: chain.next_offset(),
-                high_watermark: chain.high_watermark,
-                offset_lag: lag,
-                applied_position: chain.applied(),
-                blocked: chain.blocked().map(|b| b.reason.clone()),
-            },
-        );
-    }
-    m.position_lag.set(st.position_lag());
-    m.set_seconds_lag(seconds);
-    m.applied_position.set(st.position.0);
-    m.leader_position.set(st.leader_position.0);
-    let status = Status {
-        follower: config.follower_id.clone(),
-        applied_position: st.position,
-        leader_position: st.leader_position,
-        position_lag: st.position_lag(),
-        seconds_lag: seconds,
-        offset_lag: total,
-        partitions,
-        changes_applied: m.changes_applied.get(),
-        duplicates: m.duplicates.get(),
-        dead_letters: m.dead_letters.get(),
-        paused: *shared.paused.borrow(),
-        halted: None,
-        held_by: crate::held::held_by(shared, chains)?,
-    };
-    *shared.status()? = status;
-    Ok(())
 }

@@ -257,6 +257,7 @@ impl Follower {
                 "recording the skip in the replica failed ({e}); nothing was released, {id} is still held"
             ))));
         }
+        self.skipped_topic(&tp.0)?;
         let chain = self
             .chains
             .get_mut(&tp)

@@ -19,6 +19,7 @@ use barista_schemas::envelope::DecodedChange;
 use barista_schemas::{Commit, Position};
 
 use crate::chain::{PartitionChain, TopicPartition};
+use crate::checksums::LeaderSum;
 
 /// The data partitions a follower holds.
 pub type Chains = HashMap<TopicPartition, PartitionChain>;
@@ -66,6 +67,9 @@ pub struct ApplyPlan {
     /// position order. The replica drops them between the changes before
     /// and after.
     pub drops: Vec<(Position, String)>,
+    /// The leader's checksums of the tables these groups changed: per
+    /// table, the last group's (a table dropped after it has none).
+    pub checksums: Vec<LeaderSum>,
 }
 
 /// What to do next.
@@ -113,6 +117,11 @@ impl CommitGroups {
             queue: VecDeque::new(),
             begun: BTreeMap::new(),
         }
+    }
+
+    /// True when this follower applies `topic`'s changes.
+    pub fn follows(&self, topic: &str) -> bool {
+        self.scope.follows(topic)
     }
 
     /// The commits topic.
@@ -182,6 +191,7 @@ impl CommitGroups {
         let mut target: Option<(Position, i64)> = None;
         let mut count = 0usize;
         let mut drops = Vec::new();
+        let mut checksums: Vec<LeaderSum> = Vec::new();
         loop {
             let current = target.map_or(position, |t| t.0);
             let Some(c) = self.next_group(current) else {
@@ -199,6 +209,16 @@ impl CommitGroups {
             count = pending;
             target = Some((last, c.ts_ms));
             drops.extend(c.dropped.iter().map(|d| (d.position, d.table.clone())));
+            // Last wins: a later group's sum, or its drop, replaces an earlier one.
+            checksums.retain(|l| {
+                !c.dropped.iter().any(|d| d.table == l.table)
+                    && !c.checksums.iter().any(|t| t.table == l.table)
+            });
+            checksums.extend(c.checksums.iter().map(|t| LeaderSum {
+                table: t.table.clone(),
+                sum: t.sum,
+                since: c.first_position,
+            }));
         }
         // Heartbeats only move the clock; drop the ones already covered, but
         // first let them tell how fresh the new position is: the newest leader
@@ -236,6 +256,7 @@ impl CommitGroups {
                 changes,
                 offsets,
                 drops,
+                checksums,
             }),
             fresh_ts_ms: None,
         }

@@ -28,6 +28,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared.clone())
         .merge(crate::held::router(shared.clone()))
         .merge(crate::snapshot::router(shared.replica.clone()))
+        .merge(crate::verify::router(shared.clone()))
         .merge(crate::serve::router(shared))
 }
 
@@ -61,11 +62,12 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
     // an unknown lag is not a small one.
     let within = st.seconds_lag.is_some_and(|l| l <= s.max_lag_seconds);
     let body = serde_json::json!({
-        "ready": st.halted.is_none() && within,
+        "ready": st.halted.is_none() && st.diverged.is_none() && within,
         "seconds_lag": st.seconds_lag,
         "max_lag_seconds": s.max_lag_seconds,
         "position": st.applied_position,
         "halted": st.halted,
+        "diverged": st.diverged,
     });
     let code = if body["ready"] == true {
         StatusCode::OK

@@ -55,6 +55,8 @@ pub struct Metrics {
     /// Changes of large commit groups written into an open replica
     /// transaction before their group was complete (memory stays bounded).
     pub streamed: Counter,
+    /// 1 when a table's checksum differed from the leader's (applying stopped).
+    pub diverged: Gauge,
 }
 
 impl Metrics {
@@ -73,6 +75,7 @@ impl Metrics {
             batches: Counter::default(),
             held_messages: Gauge::default(),
             streamed: Counter::default(),
+            diverged: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -125,6 +128,11 @@ impl Metrics {
             "streamed_changes",
             "Changes of large commit groups written ahead of the group's commit",
             m.streamed.clone(),
+        );
+        registry.register(
+            "diverged",
+            "1 when a table's checksum differed from the leader's: applying stopped (see /status)",
+            m.diverged.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -223,6 +231,13 @@ pub struct Status {
     /// Dead-lettered messages that hold later commit groups back, oldest
     /// first: replay or skip them (`consumer dead-letters --help`).
     pub held_by: Vec<crate::held::HeldBy>,
+    /// A table whose checksum differed from the leader's at a commit
+    /// record: applying stopped there; re-seed the replica.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<crate::checksums::Divergence>,
+    /// Tables not compared with the leader's checksums because an operator
+    /// skipped a change of them (`_barista_skipped`).
+    pub unverified: Vec<String>,
 }
 
 /// Seconds behind, on the leader's clock ([`leader_now_ms`]): how long ago the

@@ -18,6 +18,10 @@ pub mod chain;
 pub mod groups;
 /// The replica file and the apply transaction.
 pub mod replica;
+/// Table checksums kept in the apply transaction and compared at commit.
+pub mod checksums;
+/// Verification on demand: every table recomputed, or compared with a peer.
+pub mod verify;
 /// Poison messages → the dead-letter topic.
 pub mod dead_letter;
 /// Dead letters for operators: which hold the chain back; replay and skip.
@@ -38,6 +42,8 @@ pub mod dead_letters_cli;
 pub mod snapshot;
 /// `--seed-from`: a new (or re-seeded) replica downloaded from a snapshot.
 pub mod seed;
+/// `consumer verify`: a replica's checksums recomputed, or compared with a peer.
+pub mod verify_cli;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use barista_consumer::dead_letters_cli::{self, DeadLettersCommand};
+use barista_consumer::verify_cli::{self, Outcome, VerifyArgs};
 use barista_consumer::FollowerConfig;
 use barista_runtime::args::parse_kv;
 use barista_runtime::{exit, logs, run_until_signal};
@@ -35,7 +36,9 @@ Each follower is its own consumer group and reads every partition. The replica c
 read-only by any SQLite client; its position is in the table _barista_position.\n\
 A message it cannot apply that holds later changes back: consumer dead-letters --help.\n\
 A new follower at any time: consumer --replica new.db --follower-id follower-2 \\\n\
-    --seed-from http://<peer>:8091/snapshot   (a peer's or the producer's snapshot, then follows)"
+    --seed-from http://<peer>:8091/snapshot   (a peer's or the producer's snapshot, then follows)\n\
+Every commit record's table checksums are compared with the replica's; on a mismatch the follower\n\
+stops applying (reads go on; /status shows `diverged`). Check a replica on demand: consumer verify --help."
 )]
 struct Args {
     /// Without a subcommand: run the follower.
@@ -88,6 +91,10 @@ struct Args {
     /// history) with a snapshot from --seed-from.
     #[arg(long, env = "BARISTA_RESEED", requires = "seed_from")]
     reseed: bool,
+    /// Keep table checksums and compare them with the leader's at every
+    /// commit record (`--checksums false` only to measure their cost).
+    #[arg(long, env = "BARISTA_CHECKSUMS", default_value_t = true, action = clap::ArgAction::Set)]
+    checksums: bool,
 }
 
 /// Subcommands that talk to a running follower instead of being one.
@@ -97,12 +104,18 @@ enum Command {
     /// the ones that hold later changes back.
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
+    /// Check a replica: recompute every table's checksum from its rows and
+    /// compare it with the stored rolling value, or (--against URL) compare
+    /// its rows with a healthy peer's and name the keys that differ.
+    Verify(VerifyArgs),
 }
 
 fn main() -> ExitCode {
     let a = Args::parse();
-    if let Some(Command::DeadLetters(c)) = a.command {
-        return dead_letters(c);
+    match a.command {
+        Some(Command::DeadLetters(c)) => return dead_letters(c),
+        Some(Command::Verify(v)) => return verify(v),
+        None => {}
     }
     logs::init_tracing();
     if a.follower_id.trim().is_empty() {
@@ -119,6 +132,7 @@ fn main() -> ExitCode {
     c.seed_from = a.seed_from;
     c.reseed = a.reseed;
     c.command_line = std::env::args().collect();
+    c.checksums = a.checksums;
     run_until_signal("consumer", |shutdown| barista_consumer::run(c, shutdown))
 }
 
@@ -137,6 +151,27 @@ fn dead_letters(c: DeadLettersCommand) -> ExitCode {
         Err(e) => {
             eprintln!("consumer dead-letters: {e:#}");
             ExitCode::from(exit::FAILURE)
+        }
+    }
+}
+
+/// Runs `consumer verify`: 0 equal, 1 a difference, 2 not comparable (or
+/// not checked: no file, no peer).
+fn verify(v: VerifyArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return exit::failure("consumer verify", &e.into()),
+    };
+    match rt.block_on(verify_cli::run(v)) {
+        Ok(Outcome::Equal) => ExitCode::SUCCESS,
+        Ok(Outcome::Differs) => ExitCode::from(1),
+        Ok(Outcome::NotComparable) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("consumer verify: {e:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -9,12 +9,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use barista_schemas::envelope::{DecodedChange, RowShape};
-use barista_schemas::{Op, Position, SqlValue};
+use barista_schemas::{Position, SqlValue};
 use rusqlite::{params, params_from_iter, Connection};
 
 use crate::chain::TopicPartition;
+use crate::checksums::{Divergence, LeaderSum, Sums};
 
 use barista_schemas::snapshot::REPLICA_SQL;
+
+/// The statements of the apply transaction: rows with their checksums, and
+/// progress.
+#[path = "replica_write.rs"]
+mod write;
+use write::{write_changes, write_progress};
 
 fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
@@ -42,6 +49,8 @@ pub struct Batch {
     pub position: Option<(Position, i64)>,
     /// Tables dropped on the leader: (position, name), in position order.
     pub drops: Vec<(Position, String)>,
+    /// The leader's checksums to compare with the replica's at commit.
+    pub checksums: Vec<LeaderSum>,
 }
 
 /// A change an operator skipped: a row of `_barista_skipped`.
@@ -83,23 +92,53 @@ pub struct Replica {
     /// in memory was applied ([`Replica::apply_partial`]); readers do not see
     /// it until [`Replica::apply`] commits the rest of the group.
     open: bool,
+    /// Table checksums, kept in the apply transaction.
+    sums: Sums,
+    /// Recorded when a leader checksum differed (see [`Replica::divergence`]).
+    divergence: Option<Divergence>,
 }
 
 impl Replica {
     /// Opens (creating if needed) a replica file in WAL mode, so readers never
     /// block the applier and always see a committed snapshot.
     pub fn open(path: &Path) -> rusqlite::Result<Replica> {
+        Self::open_with(path, true)
+    }
+
+    /// [`Replica::open`], keeping table checksums or not. Without them the
+    /// stored sums are forgotten, so that turning them on again recomputes
+    /// them rather than trust sums the rows moved away from.
+    pub fn open_with(path: &Path, checksums: bool) -> rusqlite::Result<Replica> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(REPLICA_SQL)?;
+        if !checksums {
+            conn.execute_batch("DELETE FROM _barista_checksums")?;
+        }
+        let divergence = crate::checksums::recorded_divergence(&conn)?;
         Ok(Replica {
             conn,
             known: HashMap::new(),
             shapes: Vec::new(),
             open: false,
+            sums: Sums::new(checksums),
+            divergence,
         })
+    }
+
+    /// The replica differs from the leader: a commit record's checksum of a
+    /// table did not match (recorded in `_barista_diverged`, so it survives
+    /// a restart).
+    pub fn divergence(&self) -> Option<&Divergence> {
+        self.divergence.as_ref()
+    }
+
+    /// The replica's connection, for reads in the applier's own task
+    /// (verification, benchmarks).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     /// Reads the stored progress.
@@ -277,19 +316,25 @@ impl Replica {
         }
         let sqls = self.reconcile_all(&batch.changes)?;
         self.begin()?;
-        let r = write_changes(&self.conn, &batch.changes, &sqls);
+        let r = write_changes(&self.conn, &mut self.sums, &batch.changes, &sqls);
         self.commit(r, batch)
     }
 
     /// Ends the batch's transaction: its progress and COMMIT after `written`
     /// succeeded, else a rollback.
     fn commit(&mut self, written: rusqlite::Result<()>, batch: &Batch) -> rusqlite::Result<()> {
+        let position = batch.position.map_or(Position::ZERO, |p| p.0);
         let r = written
             .and_then(|()| write_progress(&self.conn, batch))
-            .and_then(|()| self.conn.execute_batch("COMMIT"));
+            .and_then(|()| self.sums.settle(&self.conn, &batch.checksums, position))
+            .and_then(|d| self.conn.execute_batch("COMMIT").map(|()| d));
         match r {
-            Ok(()) => {
+            Ok(d) => {
                 self.open = false;
+                self.sums.end(true);
+                if d.is_some() {
+                    self.divergence = d;
+                }
                 Ok(())
             }
             Err(e) => {
@@ -313,7 +358,8 @@ impl Replica {
                 // Dropping invalidates what was reconciled for it.
                 self.known.clear();
                 self.conn
-                    .execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(table)))
+                    .execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(table)))?;
+                self.sums.dropped(&self.conn, table)
             });
             if r.is_err() {
                 break;
@@ -327,7 +373,7 @@ impl Replica {
     /// Reconciles and writes `changes` inside the open transaction.
     fn write_reconciled(&mut self, changes: &[DecodedChange]) -> rusqlite::Result<()> {
         let sqls = self.reconcile_all(changes)?;
-        write_changes(&self.conn, changes, &sqls)
+        write_changes(&self.conn, &mut self.sums, changes, &sqls)
     }
 
     /// Applies changes of a commit group that is not complete yet, inside a
@@ -338,7 +384,7 @@ impl Replica {
     pub fn apply_partial(&mut self, changes: &[DecodedChange]) -> rusqlite::Result<()> {
         let sqls = self.reconcile_all(changes)?;
         self.begin()?;
-        write_changes(&self.conn, changes, &sqls).inspect_err(|_| self.rollback())
+        write_changes(&self.conn, &mut self.sums, changes, &sqls).inspect_err(|_| self.rollback())
     }
 
     /// True while a partially applied group is uncommitted.
@@ -364,6 +410,10 @@ impl Replica {
         if !self.open {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
             self.open = true;
+            if let Err(e) = self.sums.begin(&self.conn) {
+                self.rollback();
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -375,6 +425,7 @@ impl Replica {
             let _ = self.conn.execute_batch("ROLLBACK");
             self.open = false;
             self.known.clear();
+            self.sums.end(false);
         }
     }
 
@@ -386,95 +437,6 @@ impl Replica {
     }
 }
 
-/// Writes changes in order (inside the caller's transaction).
-fn write_changes(
-    conn: &Connection,
-    changes: &[DecodedChange],
-    sqls: &[Arc<TableSql>],
-) -> rusqlite::Result<()> {
-    for (c, sql) in changes.iter().zip(sqls) {
-        match c.op {
-            Op::Create | Op::Read | Op::Update => {
-                let Some(after) = &c.after else { continue };
-                if let Some(before) = &c.before {
-                    // The key itself changed: the old row goes.
-                    if sql.pk.iter().any(|&i| before.get(i) != after.get(i)) {
-                        let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &before[i]).collect();
-                        conn.prepare_cached(&sql.delete)?
-                            .execute(params_from_iter(key))?;
-                    }
-                }
-                conn.prepare_cached(&sql.upsert)?
-                    .execute(params_from_iter(after.iter()))?;
-            }
-            Op::Delete => {
-                let Some(before) = &c.before else { continue };
-                let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &before[i]).collect();
-                conn.prepare_cached(&sql.delete)?
-                    .execute(params_from_iter(key))?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Stores the batch's offsets and the replica's position (inside the
-/// caller's transaction).
-fn write_progress(conn: &Connection, batch: &Batch) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO _barista_offsets(topic, partition, next_offset, applied_position) VALUES (?1, ?2, ?3, ?4) \
-         ON CONFLICT(topic, partition) DO UPDATE SET next_offset = excluded.next_offset, \
-         applied_position = excluded.applied_position",
-    )?;
-    for ((topic, partition), (next, applied)) in &batch.offsets {
-        stmt.execute(params![topic, partition, next, applied])?;
-    }
-    if let Some((position, ts)) = batch.position {
-        conn.prepare_cached(
-            "INSERT INTO _barista_position(id, position, leader_ts_ms, applied_at_ms) VALUES (1, ?1, ?2, \
-             CAST(unixepoch('subsec') * 1000 AS INTEGER)) ON CONFLICT(id) DO UPDATE SET position = excluded.position, \
-             leader_ts_ms = excluded.leader_ts_ms, applied_at_ms = excluded.applied_at_ms",
-        )?
-        .execute(params![position, ts])?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_skip_is_stored_once_per_position_and_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut r = Replica::open(&dir.path().join("r.db")).unwrap();
-        let mut s = SkippedChange {
-            topic: "p.customers".into(),
-            partition: 1,
-            offset: 42,
-            position: Position(113),
-            schema_id: Some(6),
-            key: Some(vec![0, 0, 0, 0, 1, 2]),
-            error: "schema 6 not found".into(),
-            reason: "first".into(),
-        };
-        r.record_skip(&s).unwrap();
-        s.reason = "second thoughts".into();
-        r.record_skip(&s).unwrap();
-        assert_eq!(
-            r.skipped().unwrap(),
-            [(("p.customers".to_owned(), 1), Position(113))]
-        );
-        let (reason, at): (String, String) = r
-            .conn
-            .query_row(
-                "SELECT reason, skipped_at FROM _barista_skipped",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .unwrap();
-        assert_eq!(reason, "second thoughts");
-        assert!(at.ends_with('Z'), "{at}");
-        assert!(!r.is_open(), "its own transaction, committed");
-    }
-}
+#[path = "replica_tests.rs"]
+mod tests;

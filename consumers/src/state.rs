@@ -116,6 +116,8 @@ pub struct Shared {
     pub replica: PathBuf,
     /// Dead letters for operators, and their replay and skip commands.
     pub board: crate::held::Board,
+    /// What the table checksums say: diverged, and tables not compared.
+    pub verdict: Mutex<crate::checksums::Verdict>,
 }
 
 impl Shared {
@@ -132,12 +134,18 @@ impl Shared {
             max_lag_seconds: config.max_lag_seconds,
             replica: config.replica.clone(),
             board: crate::held::Board::default(),
+            verdict: Mutex::default(),
         })
     }
 
     /// The follower's state now.
     pub fn state(&self) -> FollowerState {
         *self.state.borrow()
+    }
+
+    /// The checksums' verdict; an error when a panic poisoned it.
+    pub fn verdict(&self) -> Result<MutexGuard<'_, crate::checksums::Verdict>, Poisoned> {
+        barista_runtime::lock(&self.verdict, "follower verdict")
     }
 
     /// The status; an error when a panic poisoned it (the follower loop then

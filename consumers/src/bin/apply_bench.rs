@@ -10,7 +10,10 @@
 //!   offsets and position in one transaction);
 //! - `barista decode+apply`: the follower's path per message: `Decoder::change`
 //!   on the Confluent-framed Avro bytes (schema fetched once by id over HTTP,
-//!   then cached, as in a follower), then `Replica::apply`.
+//!   then cached, as in a follower), then `Replica::apply`;
+//! - `apply-nosums`, `decode+apply-nosums`: the same with the table checksums
+//!   off (`FollowerConfig::checksums`), to price them: the on/off ratio of
+//!   the median CPU time per change.
 //!
 //! Setups are interleaved round by round; medians are reported with the ratio
 //! barista/raw (changes per second).
@@ -64,7 +67,8 @@ struct Args {
     /// Changes per transaction, for barista and the raw upsert alike.
     #[arg(long, env = "BARISTA_BENCH_BATCH", default_value_t = 1000)]
     batch: usize,
-    /// Run only these setups: raw, apply, decode+apply (comma-separated).
+    /// Run only these setups: raw, apply, apply-nosums, decode+apply,
+    /// decode+apply-nosums (comma-separated).
     #[arg(long, env = "BARISTA_BENCH_SETUPS", value_delimiter = ',')]
     setups: Vec<String>,
     /// Directory for the temporary databases (default: the system temp dir).
@@ -235,11 +239,12 @@ fn batch_of(changes: Vec<DecodedChange>, next_offset: i64) -> Batch {
         offsets: vec![(("bench.customers".to_owned(), 0), (next_offset, last.0))],
         position: Some(last),
         drops: Vec::new(),
+        checksums: Vec::new(),
     }
 }
 
-fn run_apply(path: &Path, batches: &[Batch]) -> anyhow::Result<()> {
-    let mut replica = Replica::open(path)?;
+fn run_apply(path: &Path, batches: &[Batch], checksums: bool) -> anyhow::Result<()> {
+    let mut replica = Replica::open_with(path, checksums)?;
     for b in batches {
         replica.apply(b)?;
     }
@@ -252,8 +257,9 @@ fn run_decode_apply(
     path: &Path,
     stream: &Stream,
     batch: usize,
+    checksums: bool,
 ) -> anyhow::Result<()> {
-    let mut replica = Replica::open(path)?;
+    let mut replica = Replica::open_with(path, checksums)?;
     let mut offset = 0i64;
     for chunk in stream.payloads.chunks(batch) {
         let changes = rt.block_on(async {
@@ -298,7 +304,13 @@ fn run(a: Args) -> anyhow::Result<()> {
         a.keys > 0 && a.changes >= a.keys,
         "--changes must be at least --keys (> 0)"
     );
-    const SETUPS: [&str; 3] = ["raw", "apply", "decode+apply"];
+    const SETUPS: [&str; 5] = [
+        "raw",
+        "apply",
+        "apply-nosums",
+        "decode+apply",
+        "decode+apply-nosums",
+    ];
     let setups: Vec<&str> = if a.setups.is_empty() {
         SETUPS.to_vec()
     } else {
@@ -362,8 +374,12 @@ fn bench(a: &Args, setups: &[&str], dir: &Path) -> anyhow::Result<()> {
             let path = fresh(dir, &format!("{}.db", setups[i].replace('+', "-")))?;
             let s = match setups[i] {
                 "raw" => measure(|| run_raw(&path, &stream, a.batch))?,
-                "apply" => measure(|| run_apply(&path, &batches))?,
-                _ => measure(|| run_decode_apply(&rt, &decoder, &path, &stream, a.batch))?,
+                "apply" => measure(|| run_apply(&path, &batches, true))?,
+                "apply-nosums" => measure(|| run_apply(&path, &batches, false))?,
+                s => {
+                    let sums = s == "decode+apply";
+                    measure(|| run_decode_apply(&rt, &decoder, &path, &stream, a.batch, sums))?
+                }
             };
             check_rows(&path, &stream, a.keys)?;
             samples[i].push(s);
@@ -387,7 +403,9 @@ fn bench(a: &Args, setups: &[&str], dir: &Path) -> anyhow::Result<()> {
     let label = |s: &str| match s {
         "raw" => "raw upsert",
         "apply" => "barista apply",
-        _ => "barista decode+apply",
+        "apply-nosums" => "apply, no checksums",
+        "decode+apply" => "barista decode+apply",
+        _ => "decode+apply, no sums",
     };
     let mut rates = std::collections::HashMap::new();
     for (i, s) in setups.iter().enumerate() {
@@ -413,6 +431,27 @@ fn bench(a: &Args, setups: &[&str], dir: &Path) -> anyhow::Result<()> {
                     r / raw
                 );
             }
+        }
+    }
+    // The table checksums' cost: the same path with them on and off.
+    for (on, off) in [
+        ("apply", "apply-nosums"),
+        ("decode+apply", "decode+apply-nosums"),
+    ] {
+        if let (Some((r_on, c_on)), Some((r_off, c_off))) =
+            (rates.get(on).copied(), rates.get(off).copied())
+        {
+            let cpu = c_on.zip(c_off).map_or("n/a".into(), |(a, b)| {
+                format!(
+                    "{:.3} (+{:.1} % CPU per change)",
+                    a / b,
+                    (a / b - 1.0) * 100.0
+                )
+            });
+            println!(
+                "checksums on/off, {on}: CPU µs/change {cpu}; wall-clock rate {:.3} (goal: at most +5 % CPU)",
+                r_on / r_off
+            );
         }
     }
     Ok(())

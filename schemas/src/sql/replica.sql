@@ -42,3 +42,26 @@ CREATE TABLE IF NOT EXISTS _barista_skipped (
     skipped_at       TEXT NOT NULL,
     PRIMARY KEY (topic, partition, position)
 );
+
+-- Per replica table: its checksum (barista_schemas::checksum, the wrapping
+-- sum of its rows' hashes, as i64 bits), kept by the apply transaction from
+-- the replica's own rows, and the writer shape (JSON) it is taken under. A
+-- table without a row here (a replica from before checksums) has its sum
+-- recomputed from its rows at its next change.
+CREATE TABLE IF NOT EXISTS _barista_checksums (
+    tbl   TEXT PRIMARY KEY,
+    sum   INTEGER NOT NULL,
+    shape TEXT NOT NULL
+);
+
+-- Set when a commit record's checksum of a table differed from the
+-- replica's: the follower stops applying (and stays stopped after a
+-- restart) until the replica is re-seeded or the table re-snapshotted.
+CREATE TABLE IF NOT EXISTS _barista_diverged (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    tbl      TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    leader   INTEGER NOT NULL,
+    replica  INTEGER NOT NULL,
+    found_at TEXT NOT NULL
+);

@@ -1,0 +1,482 @@
+//! Apply's table checksums (see [`barista_schemas::checksum`]): inside the
+//! replica's apply transaction, every change takes the hash of the replica's
+//! current row for its key out of its table's sum and puts the hash of the
+//! row it writes in. The sum is stored in `_barista_checksums` with the
+//! writer shape it was taken under, and compared with the leader's at every
+//! commit record.
+//!
+//! Reads the replica's rows (one indexed read per change; a full scan when a
+//! table's shape changes or it has no stored sum yet); writes
+//! `_barista_checksums` and, on a mismatch, `_barista_diverged`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use barista_schemas::checksum::{self, RowHasher};
+use barista_schemas::envelope::{RowColumn, RowShape};
+use barista_schemas::{Position, SqlValue};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+/// A replica table that differs from the leader's at a commit record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Divergence {
+    /// The table.
+    pub table: String,
+    /// The replica's position when the sums were compared.
+    pub position: Position,
+    /// The leader's checksum (i64 bits).
+    pub leader: i64,
+    /// The replica's checksum (i64 bits).
+    pub replica: i64,
+}
+
+/// What the checksums say about a follower's replica, for `/status`.
+#[derive(Debug, Clone, Default)]
+pub struct Verdict {
+    /// A table differed from the leader's at a commit record.
+    pub diverged: Option<Divergence>,
+    /// Tables an operator skipped a change of: knowingly different from
+    /// the leader, so not compared.
+    pub unverified: std::collections::BTreeSet<String>,
+}
+
+/// The leader's checksum of a table, as a batch carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderSum {
+    /// The table.
+    pub table: String,
+    /// The leader's sum (i64 bits) at the end of the group that carried it.
+    pub sum: i64,
+    /// The first position of that group. The replica's sum is comparable only
+    /// if the replica's last change to the table in this transaction is in
+    /// that group: its shape is then the one the leader summed under (a group
+    /// that named the table without changing a row of it, a migration's for
+    /// example, may carry a sum under a shape the replica has not seen yet).
+    pub since: Position,
+}
+
+/// How rows of one writer shape are read and hashed.
+struct ShapePlan {
+    /// Kept so the address the plan is cached under stays unique.
+    shape: Arc<RowShape>,
+    hasher: RowHasher,
+    /// `SELECT <shape columns> FROM t WHERE <key> IS ?…`.
+    select_one: String,
+    /// The shape as stored with the sum.
+    json: String,
+}
+
+/// The replica-row reads of one apply call, prepared once per shape: no
+/// SQL text hashed per change (as `prepare_cached` would).
+#[derive(Default)]
+pub struct Reads<'c> {
+    statements: Vec<(Arc<ShapePlan>, rusqlite::Statement<'c>)>,
+}
+
+impl<'c> Reads<'c> {
+    fn statement(
+        &mut self,
+        conn: &'c Connection,
+        plan: &Arc<ShapePlan>,
+    ) -> rusqlite::Result<&mut rusqlite::Statement<'c>> {
+        let i = match self
+            .statements
+            .iter()
+            .position(|(p, _)| Arc::ptr_eq(p, plan))
+        {
+            Some(i) => i,
+            None => {
+                let stmt = conn.prepare(&plan.select_one)?;
+                self.statements.push((plan.clone(), stmt));
+                self.statements.len() - 1
+            }
+        };
+        Ok(&mut self.statements[i].1)
+    }
+}
+
+/// A table's sum inside the open transaction.
+struct TableSum {
+    table: String,
+    plan: Arc<ShapePlan>,
+    sum: u64,
+    /// Position of the last change to the table in this transaction.
+    last: Position,
+}
+
+/// The checksum side of a replica: plans per writer shape, and the sums of
+/// the tables the open transaction changed.
+pub struct Sums {
+    enabled: bool,
+    plans: HashMap<usize, Arc<ShapePlan>>,
+    open: Vec<TableSum>,
+    /// Tables whose stored sum this process recomputed or kept since it last
+    /// saw another connection write the file. A stored sum follows only the
+    /// changes the follower applied, so a hand edit of a row it does not
+    /// touch again would go unseen; a sum recomputed from the rows sees it.
+    /// Empty at start (the file may have been edited while stopped).
+    trusted: HashSet<String>,
+    /// `PRAGMA data_version` after this connection's last transaction: it
+    /// changes when another connection commits to the file.
+    data_version: Option<i64>,
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+impl Sums {
+    /// Checksums kept when `enabled`.
+    pub fn new(enabled: bool) -> Self {
+        Sums {
+            enabled,
+            plans: HashMap::new(),
+            open: Vec::new(),
+            trusted: HashSet::new(),
+            data_version: None,
+        }
+    }
+
+    /// A write transaction began: if another connection wrote the file since
+    /// this one's last transaction, no stored sum is trusted any more; each
+    /// table's is recomputed from its rows at its next change.
+    pub fn begin(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let v: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if self.data_version.is_some_and(|d| d != v) {
+            tracing::warn!(
+                "another connection wrote the replica file; table checksums are recomputed from the rows at their next change"
+            );
+            self.trusted.clear();
+        }
+        self.data_version = Some(v);
+        Ok(())
+    }
+
+    /// True when checksums are kept.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn plan(&mut self, shape: &Arc<RowShape>) -> Arc<ShapePlan> {
+        let key = Arc::as_ptr(shape) as usize;
+        self.plans
+            .entry(key)
+            .or_insert_with(|| {
+                let cols: Vec<String> = shape.columns.iter().map(|c| quote(&c.name)).collect();
+                let key: Vec<String> = shape
+                    .pk_indexes()
+                    .iter()
+                    .enumerate()
+                    .map(|(n, &i)| format!("{} IS ?{}", cols[i], n + 1))
+                    .collect();
+                Arc::new(ShapePlan {
+                    shape: shape.clone(),
+                    hasher: RowHasher::new(shape),
+                    select_one: format!(
+                        "SELECT {} FROM {} WHERE {}",
+                        cols.join(", "),
+                        quote(&shape.table),
+                        key.join(" AND ")
+                    ),
+                    json: shape_json(shape),
+                })
+            })
+            .clone()
+    }
+
+    /// The open transaction's sum of `shape`'s table, taken under `shape`:
+    /// the stored one if it was stored under the same shape, else (a
+    /// migration, or a replica from before checksums) recomputed from all
+    /// the table's rows, inside the transaction. Its index in `open` (a few
+    /// tables per transaction: a pointer comparison beats hashing names).
+    fn table(&mut self, conn: &Connection, shape: &Arc<RowShape>) -> rusqlite::Result<usize> {
+        // The common case, first: the table is open under this very shape.
+        if let Some(i) = self
+            .open
+            .iter()
+            .position(|t| Arc::ptr_eq(&t.plan.shape, shape))
+        {
+            return Ok(i);
+        }
+        let plan = self.plan(shape);
+        let at = self.open.iter().position(|t| t.table == shape.table);
+        if let Some(i) = at.filter(|&i| self.open[i].plan.json == plan.json) {
+            // Another copy of the same shape (decoded under another id).
+            self.open[i].plan = plan;
+            return Ok(i);
+        }
+        let stored: Option<(i64, String)> = conn
+            .prepare_cached("SELECT sum, shape FROM _barista_checksums WHERE tbl = ?1")?
+            .query_row([&shape.table], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let sum = match stored {
+            Some((sum, json))
+                if at.is_none() && json == plan.json && self.trusted.contains(&shape.table) =>
+            {
+                checksum::from_wire(sum)
+            }
+            _ => {
+                let (sum, rows) = recompute(conn, &plan.shape, &plan.hasher)?;
+                tracing::debug!(table = %shape.table, rows, "table checksum recomputed from the rows");
+                self.trusted.insert(shape.table.clone());
+                sum
+            }
+        };
+        let t = TableSum {
+            table: shape.table.clone(),
+            plan,
+            sum,
+            last: at.map_or(Position::ZERO, |i| self.open[i].last),
+        };
+        Ok(match at {
+            Some(i) => {
+                self.open[i] = t;
+                i
+            }
+            None => {
+                self.open.push(t);
+                self.open.len() - 1
+            }
+        })
+    }
+
+    /// Before a write to `key` (values in `shape`'s key order) by the change
+    /// at `position`: the replica's row there, if any, leaves the sum; the
+    /// table's index is handed to [`Sums::put_in`].
+    pub fn take_out<'c>(
+        &mut self,
+        conn: &'c Connection,
+        reads: &mut Reads<'c>,
+        shape: &Arc<RowShape>,
+        key: &[&SqlValue],
+        position: Position,
+    ) -> rusqlite::Result<usize> {
+        if !self.enabled {
+            return Ok(usize::MAX);
+        }
+        let i = self.table(conn, shape)?;
+        let t = &mut self.open[i];
+        t.last = t.last.max(position);
+        let n = t.plan.shape.columns.len();
+        let row: Option<Vec<SqlValue>> = reads
+            .statement(conn, &t.plan)?
+            .query_row(params_from_iter(key), |r| {
+                (0..n).map(|i| r.get_ref(i).map(SqlValue::from)).collect()
+            })
+            .optional()?;
+        if let Some(row) = row {
+            t.sum = checksum::apply(t.sum, Some(t.plan.hasher.hash(&row)), None);
+        }
+        Ok(i)
+    }
+
+    /// After writing `row` (in `shape`'s order) to the table [`Sums::take_out`]
+    /// named: it enters the sum.
+    pub fn put_in(&mut self, table: usize, row: &[SqlValue]) {
+        if let Some(t) = self.open.get_mut(table) {
+            t.sum = checksum::apply(t.sum, None, Some(t.plan.hasher.hash(row)));
+        }
+    }
+
+    /// The table was dropped inside the transaction: its sum goes with it.
+    pub fn dropped(&mut self, conn: &Connection, table: &str) -> rusqlite::Result<()> {
+        self.open.retain(|t| t.table != table);
+        conn.prepare_cached("DELETE FROM _barista_checksums WHERE tbl = ?1")?
+            .execute([table])?;
+        Ok(())
+    }
+
+    /// Before COMMIT: stores the sums the transaction changed and compares
+    /// the leader's; the first mismatch is recorded in `_barista_diverged`
+    /// and returned (the transaction still commits: its rows were applied
+    /// as sent).
+    pub fn settle(
+        &mut self,
+        conn: &Connection,
+        leader: &[LeaderSum],
+        position: Position,
+    ) -> rusqlite::Result<Option<Divergence>> {
+        let mut store = conn.prepare_cached(
+            "INSERT INTO _barista_checksums(tbl, sum, shape) VALUES (?1, ?2, ?3) \
+             ON CONFLICT(tbl) DO UPDATE SET sum = excluded.sum, shape = excluded.shape",
+        )?;
+        for t in &self.open {
+            store.execute(params![t.table, checksum::to_wire(t.sum), t.plan.json])?;
+        }
+        for l in leader {
+            let Some(t) = self.open.iter().find(|t| t.table == l.table) else {
+                continue;
+            };
+            if t.last < l.since {
+                continue;
+            }
+            let replica = checksum::to_wire(t.sum);
+            if replica != l.sum {
+                let d = Divergence {
+                    table: l.table.clone(),
+                    position,
+                    leader: l.sum,
+                    replica,
+                };
+                conn.execute(
+                    "INSERT OR REPLACE INTO _barista_diverged(id, tbl, position, leader, replica, found_at) \
+                     VALUES (1, ?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+                    params![d.table, d.position, d.leader, d.replica],
+                )?;
+                return Ok(Some(d));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The transaction ended: committed, or rolled back (then what was
+    /// recomputed in it is recomputed again).
+    pub fn end(&mut self, committed: bool) {
+        self.open.clear();
+        if !committed {
+            self.trusted.clear();
+        }
+    }
+}
+
+/// Rows of `table` under `shape`, one callback per row (the shape's columns,
+/// in its order): a full scan, in key order.
+pub fn scan(
+    conn: &Connection,
+    shape: &RowShape,
+    mut each: impl FnMut(&[SqlValue]),
+) -> rusqlite::Result<()> {
+    let cols: Vec<String> = shape.columns.iter().map(|c| quote(&c.name)).collect();
+    let order: Vec<String> = shape
+        .pk_indexes()
+        .iter()
+        .map(|&i| cols[i].clone())
+        .collect();
+    let order = if order.is_empty() {
+        String::new()
+    } else {
+        format!(" ORDER BY {}", order.join(", "))
+    };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {} FROM {}{order}",
+        cols.join(", "),
+        quote(&shape.table)
+    ))?;
+    let mut rows = stmt.query([])?;
+    let mut row = Vec::with_capacity(cols.len());
+    while let Some(r) = rows.next()? {
+        row.clear();
+        for i in 0..cols.len() {
+            row.push(SqlValue::from(r.get_ref(i)?));
+        }
+        each(&row);
+    }
+    Ok(())
+}
+
+/// A table's checksum recomputed from all its rows: (sum, rows).
+pub fn recompute(
+    conn: &Connection,
+    shape: &RowShape,
+    hasher: &RowHasher,
+) -> rusqlite::Result<(u64, u64)> {
+    let (mut sum, mut n) = (0u64, 0u64);
+    scan(conn, shape, |row| {
+        sum = checksum::apply(sum, None, Some(hasher.hash(row)));
+        n += 1;
+    })?;
+    Ok((sum, n))
+}
+
+/// The divergence recorded in the replica, if any.
+pub fn recorded_divergence(conn: &Connection) -> rusqlite::Result<Option<Divergence>> {
+    conn.query_row(
+        "SELECT tbl, position, leader, replica FROM _barista_diverged WHERE id = 1",
+        [],
+        |r| {
+            Ok(Divergence {
+                table: r.get(0)?,
+                position: r.get(1)?,
+                leader: r.get(2)?,
+                replica: r.get(3)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// A shape as stored with its table's sum.
+pub fn shape_json(shape: &RowShape) -> String {
+    let cols: Vec<serde_json::Value> = shape
+        .columns
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name, "decl_type": c.decl_type, "pk": c.pk,
+                "nullable": c.nullable, "default": c.default,
+            })
+        })
+        .collect();
+    serde_json::json!({ "table": shape.table, "columns": cols }).to_string()
+}
+
+/// A stored shape back, or None when it does not parse.
+pub fn shape_from_json(s: &str) -> Option<RowShape> {
+    let v: serde_json::Value = serde_json::from_str(s).ok()?;
+    let columns = v["columns"]
+        .as_array()?
+        .iter()
+        .map(|c| {
+            Some(RowColumn {
+                name: c["name"].as_str()?.to_owned(),
+                decl_type: c["decl_type"].as_str().unwrap_or_default().to_owned(),
+                pk: c["pk"].as_u64()? as u32,
+                nullable: c["nullable"].as_bool().unwrap_or(true),
+                default: c["default"].as_str().map(str::to_owned),
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(RowShape {
+        table: v["table"].as_str()?.to_owned(),
+        columns,
+    })
+}
+
+/// The shape a table's sum is taken under: the stored one, else (a table
+/// never written since checksums) the replica table's own columns.
+pub fn stored_or_own_shape(conn: &Connection, table: &str) -> rusqlite::Result<Option<RowShape>> {
+    let stored: Option<String> = conn
+        .query_row(
+            "SELECT shape FROM _barista_checksums WHERE tbl = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(shape) = stored.as_deref().and_then(shape_from_json) {
+        return Ok(Some(shape));
+    }
+    let columns: Vec<RowColumn> = conn
+        .prepare("SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info(?1)")?
+        .query_map([table], |r| {
+            Ok(RowColumn {
+                name: r.get(0)?,
+                decl_type: r.get(1)?,
+                nullable: r.get::<_, i64>(2)? == 0,
+                default: r.get(3)?,
+                pk: r.get(4)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok((!columns.is_empty()).then(|| RowShape {
+        table: table.to_owned(),
+        columns,
+    }))
+}
+
+#[cfg(test)]
+#[path = "checksums_tests.rs"]
+mod tests;
