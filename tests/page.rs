@@ -290,6 +290,8 @@ async fn the_lag_page_shows_unknown_lag_halts_and_held_messages() {
         "dead_letters": 3,
         "paused": true,
         "halted": "gap in shop.customers/0 after position 1234567",
+        "diverged": {"table": "customers", "position": 1234560,
+                     "leader": -42, "replica": 7},
         "held_by": [{"topic": "shop.customers", "partition": 0, "offset": 40,
                      "position": 1234568, "error": "unknown schema id 77",
                      "since": 1764600000000i64}]
@@ -330,6 +332,14 @@ async fn the_lag_page_shows_unknown_lag_halts_and_held_messages() {
     assert_eq!(
         field(&f, "", "halted").text,
         format!("halted: {}", st["halted"].as_str().unwrap())
+    );
+
+    let diverged = &field(&f, "", "diverged").text;
+    assert!(
+        diverged
+            .starts_with("diverged: table customers differs from the leader at position 1,234,560")
+            && diverged.contains("--reseed"),
+        "{diverged}"
     );
 
     let blocked = field(&f, "shop.customers/0", "blocked");
