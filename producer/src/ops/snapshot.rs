@@ -260,8 +260,11 @@ mod tests {
         assert_eq!(
             objects,
             [
+                "index sqlite_autoindex__barista_checksums_1",
                 "index sqlite_autoindex__barista_offsets_1",
                 "index sqlite_autoindex__barista_skipped_1",
+                "table _barista_checksums",
+                "table _barista_diverged",
                 "table _barista_offsets",
                 "table _barista_position",
                 "table _barista_skipped",
