@@ -255,6 +255,8 @@ struct Writer {
     big: AtomicBool,
     /// Write nothing else meanwhile.
     hold: AtomicBool,
+    /// The writer saw `hold` between two transactions: nothing in flight.
+    holding: AtomicBool,
     written: AtomicU64,
 }
 
@@ -294,6 +296,7 @@ fn write_until_stopped(leader: &Path, w: &Writer, pace: Duration) {
     while !w.stop.load(Ordering::SeqCst) {
         let big = w.big.load(Ordering::SeqCst);
         if !big && w.hold.load(Ordering::SeqCst) {
+            w.holding.store(true, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(5));
             continue;
         }
@@ -418,8 +421,16 @@ fn same_rows_on_leader_columns(leader: &Path, replica: &Path) -> Result<(), Stri
 /// leader, so that it reads the group's first chunk before its commit record
 /// and streams it.
 async fn big_group(w: &Writer, leader: &Path, follower: &RunningFollower) {
+    w.holding.store(false, Ordering::SeqCst);
     w.hold.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(50)).await; // the writer's transaction in flight
+    // Until the writer's transaction in flight (if any) has committed.
+    wait_until(Duration::from_secs(30), || {
+        w.holding
+            .load(Ordering::SeqCst)
+            .then_some(())
+            .ok_or("the writer is still in a transaction".to_owned())
+    })
+    .await;
     let head = leader_position(leader);
     wait_until(Duration::from_secs(600), || {
         let st = follower.status();
@@ -436,6 +447,7 @@ async fn big_group(w: &Writer, leader: &Path, follower: &RunningFollower) {
     })
     .await;
     w.hold.store(false, Ordering::SeqCst);
+    w.holding.store(false, Ordering::SeqCst);
 }
 
 fn migrate_now(leader: &Path, registry: &str, prefix: &str, ddl: &str) {

@@ -12,21 +12,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use barista_schemas::snapshot::{
-    copy_consistent, SnapshotCopy, HEADER_SNAPSHOT_LEADER_TS_MS, HEADER_SNAPSHOT_POSITION,
-    HEADER_SNAPSHOT_SHA256, SNAPSHOT_CONTENT_TYPE, SNAPSHOT_PATH,
-};
-use tokio::io::AsyncReadExt;
+use barista_schemas::snapshot::{copy_consistent, SNAPSHOT_PATH};
 use tokio::sync::Semaphore;
-
-/// Bytes read from the copy per chunk of the body.
-const CHUNK: usize = 256 * 1024;
 
 struct Snapshots {
     replica: PathBuf,
@@ -65,7 +57,7 @@ async fn snapshot(State(s): State<Arc<Snapshots>>) -> Response {
         Ok(Ok(copy)) => {
             tracing::info!(bytes = copy.len, position = %copy.position, copy_ms = started.elapsed().as_millis() as u64,
                 "serving a snapshot of the replica");
-            stream_copy(copy, permit)
+            barista_runtime::snapshot::stream_copy(copy, permit)
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "snapshot failed");
@@ -89,43 +81,4 @@ fn temp_dir(file: &Path) -> &Path {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     }
-}
-
-/// Streams a finished copy with its length, hash and position; `guard` is
-/// held until the body ends (or the client goes away).
-pub fn stream_copy(copy: SnapshotCopy, guard: impl Send + 'static) -> Response {
-    let SnapshotCopy {
-        file,
-        len,
-        sha256,
-        position,
-        leader_ts_ms,
-    } = copy;
-    let file = tokio::fs::File::from_std(file);
-    let body = futures::stream::unfold(Some((file, guard, vec![0u8; CHUNK])), |state| async move {
-        let (mut file, guard, mut buf) = state?;
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                let chunk = axum::body::Bytes::copy_from_slice(&buf[..n]);
-                Some((Ok(chunk), Some((file, guard, buf))))
-            }
-            // Ends the body after the error.
-            Err(e) => Some((Err::<axum::body::Bytes, _>(e), None)),
-        }
-    });
-    (
-        [
-            (header::CONTENT_TYPE, SNAPSHOT_CONTENT_TYPE.to_owned()),
-            (header::CONTENT_LENGTH, len.to_string()),
-            (header::CACHE_CONTROL, "no-store".to_owned()),
-        ],
-        [
-            (HEADER_SNAPSHOT_SHA256, sha256),
-            (HEADER_SNAPSHOT_POSITION, position.0.to_string()),
-            (HEADER_SNAPSHOT_LEADER_TS_MS, leader_ts_ms.to_string()),
-        ],
-        Body::from_stream(body),
-    )
-        .into_response()
 }

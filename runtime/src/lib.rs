@@ -17,6 +17,8 @@ pub mod backoff;
 pub mod locks;
 /// `GET /metrics`: a Prometheus registry as OpenMetrics text.
 pub mod metrics;
+/// `GET /snapshot`: a finished snapshot copy streamed with its headers.
+pub mod snapshot;
 
 pub use backoff::Backoff;
 pub use locks::{lock, Poisoned};

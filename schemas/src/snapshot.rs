@@ -48,6 +48,9 @@ pub enum SnapshotError {
     /// The temporary file could not be made, written or hashed.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The source stayed locked through every attempt to read it.
+    #[error("the source database stayed locked for 10 s; try again")]
+    Busy,
     /// The copy could not be turned into a replica.
     #[error("reshaping the copy: {0}")]
     Reshape(String),
@@ -142,16 +145,12 @@ fn copy_pages(src: &Connection, dst: &mut Connection) -> Result<(), SnapshotErro
     for _ in 0..100 {
         match backup.step(-1)? {
             StepResult::Done => return Ok(()),
-            // The source is being recovered or checkpointed this instant.
-            StepResult::Busy | StepResult::Locked | StepResult::More => {
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            // Busy or locked: the source is being recovered or checkpointed
+            // this instant; the next step starts a new read transaction.
             _ => std::thread::sleep(Duration::from_millis(100)),
         }
     }
-    Err(SnapshotError::Reshape(
-        "the source stayed locked for 10 s; try again".into(),
-    ))
+    Err(SnapshotError::Busy)
 }
 
 /// SHA-256 over a stream of bytes, as the snapshot header spells it.

@@ -24,23 +24,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use barista_schemas::snapshot::{
-    copy_consistent, SnapshotCopy, SnapshotError, HEADER_SNAPSHOT_LEADER_TS_MS,
-    HEADER_SNAPSHOT_POSITION, HEADER_SNAPSHOT_SHA256, SNAPSHOT_CONTENT_TYPE,
-};
+use barista_schemas::snapshot::{copy_consistent, SnapshotError};
 use barista_schemas::TableShape;
 use rusqlite::Connection;
-use tokio::io::AsyncReadExt;
 
 use super::Ops;
 use crate::tail::now_ms;
-
-/// Bytes read from the copy per chunk of the body.
-const CHUNK: usize = 256 * 1024;
 
 /// Serves a snapshot of the leader (one at a time: each copy takes as much
 /// disk as the leader).
@@ -77,7 +69,7 @@ pub(super) async fn serve(State(ops): State<Arc<Ops>>) -> Response {
     };
     tracing::info!(bytes = copy.len, position = %copy.position, copy_ms = started.elapsed().as_millis() as u64,
         "serving a snapshot of the leader");
-    stream(copy, permit)
+    barista_runtime::snapshot::stream_copy(copy, permit)
 }
 
 /// Turns a copy of the leader into a replica at the leader's position.
@@ -178,38 +170,6 @@ fn rebuild(c: &Connection, shape: &TableShape) -> rusqlite::Result<()> {
         defs.join(", "),
         pk.join(", ")
     ))
-}
-
-/// Streams a finished copy with its length, hash and position; `guard` is
-/// held until the body ends (or the client goes away).
-fn stream(copy: SnapshotCopy, guard: impl Send + 'static) -> Response {
-    let file = tokio::fs::File::from_std(copy.file);
-    let body = futures::stream::unfold(Some((file, guard, vec![0u8; CHUNK])), |state| async move {
-        let (mut file, guard, mut buf) = state?;
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                let chunk = axum::body::Bytes::copy_from_slice(&buf[..n]);
-                Some((Ok(chunk), Some((file, guard, buf))))
-            }
-            // Ends the body after the error.
-            Err(e) => Some((Err::<axum::body::Bytes, _>(e), None)),
-        }
-    });
-    (
-        [
-            (header::CONTENT_TYPE, SNAPSHOT_CONTENT_TYPE.to_owned()),
-            (header::CONTENT_LENGTH, copy.len.to_string()),
-            (header::CACHE_CONTROL, "no-store".to_owned()),
-        ],
-        [
-            (HEADER_SNAPSHOT_SHA256, copy.sha256),
-            (HEADER_SNAPSHOT_POSITION, copy.position.0.to_string()),
-            (HEADER_SNAPSHOT_LEADER_TS_MS, copy.leader_ts_ms.to_string()),
-        ],
-        Body::from_stream(body),
-    )
-        .into_response()
 }
 
 #[cfg(test)]
