@@ -442,7 +442,11 @@ fn a_hand_edit_is_found_though_the_follower_memoised_the_rows() {
         let key = if overwritten { 2 } else { 1 };
         let i = rows.iter().position(|r| r[0] == SqlValue::Integer(key));
         let before = i.map(|i| rows.remove(i));
-        let op = if before.is_some() { Op::Update } else { Op::Create };
+        let op = if before.is_some() {
+            Op::Update
+        } else {
+            Op::Create
+        };
         rows.push(row(key, "new"));
         r.apply(&batch(
             vec![change(&s, n + 1, op, before, Some(row(key, "new")))],
@@ -477,7 +481,9 @@ fn the_stored_sum_follows_the_rows_with_or_without_the_memo() {
         for b in 0..30 {
             let mut changes = Vec::new();
             for _ in 0..10 {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let id = (x >> 33) as i64 % 12;
                 let v = format!("v{}", x >> 60);
                 pos += 1;
@@ -502,7 +508,11 @@ fn the_stored_sum_follows_the_rows_with_or_without_the_memo() {
                     (_, old) => {
                         let new = row(id, &v);
                         rows.insert(id, new.clone());
-                        let op = if old.is_some() { Op::Update } else { Op::Create };
+                        let op = if old.is_some() {
+                            Op::Update
+                        } else {
+                            Op::Create
+                        };
                         change(&s, pos, op, old, Some(new))
                     }
                 };

@@ -128,7 +128,10 @@ impl RowHasher {
     /// The canonical encoding of `row` (see the module docs), appended to `out`.
     fn encode(&self, row: &[SqlValue], out: &mut Vec<u8>) {
         for c in &self.columns {
-            c.push(out, Piece::from(row.get(c.index).unwrap_or(&SqlValue::Null)));
+            c.push(
+                out,
+                Piece::from(row.get(c.index).unwrap_or(&SqlValue::Null)),
+            );
         }
     }
 }
