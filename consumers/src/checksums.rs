@@ -5,9 +5,12 @@
 //! writer shape it was taken under, and compared with the leader's at every
 //! commit record.
 //!
-//! Reads the replica's rows (one indexed read per change; a full scan when a
-//! table's shape changes or it has no stored sum yet); writes
-//! `_barista_checksums` and, on a mismatch, `_barista_diverged`.
+//! The hash of the replica's current row comes from the memo of the rows
+//! this connection wrote or scanned (`checksum_memo.rs`), or else from an
+//! indexed read of the row. Reads the replica's rows (a full scan when a
+//! table's shape changes, it has no stored sum yet or another connection
+//! wrote the file; an indexed read per change the memo cannot answer);
+//! writes `_barista_checksums` and, on a mismatch, `_barista_diverged`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -15,8 +18,12 @@ use std::sync::Arc;
 use barista_schemas::checksum::{self, RowHasher};
 use barista_schemas::envelope::{RowColumn, RowShape};
 use barista_schemas::{Position, SqlValue};
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
+
+#[path = "checksum_memo.rs"]
+mod memo;
+use memo::{KeyHash, Memo, MEMO_ROWS};
 
 /// A replica table that differs from the leader's at a commit record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,8 +68,10 @@ struct ShapePlan {
     /// Kept so the address the plan is cached under stays unique.
     shape: Arc<RowShape>,
     hasher: RowHasher,
-    /// `SELECT <shape columns> FROM t WHERE <key> IS ?…`.
+    /// `SELECT <shape columns, in the hasher's order> FROM t WHERE <key> IS ?…`.
     select_one: String,
+    /// The key columns' places in the hasher's order, in key order.
+    key_sorted: Vec<usize>,
     /// The shape as stored with the sum.
     json: String,
 }
@@ -101,6 +110,8 @@ struct TableSum {
     table: String,
     plan: Arc<ShapePlan>,
     sum: u64,
+    /// The table's row hashes, under `plan`'s shape.
+    memo: Memo,
     /// Position of the last change to the table in this transaction.
     last: Position,
 }
@@ -120,6 +131,19 @@ pub struct Sums {
     /// `PRAGMA data_version` after this connection's last transaction: it
     /// changes when another connection commits to the file.
     data_version: Option<i64>,
+    /// The memos of the tables not open in a transaction.
+    memos: HashMap<String, Memo>,
+    /// Row hashes held by all memos, open or not (at most `memo_cap`).
+    memo_rows: usize,
+    /// [`MEMO_ROWS`], or less in tests.
+    memo_cap: usize,
+}
+
+/// Where [`Sums::take_out`] left a change: its table and key.
+#[derive(Debug, Clone, Copy)]
+pub struct Slot {
+    table: usize,
+    key: KeyHash,
 }
 
 fn quote(ident: &str) -> String {
@@ -135,6 +159,9 @@ impl Sums {
             open: Vec::new(),
             trusted: HashSet::new(),
             data_version: None,
+            memos: HashMap::new(),
+            memo_rows: 0,
+            memo_cap: MEMO_ROWS,
         }
     }
 
@@ -151,9 +178,17 @@ impl Sums {
                 "another connection wrote the replica file; table checksums are recomputed from the rows at their next change"
             );
             self.trusted.clear();
+            self.memos.clear();
+            self.memo_rows = 0;
         }
         self.data_version = Some(v);
         Ok(())
+    }
+
+    /// Keeps at most `rows` row hashes (tests: memos dropped and rows read).
+    #[cfg(test)]
+    pub(crate) fn set_memo_cap(&mut self, rows: usize) {
+        self.memo_cap = rows;
     }
 
     /// True when checksums are kept.
@@ -166,22 +201,32 @@ impl Sums {
         self.plans
             .entry(key)
             .or_insert_with(|| {
-                let cols: Vec<String> = shape.columns.iter().map(|c| quote(&c.name)).collect();
-                let key: Vec<String> = shape
-                    .pk_indexes()
+                let hasher = RowHasher::new(shape);
+                let order: Vec<usize> = hasher.sorted_indexes().collect();
+                let cols: Vec<String> = order
+                    .iter()
+                    .map(|&i| quote(&shape.columns[i].name))
+                    .collect();
+                let pk = shape.pk_indexes();
+                let key: Vec<String> = pk
                     .iter()
                     .enumerate()
-                    .map(|(n, &i)| format!("{} IS ?{}", cols[i], n + 1))
+                    .map(|(n, &i)| format!("{} IS ?{}", quote(&shape.columns[i].name), n + 1))
+                    .collect();
+                let key_sorted = pk
+                    .iter()
+                    .map(|i| order.iter().position(|o| o == i).unwrap_or_default())
                     .collect();
                 Arc::new(ShapePlan {
                     shape: shape.clone(),
-                    hasher: RowHasher::new(shape),
+                    hasher,
                     select_one: format!(
                         "SELECT {} FROM {} WHERE {}",
                         cols.join(", "),
                         quote(&shape.table),
                         key.join(" AND ")
                     ),
+                    key_sorted,
                     json: shape_json(shape),
                 })
             })
@@ -213,23 +258,38 @@ impl Sums {
             .prepare_cached("SELECT sum, shape FROM _barista_checksums WHERE tbl = ?1")?
             .query_row([&shape.table], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        let sum = match stored {
+        // The table's memo (open under another shape, or kept since its last
+        // transaction) is used only under the shape it was taken in.
+        let memo = match at {
+            Some(i) => std::mem::take(&mut self.open[i].memo),
+            None => self.memos.remove(&shape.table).unwrap_or_default(),
+        };
+        let (sum, memo) = match stored {
             Some((sum, json))
                 if at.is_none() && json == plan.json && self.trusted.contains(&shape.table) =>
             {
-                checksum::from_wire(sum)
+                let memo = if memo.shape == plan.json {
+                    memo
+                } else {
+                    self.memo_rows -= memo.rows.len();
+                    Memo::default()
+                };
+                (checksum::from_wire(sum), memo)
             }
             _ => {
-                let (sum, rows) = recompute(conn, &plan.shape, &plan.hasher)?;
-                tracing::debug!(table = %shape.table, rows, "table checksum recomputed from the rows");
+                self.memo_rows -= memo.rows.len();
+                let (sum, memo) = self.recompute(conn, &plan)?;
+                tracing::debug!(table = %shape.table, rows = memo.rows.len(), complete = memo.complete,
+                    "table checksum recomputed from the rows");
                 self.trusted.insert(shape.table.clone());
-                sum
+                (sum, memo)
             }
         };
         let t = TableSum {
             table: shape.table.clone(),
             plan,
             sum,
+            memo,
             last: at.map_or(Position::ZERO, |i| self.open[i].last),
         };
         Ok(match at {
@@ -244,47 +304,16 @@ impl Sums {
         })
     }
 
-    /// Before a write to `key` (values in `shape`'s key order) by the change
-    /// at `position`: the replica's row there, if any, leaves the sum; the
-    /// table's index is handed to [`Sums::put_in`].
-    pub fn take_out<'c>(
-        &mut self,
-        conn: &'c Connection,
-        reads: &mut Reads<'c>,
-        shape: &Arc<RowShape>,
-        key: &[&SqlValue],
-        position: Position,
-    ) -> rusqlite::Result<usize> {
-        if !self.enabled {
-            return Ok(usize::MAX);
-        }
-        let i = self.table(conn, shape)?;
-        let t = &mut self.open[i];
-        t.last = t.last.max(position);
-        let n = t.plan.shape.columns.len();
-        let row: Option<Vec<SqlValue>> = reads
-            .statement(conn, &t.plan)?
-            .query_row(params_from_iter(key), |r| {
-                (0..n).map(|i| r.get_ref(i).map(SqlValue::from)).collect()
-            })
-            .optional()?;
-        if let Some(row) = row {
-            t.sum = checksum::apply(t.sum, Some(t.plan.hasher.hash(&row)), None);
-        }
-        Ok(i)
-    }
-
-    /// After writing `row` (in `shape`'s order) to the table [`Sums::take_out`]
-    /// named: it enters the sum.
-    pub fn put_in(&mut self, table: usize, row: &[SqlValue]) {
-        if let Some(t) = self.open.get_mut(table) {
-            t.sum = checksum::apply(t.sum, None, Some(t.plan.hasher.hash(row)));
-        }
-    }
-
-    /// The table was dropped inside the transaction: its sum goes with it.
+    /// The table was dropped inside the transaction: its sum and memo go
+    /// with it.
     pub fn dropped(&mut self, conn: &Connection, table: &str) -> rusqlite::Result<()> {
+        for t in self.open.iter().filter(|t| t.table == table) {
+            self.memo_rows -= t.memo.rows.len();
+        }
         self.open.retain(|t| t.table != table);
+        if let Some(m) = self.memos.remove(table) {
+            self.memo_rows -= m.rows.len();
+        }
         conn.prepare_cached("DELETE FROM _barista_checksums WHERE tbl = ?1")?
             .execute([table])?;
         Ok(())
@@ -333,12 +362,19 @@ impl Sums {
         Ok(None)
     }
 
-    /// The transaction ended: committed, or rolled back (then what was
-    /// recomputed in it is recomputed again).
+    /// The transaction ended: committed (the memos are kept for the next),
+    /// or rolled back (then what was recomputed in it is recomputed again,
+    /// and no memo is trusted).
     pub fn end(&mut self, committed: bool) {
-        self.open.clear();
-        if !committed {
+        if committed {
+            for t in self.open.drain(..) {
+                self.memos.insert(t.table, t.memo);
+            }
+        } else {
+            self.open.clear();
             self.trusted.clear();
+            self.memos.clear();
+            self.memo_rows = 0;
         }
     }
 }
@@ -384,12 +420,7 @@ pub fn recompute(
     shape: &RowShape,
     hasher: &RowHasher,
 ) -> rusqlite::Result<(u64, u64)> {
-    let (mut sum, mut n) = (0u64, 0u64);
-    scan(conn, shape, |row| {
-        sum = checksum::apply(sum, None, Some(hasher.hash(row)));
-        n += 1;
-    })?;
-    Ok((sum, n))
+    memo::scan_hashes(conn, shape, hasher, |_, _| ())
 }
 
 /// The divergence recorded in the replica, if any.

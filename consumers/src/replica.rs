@@ -429,6 +429,12 @@ impl Replica {
         }
     }
 
+    /// The checksum side (unit tests).
+    #[cfg(test)]
+    pub(crate) fn sums_mut(&mut self) -> &mut Sums {
+        &mut self.sums
+    }
+
     /// Deletes by key outside a batch (tests).
     #[doc(hidden)]
     pub fn delete_row(&mut self, shape: &Arc<RowShape>, row: &[SqlValue]) -> rusqlite::Result<()> {

@@ -23,7 +23,8 @@ pub(super) fn write_changes(
     let mut reads = crate::checksums::Reads::default();
     for (c, sql) in changes.iter().zip(sqls) {
         let at = c.source.position;
-        let mut take_out = |key: &[&SqlValue]| sums.take_out(conn, &mut reads, &c.shape, key, at);
+        let mut take_out =
+            |sums: &mut Sums, key: &[&SqlValue]| sums.take_out(conn, &mut reads, &c.shape, key, at);
         match c.op {
             Op::Create | Op::Read | Op::Update => {
                 let Some(after) = &c.after else { continue };
@@ -31,23 +32,25 @@ pub(super) fn write_changes(
                     // The key itself changed: the old row goes.
                     if sql.pk.iter().any(|&i| before.get(i) != after.get(i)) {
                         let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &before[i]).collect();
-                        take_out(&key)?;
+                        let slot = take_out(sums, &key)?;
                         conn.prepare_cached(&sql.delete)?
                             .execute(params_from_iter(key))?;
+                        sums.removed(slot);
                     }
                 }
                 let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &after[i]).collect();
-                let table = take_out(&key)?;
+                let slot = take_out(sums, &key)?;
                 conn.prepare_cached(&sql.upsert)?
                     .execute(params_from_iter(after.iter()))?;
-                sums.put_in(table, after);
+                sums.put_in(slot, after);
             }
             Op::Delete => {
                 let Some(before) = &c.before else { continue };
                 let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &before[i]).collect();
-                take_out(&key)?;
+                let slot = take_out(sums, &key)?;
                 conn.prepare_cached(&sql.delete)?
                     .execute(params_from_iter(key))?;
+                sums.removed(slot);
             }
         }
     }

@@ -40,8 +40,21 @@ pub struct TableChecksum {
 /// How a shape's columns enter the hash: sorted by name, with their defaults.
 #[derive(Debug, Clone)]
 pub struct RowHasher {
-    /// (index in the row, name, in the key, default value) sorted by name.
-    columns: Vec<(usize, String, bool, Option<SqlValue>)>,
+    /// Sorted by name.
+    columns: Vec<HashedColumn>,
+}
+
+/// One column as the hasher sees it.
+#[derive(Debug, Clone)]
+struct HashedColumn {
+    /// Its index in the row.
+    index: usize,
+    /// Its name as encoded (u32 length, bytes), ready to copy.
+    prefix: Box<[u8]>,
+    /// Part of the key: never left out.
+    key: bool,
+    /// The schema default, left out like NULL.
+    default: Option<SqlValue>,
 }
 
 impl RowHasher {
@@ -51,12 +64,19 @@ impl RowHasher {
             .columns
             .iter()
             .enumerate()
-            .map(|(i, c)| {
-                let default = c.default.as_deref().and_then(parse_sql_literal);
-                (i, c.name.clone(), c.pk > 0, default)
+            .map(|(index, c)| {
+                let mut prefix = (c.name.len() as u32).to_le_bytes().to_vec();
+                prefix.extend_from_slice(c.name.as_bytes());
+                HashedColumn {
+                    index,
+                    prefix: prefix.into(),
+                    key: c.pk > 0,
+                    default: c.default.as_deref().and_then(parse_sql_literal),
+                }
             })
             .collect();
-        columns.sort_by(|a, b| a.1.as_bytes().cmp(b.1.as_bytes()));
+        // By name: the prefix's bytes after the length.
+        columns.sort_by(|a, b| a.prefix[4..].cmp(&b.prefix[4..]));
         RowHasher { columns }
     }
 
@@ -73,35 +93,125 @@ impl RowHasher {
         })
     }
 
+    /// The shape's column indexes in hash order (by name). A statement or a
+    /// trigger that hands a row's values over in this order can have it
+    /// hashed by [`RowHasher::hash_sorted`].
+    pub fn sorted_indexes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.columns.iter().map(|c| c.index)
+    }
+
+    /// The number of columns hashed (the shape's).
+    pub fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// True for a shape without columns.
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
+
+    /// The hash of a row read straight from SQLite, `value(k)` being the
+    /// value of the k-th column in [`RowHasher::sorted_indexes`] order: the
+    /// same digest as [`RowHasher::hash`] of the row as [`SqlValue`]s, with
+    /// nothing allocated per row.
+    pub fn hash_sorted<'v>(&self, value: impl Fn(usize) -> rusqlite::types::ValueRef<'v>) -> u64 {
+        ENCODED.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.clear();
+            for (k, c) in self.columns.iter().enumerate() {
+                c.push(&mut buf, Piece::from(value(k)));
+            }
+            xxh3_64(&buf)
+        })
+    }
+
     /// The canonical encoding of `row` (see the module docs), appended to `out`.
     fn encode(&self, row: &[SqlValue], out: &mut Vec<u8>) {
-        for (i, name, key, default) in &self.columns {
-            let v = row.get(*i).unwrap_or(&SqlValue::Null);
-            if !key && (matches!(v, SqlValue::Null) || default.as_ref() == Some(v)) {
-                continue;
+        for c in &self.columns {
+            c.push(
+                out,
+                Piece::from(row.get(c.index).unwrap_or(&SqlValue::Null)),
+            );
+        }
+    }
+}
+
+/// One value as the encoding sees it, borrowed from a [`SqlValue`] or from
+/// SQLite.
+#[derive(Clone, Copy)]
+enum Piece<'a> {
+    Null,
+    Integer(i64),
+    Real(f64),
+    /// Valid UTF-8.
+    Text(&'a [u8]),
+    Blob(&'a [u8]),
+}
+
+impl<'a> From<&'a SqlValue> for Piece<'a> {
+    fn from(v: &'a SqlValue) -> Self {
+        match v {
+            SqlValue::Null => Piece::Null,
+            SqlValue::Integer(i) => Piece::Integer(*i),
+            SqlValue::Real(f) => Piece::Real(*f),
+            SqlValue::Text(t) => Piece::Text(t.as_bytes()),
+            SqlValue::Blob(b) => Piece::Blob(b),
+        }
+    }
+}
+
+impl<'a> From<rusqlite::types::ValueRef<'a>> for Piece<'a> {
+    /// As [`SqlValue`]'s conversion: text that is not UTF-8 counts as a BLOB.
+    fn from(v: rusqlite::types::ValueRef<'a>) -> Self {
+        use rusqlite::types::ValueRef;
+        match v {
+            ValueRef::Null => Piece::Null,
+            ValueRef::Integer(i) => Piece::Integer(i),
+            ValueRef::Real(f) => Piece::Real(f),
+            ValueRef::Text(t) if std::str::from_utf8(t).is_ok() => Piece::Text(t),
+            ValueRef::Text(t) | ValueRef::Blob(t) => Piece::Blob(t),
+        }
+    }
+}
+
+impl HashedColumn {
+    /// The column's part of the encoding, appended to `out`: nothing when
+    /// it is not part of the key and NULL or its default.
+    #[inline]
+    fn push(&self, out: &mut Vec<u8>, v: Piece) {
+        if !self.key {
+            let is_default = match (&self.default, v) {
+                (_, Piece::Null) => true,
+                (Some(SqlValue::Integer(d)), Piece::Integer(i)) => *d == i,
+                (Some(SqlValue::Real(d)), Piece::Real(f)) => *d == f,
+                (Some(SqlValue::Text(d)), Piece::Text(t)) => d.as_bytes() == t,
+                (Some(SqlValue::Blob(d)), Piece::Blob(b)) => d.as_slice() == b,
+                _ => false,
+            };
+            if is_default {
+                return;
             }
-            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
-            out.extend_from_slice(name.as_bytes());
-            match v {
-                SqlValue::Null => out.push(0),
-                SqlValue::Integer(i) => {
-                    out.push(1);
-                    out.extend_from_slice(&i.to_le_bytes());
-                }
-                SqlValue::Real(f) => {
-                    out.push(2);
-                    out.extend_from_slice(&f.to_bits().to_le_bytes());
-                }
-                SqlValue::Text(t) => {
-                    out.push(3);
-                    out.extend_from_slice(&(t.len() as u32).to_le_bytes());
-                    out.extend_from_slice(t.as_bytes());
-                }
-                SqlValue::Blob(b) => {
-                    out.push(4);
-                    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-                    out.extend_from_slice(b);
-                }
+        }
+        out.extend_from_slice(&self.prefix);
+        match v {
+            Piece::Null => out.push(0),
+            Piece::Integer(i) => {
+                out.push(1);
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+            Piece::Real(f) => {
+                out.push(2);
+                out.extend_from_slice(&f.to_bits().to_le_bytes());
+            }
+            Piece::Text(t) => {
+                out.push(3);
+                out.extend_from_slice(&(t.len() as u32).to_le_bytes());
+                out.extend_from_slice(t);
+            }
+            Piece::Blob(b) => {
+                out.push(4);
+                out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                out.extend_from_slice(b);
             }
         }
     }
@@ -281,7 +391,52 @@ mod tests {
         assert_eq!(row_hash(&s, &row), 6544694214353216022);
     }
 
+    fn as_ref(v: &SqlValue) -> rusqlite::types::ValueRef<'_> {
+        use rusqlite::types::ValueRef;
+        match v {
+            SqlValue::Null => ValueRef::Null,
+            SqlValue::Integer(i) => ValueRef::Integer(*i),
+            SqlValue::Real(f) => ValueRef::Real(*f),
+            SqlValue::Text(t) => ValueRef::Text(t.as_bytes()),
+            SqlValue::Blob(b) => ValueRef::Blob(b),
+        }
+    }
+
+    /// Text SQLite holds that is not UTF-8 hashes as the BLOB the follower
+    /// would read it as.
+    #[test]
+    fn text_that_is_not_utf8_hashes_as_a_blob() {
+        let s = shape(vec![col("id", 1, None), col("v", 0, None)]);
+        let h = RowHasher::new(&s);
+        let bad = [0xff_u8, 0xfe];
+        let row = [SqlValue::Integer(1), SqlValue::Blob(bad.to_vec())];
+        let sorted: Vec<rusqlite::types::ValueRef> = vec![
+            rusqlite::types::ValueRef::Integer(1),
+            rusqlite::types::ValueRef::Text(&bad),
+        ];
+        assert_eq!(h.hash_sorted(|k| sorted[k]), h.hash(&row));
+    }
+
     proptest! {
+        /// Hashing SQLite's values handed over in name order gives the
+        /// digest of the row as values, defaults and NULLs left out alike.
+        #[test]
+        fn hash_sorted_equals_hash(values in prop::collection::vec(value(), 4)) {
+            let s = shape(vec![
+                col("id", 1, None), col("b", 0, Some("0")), col("a", 0, Some("'x'")), col("c", 0, Some("1.5")),
+            ]);
+            let h = RowHasher::new(&s);
+            let order: Vec<usize> = h.sorted_indexes().collect();
+            prop_assert_eq!(h.hash_sorted(|k| as_ref(&values[order[k]])), h.hash(&values));
+            for v in [SqlValue::Integer(0), SqlValue::Text("x".into()), SqlValue::Real(1.5)] {
+                let mut d = values.clone();
+                d[1] = v.clone();
+                d[2] = v.clone();
+                d[3] = v;
+                prop_assert_eq!(h.hash_sorted(|k| as_ref(&d[order[k]])), h.hash(&d));
+            }
+        }
+
         /// Hashing the encoding in one call is xxh3 of the same bytes as streaming it.
         #[test]
         fn one_shot_equals_streaming(values in prop::collection::vec(value(), 3)) {
