@@ -124,3 +124,15 @@ fn a_receiver_that_goes_away_ends_the_sending() {
     assert!(matches!(r, Err(SnapshotError::Gone)), "{r:?}");
     assert_eq!(chunks, 1);
 }
+
+#[test]
+fn the_trailer_spells_the_hash_as_xxh128sum_does() {
+    // `printf hello | xxh128sum` (xxhash 0.8) prints this digest.
+    let mut h = FileHash::new();
+    h.update(b"hello");
+    assert_eq!(
+        h.trailer(),
+        "xxh3-128:b5e9c1ad071b3e7fc779cfaa5e523818\n"
+    );
+    assert_eq!(h.trailer().len(), TRAILER_LEN);
+}
