@@ -181,9 +181,16 @@ impl Follower {
 
     /// Stops it.
     pub async fn stop(self) -> anyhow::Result<()> {
+        let replica = self.replica.clone();
+        self.stop_keeping_replica().await?;
+        let _ = std::fs::remove_file(&replica);
+        Ok(())
+    }
+
+    /// Stops it and leaves its replica file.
+    pub async fn stop_keeping_replica(self) -> anyhow::Result<()> {
         self.token.cancel();
         self.task.await??;
-        let _ = std::fs::remove_file(&self.replica);
         Ok(())
     }
 }

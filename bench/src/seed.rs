@@ -95,7 +95,16 @@ pub async fn run(
             .await
             .context("the seeded follower catching up")?;
         let catch_up = t.elapsed().as_secs_f64();
-        follower.stop().await?;
+        follower.stop_keeping_replica().await?;
+        let count = |db: &Path| -> anyhow::Result<i64> {
+            Ok(Connection::open(db)?.query_row("SELECT count(*) FROM items", [], |r| r.get(0))?)
+        };
+        let (want, got) = (count(&leader.path)?, count(&seeded)?);
+        anyhow::ensure!(
+            want == got,
+            "the caught-up follower has {got} rows, the leader {want}"
+        );
+        std::fs::remove_file(&seeded)?;
         println!(
             "  round {round}: cp {cp_s:.2} s, cp + fsync {cp_fsync:.2} s, seed {seed:.2} s ({:.2}x cp's MB/s), caught up in {catch_up:.2} s",
             cp_s / seed
@@ -137,9 +146,6 @@ pub async fn run(
         m(|r| r.catch_up),
         behind as f64 / m(|r| r.catch_up)
     );
-    for round in 1..=rounds {
-        let _ = std::fs::remove_file(dir.join(format!("seeded-{round}.db")));
-    }
     Ok(())
 }
 

@@ -89,7 +89,8 @@ pub async fn seed_if_asked(
         .await?
         .with_context(|| format!("installing the snapshot as {}", replica.display()))?;
     tracing::info!(replica = %replica.display(), %url, position = seeded.position, bytes = seeded.bytes,
-        hash = %seeded.hash, seconds = seeded.seconds, "replica seeded; following from its stored offsets");
+        hash = %seeded.hash, seconds = seeded.seconds, received_s = seeded.received_s,
+        final_fsync_s = seeded.final_fsync_s, "replica seeded; following from its stored offsets");
     Ok(true)
 }
 
@@ -99,6 +100,10 @@ struct Seeded {
     bytes: u64,
     hash: String,
     seconds: f64,
+    /// Until the last byte arrived.
+    received_s: f64,
+    /// The final fsync, after the last byte was written.
+    final_fsync_s: f64,
 }
 
 /// Downloads `url` into `partial`: the body streams into the file on a
@@ -163,11 +168,14 @@ async fn download(url: &str, partial: &Path) -> anyhow::Result<Seeded> {
     let started = Instant::now();
     let mut hash = FileHash::new();
     let received = receive(resp, total, &mut hash, tx, started).await;
+    let received_s = started.elapsed().as_secs_f64();
     // The writer ends once `tx` is gone (dropped by `receive`), also on an
     // error: it never writes after this returns.
     let written = writer.await?;
     let trailer = received?;
-    written.with_context(|| format!("writing {}", partial.display()))?;
+    let final_fsync_s = written
+        .with_context(|| format!("writing {}", partial.display()))?
+        .as_secs_f64();
     let want_trailer = hash.trailer();
     if trailer != want_trailer.as_bytes() {
         if trailer.len() < TRAILER_LEN {
@@ -193,6 +201,8 @@ async fn download(url: &str, partial: &Path) -> anyhow::Result<Seeded> {
         bytes: total,
         hash: want_trailer.trim_end().to_owned(),
         seconds,
+        received_s,
+        final_fsync_s,
     })
 }
 
@@ -208,7 +218,7 @@ async fn receive(
     tx: tokio::sync::mpsc::Sender<Bytes>,
     started: Instant,
 ) -> anyhow::Result<Vec<u8>> {
-    let mut got = 0u64;
+    let (mut got, mut chunks) = (0u64, 0u64);
     let mut trailer = Vec::with_capacity(TRAILER_LEN);
     let mut last_log = started;
     while let Some(chunk) = tokio::time::timeout(STALL, resp.chunk())
@@ -216,6 +226,7 @@ async fn receive(
         .map_err(|_| anyhow::anyhow!("the server sent nothing for {STALL:?}"))?
         .with_context(|| format!("reading the snapshot (after {got} of {total} bytes)"))?
     {
+        chunks += 1;
         let file_part = chunk.len().min((total - got) as usize);
         let (file, rest) = (chunk.slice(..file_part), &chunk[file_part..]);
         if trailer.len() + rest.len() > TRAILER_LEN {
@@ -238,20 +249,22 @@ async fn receive(
     if got != total {
         bail!("the snapshot ended after {got} of {total} bytes");
     }
+    tracing::debug!(chunks, "seeding: body received");
     Ok(trailer)
 }
 
 /// Starts the disk writing of the download every this many bytes.
 const WRITEBACK_EVERY: u64 = 32 << 20;
 
-/// Writes what arrives on `rx` to `file`, then fsyncs it. Every
+/// Writes what arrives on `rx` to `file`, then fsyncs it (returns how long
+/// that final fsync took). Every
 /// [`WRITEBACK_EVERY`] bytes a flusher thread fsyncs what is written so far,
 /// so the disk writes while the download goes on (instead of all of it in the
 /// final fsync); the writer never waits for it.
 fn write_out(
     mut file: std::fs::File,
     mut rx: tokio::sync::mpsc::Receiver<Bytes>,
-) -> std::io::Result<()> {
+) -> std::io::Result<Duration> {
     use std::io::Write as _;
     let flush_file = file.try_clone()?;
     let (kick, kicked) = std::sync::mpsc::sync_channel::<()>(1);
@@ -277,7 +290,9 @@ fn write_out(
     drop(kick);
     let _ = flusher.join();
     written?;
-    file.sync_all()
+    let t = Instant::now();
+    file.sync_all()?;
+    Ok(t.elapsed())
 }
 
 fn log_progress(got: u64, total: Option<u64>, elapsed: Duration) {

@@ -52,11 +52,17 @@ pub async fn serve(
             prepare_ms = started.elapsed().as_millis() as u64, "serving a snapshot of {what}");
         let sent = snapshot.send(|chunk| {
             let send = tx.send(Ok(Bytes::from(chunk)));
-            matches!(handle.block_on(tokio::time::timeout(STALL, send)), Ok(Ok(())))
+            // The timer is made inside the runtime's context: this may be a
+            // thread of the snapshot's own, outside it.
+            let sent = handle.block_on(async { tokio::time::timeout(STALL, send).await });
+            matches!(sent, Ok(Ok(())))
         });
         match sent {
-            Ok(()) => tracing::info!(bytes = meta.len, seconds = started.elapsed().as_secs_f64(),
-                "snapshot of {what} sent"),
+            Ok(()) => tracing::info!(
+                bytes = meta.len,
+                seconds = started.elapsed().as_secs_f64(),
+                "snapshot of {what} sent"
+            ),
             Err(e) => {
                 tracing::warn!(error = %e, "snapshot of {what} not sent to the end");
                 // Ends the body with an error: the client sees a truncated body.

@@ -125,15 +125,37 @@ impl Snapshot {
     /// Sends the database file in chunks of about 1 MiB, then the trailer,
     /// to `send`, which returns `false` when the receiver is gone. Blocking:
     /// run it on a thread of its own. Holds the read transaction (for a
-    /// follower's replica) until it returns.
-    pub fn send(self, mut send: impl FnMut(Vec<u8>) -> bool) -> Result<(), SnapshotError> {
-        let mut hash = Xxh3Default::new();
+    /// follower's replica) until it returns. The pages are read on this
+    /// thread while a second one hashes and hands over what was read.
+    pub fn send(self, send: impl FnMut(Vec<u8>) -> bool + Send) -> Result<(), SnapshotError> {
         let want = self.meta.len;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        std::thread::scope(|scope| {
+            let hasher = scope.spawn(move || hash_and_send(rx, send));
+            let read = self.read(|chunk| tx.send(chunk).is_ok());
+            drop(tx);
+            let hashed = hasher
+                .join()
+                .map_err(|_| std::io::Error::other("the hashing thread panicked"))?;
+            let got = read?;
+            let (hash, mut send) = hashed?;
+            if got != want {
+                return Err(SnapshotError::Length { got, want });
+            }
+            if send(trailer(hash.digest128()).into_bytes()) {
+                Ok(())
+            } else {
+                Err(SnapshotError::Gone)
+            }
+        })
+    }
+
+    /// Reads the file in chunks into `out` (`false`: stop); the bytes read.
+    fn read(self, mut out: impl FnMut(Vec<u8>) -> bool) -> Result<u64, SnapshotError> {
         let mut got = 0u64;
-        let mut out = |chunk: Vec<u8>, got: &mut u64| {
-            hash.update(&chunk);
-            *got += chunk.len() as u64;
-            if send(chunk) {
+        let mut out = |chunk: Vec<u8>| {
+            got += chunk.len() as u64;
+            if out(chunk) {
                 Ok(())
             } else {
                 Err(SnapshotError::Gone)
@@ -144,19 +166,20 @@ impl Snapshot {
                 let mut pages = conn.prepare("SELECT data FROM sqlite_dbpage('main')")?;
                 let mut rows = pages.query([])?;
                 let mut buf = Vec::with_capacity(CHUNK);
+                let mut first = true;
                 while let Some(row) = rows.next()? {
                     let page = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
-                    let at = buf.len();
                     buf.extend_from_slice(page);
-                    if got == 0 && at == 0 {
+                    if first {
                         as_rollback_journal_file(&mut buf);
+                        first = false;
                     }
                     if buf.len() >= CHUNK {
-                        out(std::mem::replace(&mut buf, Vec::with_capacity(CHUNK)), &mut got)?;
+                        out(std::mem::replace(&mut buf, Vec::with_capacity(CHUNK)))?;
                     }
                 }
                 if !buf.is_empty() {
-                    out(buf, &mut got)?;
+                    out(buf)?;
                 }
             }
             Source::File(mut file) => loop {
@@ -166,18 +189,27 @@ impl Snapshot {
                     break;
                 }
                 buf.truncate(n);
-                out(buf, &mut got)?;
+                out(buf)?;
             },
         }
-        if got != want {
-            return Err(SnapshotError::Length { got, want });
-        }
-        if send(trailer(hash.digest128()).into_bytes()) {
-            Ok(())
-        } else {
-            Err(SnapshotError::Gone)
+        Ok(got)
+    }
+}
+
+/// Hashes each chunk from `rx` and hands it to `send`; the hash and `send`
+/// once `rx` ends.
+fn hash_and_send<F: FnMut(Vec<u8>) -> bool>(
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    mut send: F,
+) -> Result<(Xxh3Default, F), SnapshotError> {
+    let mut hash = Xxh3Default::new();
+    for chunk in rx {
+        hash.update(&chunk);
+        if !send(chunk) {
+            return Err(SnapshotError::Gone);
         }
     }
+    Ok((hash, send))
 }
 
 /// The trailer for a file whose XXH3-128 is `digest`.

@@ -62,7 +62,9 @@ fn a_replica_snapshot_is_the_state_its_read_transaction_began_at() {
     let out = dir.path().join("out.db");
     std::fs::write(&out, file).unwrap();
     let o = Connection::open(&out).unwrap();
-    let ok: String = o.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let ok: String = o
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(ok, "ok");
     assert_eq!(count(&o, "SELECT count(*) FROM t"), 1);
     assert_eq!(count(&o, "SELECT next_offset FROM _barista_offsets"), 7);
@@ -130,9 +132,6 @@ fn the_trailer_spells_the_hash_as_xxh128sum_does() {
     // `printf hello | xxh128sum` (xxhash 0.8) prints this digest.
     let mut h = FileHash::new();
     h.update(b"hello");
-    assert_eq!(
-        h.trailer(),
-        "xxh3-128:b5e9c1ad071b3e7fc779cfaa5e523818\n"
-    );
+    assert_eq!(h.trailer(), "xxh3-128:b5e9c1ad071b3e7fc779cfaa5e523818\n");
     assert_eq!(h.trailer().len(), TRAILER_LEN);
 }
