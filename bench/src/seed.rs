@@ -28,6 +28,8 @@ struct Round {
     cp: f64,
     cp_fsync: f64,
     seed: f64,
+    /// CPU time of this process (both ends of the seed) during the seed.
+    seed_cpu: f64,
     catch_up: f64,
 }
 
@@ -77,10 +79,11 @@ pub async fn run(
         let seeded = dir.join(format!("seeded-{round}.db"));
         let mut config = FollowerConfig::new(&seeded, "unused", "unused:9092", "http://unused");
         config.seed_from = Some(url.clone());
-        let t = Instant::now();
+        let (t, cpu) = (Instant::now(), env::cpu_time());
         let mut never = std::pin::pin!(std::future::pending::<()>());
         anyhow::ensure!(barista_consumer::seed::seed_if_asked(&config, &mut never).await?);
         let seed = t.elapsed().as_secs_f64();
+        let seed_cpu = (env::cpu_time() - cpu).as_secs_f64();
 
         // The leader goes on after the snapshot; the seeded follower then
         // starts from the offsets in its file.
@@ -106,13 +109,14 @@ pub async fn run(
         );
         std::fs::remove_file(&seeded)?;
         println!(
-            "  round {round}: cp {cp_s:.2} s, cp + fsync {cp_fsync:.2} s, seed {seed:.2} s ({:.2}x cp's MB/s), caught up in {catch_up:.2} s",
+            "  round {round}: cp {cp_s:.2} s, cp + fsync {cp_fsync:.2} s, seed {seed:.2} s ({:.2}x cp's MB/s, {seed_cpu:.2} s CPU), caught up in {catch_up:.2} s",
             cp_s / seed
         );
         results.push(Round {
             cp: cp_s,
             cp_fsync,
             seed,
+            seed_cpu,
             catch_up,
         });
     }
@@ -140,6 +144,10 @@ pub async fn run(
         mbps(m(|r| r.seed)),
         if ratio >= 0.5 { "ok" } else { "MISSED" },
         m(|r| r.cp_fsync / r.seed)
+    );
+    println!(
+        "    seed CPU             {:>6.2} s  (server and client, both in this process; 2 threads or more at a time)",
+        m(|r| r.seed_cpu)
     );
     println!(
         "    caught up            {:>6.2} s  after {behind} changes committed since the snapshot ({:.0} changes/s, from the follower's start)",
