@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use barista_schemas::contract::{commits_topic, dead_letter_topic, table_topic};
-use barista_schemas::snapshot::{HEADER_SNAPSHOT_POSITION, HEADER_SNAPSHOT_SHA256};
+use barista_schemas::snapshot::{HEADER_SNAPSHOT_BYTES, TRAILER_LEN};
 use barista_tests::process::{free_port, Proc};
 use barista_tests::*;
 use rand::RngCore;
@@ -413,20 +413,27 @@ async fn a_follower_seeded_from_a_peer_under_writes_ends_equal_and_never_goes_ba
     producer.stop().await.unwrap();
 }
 
-/// A peer that dies after sending half of the snapshot to its first
-/// client, and serves the whole snapshot to the next one.
-async fn dying_peer(real: String) -> std::net::SocketAddr {
+/// What the bad peer does to the snapshot for its n-th client.
+const BAD_PEER: [&str; 3] = ["dies midway", "flips a byte", "drops the trailer"];
+
+/// A peer that serves the real snapshot (fetched once) wrongly to its first
+/// clients, one way each ([`BAD_PEER`]), and whole to the next one.
+async fn bad_peer(real: String) -> std::net::SocketAddr {
     let resp = reqwest::get(&real).await.unwrap();
     assert!(resp.status().is_success());
-    let sha = resp.headers()[HEADER_SNAPSHOT_SHA256]
+    let head: String = resp
+        .headers()
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with("x-barista-snapshot-"))
+        .map(|(k, v)| format!("{k}: {}\r\n", v.to_str().unwrap()))
+        .collect();
+    let file_len: usize = resp.headers()[HEADER_SNAPSHOT_BYTES]
         .to_str()
         .unwrap()
-        .to_owned();
-    let pos = resp.headers()[HEADER_SNAPSHOT_POSITION]
-        .to_str()
-        .unwrap()
-        .to_owned();
+        .parse()
+        .unwrap();
     let body = resp.bytes().await.unwrap().to_vec();
+    assert_eq!(body.len(), file_len + TRAILER_LEN);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -442,23 +449,33 @@ async fn dying_peer(real: String) -> std::net::SocketAddr {
                     Ok(k) => req.extend_from_slice(&buf[..k]),
                 }
             }
+            let mut body = body.clone();
+            let upto = match BAD_PEER.get(n).copied() {
+                Some("dies midway") => file_len / 2,
+                Some("flips a byte") => {
+                    // In a row's bytes, past the header: still a database.
+                    body[file_len - 100] ^= 0x20;
+                    body.len()
+                }
+                Some(_) => file_len,
+                None => body.len(),
+            };
             let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n{HEADER_SNAPSHOT_SHA256}: {sha}\r\n\
-                 {HEADER_SNAPSHOT_POSITION}: {pos}\r\nconnection: close\r\n\r\n",
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n{head}connection: close\r\n\r\n",
                 body.len()
             );
             let _ = sock.write_all(head.as_bytes()).await;
-            let upto = if n == 0 { body.len() / 2 } else { body.len() };
             let _ = sock.write_all(&body[..upto]).await;
             let _ = sock.flush().await;
-            // Dropped: the connection closes, mid-body the first time.
+            // Dropped: the connection closes, early for the first ones.
         }
     });
     addr
 }
 
-/// (c) The peer dies mid-download: the seed fails, no replica (and no
-/// partial file) is left, and running the same command again works.
+/// (c) The peer dies mid-download, or sends a corrupted or truncated
+/// snapshot: each seed fails naming why, no replica (and no partial file) is
+/// left, and running the same command again works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_seed_whose_peer_dies_midway_leaves_no_replica_and_a_retry_works() {
     let mut setup = Setup::new_with(1, "seeddie").await;
@@ -467,7 +484,7 @@ async fn a_seed_whose_peer_dies_midway_leaves_no_replica_and_a_retry_works() {
     wait_for_capture(&setup.leader).await;
     setup.write(11, 600).await;
     setup.caught_up(&peer).await;
-    let fake = dying_peer(format!("http://{peer_addr}/snapshot")).await;
+    let fake = bad_peer(format!("http://{peer_addr}/snapshot")).await;
     let port = free_port();
     let replica = setup.dir.path().join("seeded.db");
     let url = format!("http://{fake}/snapshot");
@@ -476,29 +493,40 @@ async fn a_seed_whose_peer_dies_midway_leaves_no_replica_and_a_retry_works() {
         setup.registry.url(),
         setup.prefix.as_str(),
     );
+    let log = setup.dir.path().join("seeded.log");
     let mut seeded = Proc::start(
         "consumer",
         follower_args(&replica, "seeded", s, port, &["--seed-from", &url]),
-        &setup.dir.path().join("seeded.log"),
+        &log,
     );
-    wait_until(Duration::from_secs(60), || match seeded.exited() {
-        Some(st) if !st.success() => Ok(()),
-        Some(st) => panic!("exited with {st}, expected a failure"),
-        None => Err("still running".into()),
-    })
-    .await;
-    assert!(!replica.exists(), "a half replica was left");
     let dir = setup.dir.path().to_owned();
     let dir = dir.as_path();
-    assert!(
-        files_named_like(dir, "seeded.db").is_empty(),
-        "{:?}",
-        files_named_like(dir, "seeded.db")
-    );
-    let tail = seeded.log_tail(20);
-    assert!(tail.contains("nothing was installed"), "{tail}");
+    for (n, why) in BAD_PEER.iter().enumerate() {
+        if n > 0 {
+            seeded.restart();
+        }
+        wait_until(Duration::from_secs(60), || match seeded.exited() {
+            Some(st) if !st.success() => Ok(()),
+            Some(st) => panic!("exited with {st}, expected a failure"),
+            None => Err("still running".into()),
+        })
+        .await;
+        seeded.kill9(); // reaps the exited process
+        assert!(!replica.exists(), "a replica was left when the peer {why}");
+        assert!(
+            files_named_like(dir, "seeded.db").is_empty(),
+            "{:?}",
+            files_named_like(dir, "seeded.db")
+        );
+        let tail = seeded.log_tail(5);
+        assert!(tail.contains("nothing was installed"), "{tail}");
+        let reason = match *why {
+            "flips a byte" => "hash mismatch",
+            _ => "reading the snapshot (after",
+        };
+        assert!(tail.contains(reason), "the peer {why}: {tail}");
+    }
     // The same command again: the peer serves the whole file this time.
-    seeded.kill9(); // reaps the exited process
     seeded.restart();
     caught_up_proc(&mut seeded, &setup.leader, &replica).await;
     setup.write(12, 100).await;

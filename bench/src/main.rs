@@ -6,6 +6,7 @@ mod latency;
 mod load;
 mod pipeline;
 mod publish;
+mod seed;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,7 +29,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     after_help = "Examples:\n  cargo run --release -p barista-bench\n  \
 cargo run --release -p barista-bench -- --broker nisshi\n  \
 barista-bench --sections latency --rates 1000,10000 --latency-seconds 10\n  \
-barista-bench --broker nisshi --long        # 10x sizes, a 10-million-change backlog\n\n\
+barista-bench --broker nisshi --long        # 10x sizes, a 10-million-change backlog\n  \
+barista-bench --sections seed --seed-size-mb 1024   # seeding a follower vs cp\n\n\
 Every section runs barista and its baseline in the same process against the same broker and prints\n\
 medians and the ratio. Leader write cost (capture-bench) and follower apply rate (apply-bench) have\n\
 their own commands. The machine is shared and noisy: compare ratios, not absolute figures."
@@ -49,7 +51,8 @@ struct Args {
         default_value = "memory://nisshi/"
     )]
     nisshi_storage: String,
-    /// Sections to run, comma-separated: publish, latency, sustained, memory.
+    /// Sections to run, comma-separated: publish, latency, sustained, memory,
+    /// seed (not run by default: it needs about 4 × --seed-size-mb of disk).
     #[arg(
         long,
         env = "BARISTA_BENCH_SECTIONS",
@@ -94,6 +97,13 @@ struct Args {
     /// Longer runs: 10x changes and seconds, a 10-million-change backlog.
     #[arg(long, env = "BARISTA_BENCH_LONG")]
     long: bool,
+    /// Size of the replica the seed section seeds, in MB.
+    #[arg(long, env = "BARISTA_BENCH_SEED_SIZE_MB", default_value_t = 1024)]
+    seed_size_mb: u64,
+    /// Changes the leader commits after each seed, which the seeded follower
+    /// then catches up with.
+    #[arg(long, env = "BARISTA_BENCH_SEED_BEHIND", default_value_t = 10_000)]
+    seed_behind: i64,
     /// Directory for the temporary databases (default: the system temp dir).
     #[arg(long, env = "BARISTA_BENCH_DIR")]
     dir: Option<PathBuf>,
@@ -145,7 +155,7 @@ fn main() -> ExitCode {
         }
         None => {
             for s in &args.sections {
-                if !["publish", "latency", "sustained", "memory"].contains(&s.as_str()) {
+                if !["publish", "latency", "sustained", "memory", "seed"].contains(&s.as_str()) {
                     eprintln!("barista-bench: bad configuration: unknown section {s:?}");
                     return ExitCode::from(2);
                 }
@@ -338,6 +348,18 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             full.peak_mib / small.peak_mib,
             full.peak_mib / empty.peak_mib
         );
+    }
+    if has("seed") {
+        seed::run(
+            &broker,
+            &reg,
+            dir,
+            parts,
+            args.seed_size_mb,
+            args.seed_behind,
+            args.rounds,
+        )
+        .await?;
     }
     registry.shutdown().await?;
     Ok(())

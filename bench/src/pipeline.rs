@@ -114,6 +114,19 @@ impl Follower {
         kafka_options: Vec<(String, String)>,
     ) -> Follower {
         let replica = dir.join(format!("replica-{}.db", rand::random::<u32>()));
+        Self::start_on(broker, registry, &replica, prefix, kafka_options)
+    }
+
+    /// Starts a follower of `prefix`'s topics on the replica file `replica`
+    /// (for example a seeded one: it resumes from the offsets stored in it).
+    pub fn start_on(
+        broker: &Broker,
+        registry: &str,
+        replica: &Path,
+        prefix: &str,
+        kafka_options: Vec<(String, String)>,
+    ) -> Follower {
+        let replica = replica.to_owned();
         let mut config = FollowerConfig::new(
             &replica,
             &format!("bench-{}", rand::random::<u32>()),
@@ -168,9 +181,16 @@ impl Follower {
 
     /// Stops it.
     pub async fn stop(self) -> anyhow::Result<()> {
+        let replica = self.replica.clone();
+        self.stop_keeping_replica().await?;
+        let _ = std::fs::remove_file(&replica);
+        Ok(())
+    }
+
+    /// Stops it and leaves its replica file.
+    pub async fn stop_keeping_replica(self) -> anyhow::Result<()> {
         self.token.cancel();
         self.task.await??;
-        let _ = std::fs::remove_file(&self.replica);
         Ok(())
     }
 }

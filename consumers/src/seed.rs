@@ -5,9 +5,10 @@
 //! offsets stored in the file, under its own consumer group.
 //!
 //! Crash safety: the download goes to `<replica>.seed-partial` next to the
-//! replica (same file system, so the final rename is atomic), is checked
-//! against the SHA-256 and length the server announced, fsynced, and only
-//! then renamed over the replica (and the directory fsynced). An interrupted
+//! replica (same file system, so the final rename is atomic), fsynced,
+//! checked against the length the server announced and the hash in the
+//! body's trailer, and only then renamed over the replica (and the directory
+//! fsynced). An interrupted
 //! seed leaves at most the partial file, which the next attempt truncates;
 //! the replica itself is either absent, the old one, or the whole new one.
 
@@ -16,8 +17,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use barista_schemas::snapshot::{FileHash, HEADER_SNAPSHOT_POSITION, HEADER_SNAPSHOT_SHA256};
-use tokio::io::AsyncWriteExt;
+use axum::body::Bytes;
+use barista_schemas::snapshot::{
+    FileHash, HEADER_SNAPSHOT_BYTES, HEADER_SNAPSHOT_HASH, HEADER_SNAPSHOT_POSITION, SNAPSHOT_HASH,
+    TRAILER_LEN,
+};
 
 use crate::config::FollowerConfig;
 
@@ -85,7 +89,8 @@ pub async fn seed_if_asked(
         .await?
         .with_context(|| format!("installing the snapshot as {}", replica.display()))?;
     tracing::info!(replica = %replica.display(), %url, position = seeded.position, bytes = seeded.bytes,
-        sha256 = %seeded.sha256, seconds = seeded.seconds, "replica seeded; following from its stored offsets");
+        hash = %seeded.hash, seconds = seeded.seconds, received_s = seeded.received_s,
+        final_fsync_s = seeded.final_fsync_s, "replica seeded; following from its stored offsets");
     Ok(true)
 }
 
@@ -93,16 +98,23 @@ pub async fn seed_if_asked(
 struct Seeded {
     position: i64,
     bytes: u64,
-    sha256: String,
+    hash: String,
     seconds: f64,
+    /// Until the last byte arrived.
+    received_s: f64,
+    /// The final fsync, after the last byte was written.
+    final_fsync_s: f64,
 }
 
-/// Downloads `url` into `partial`, hashing as it goes, logging progress;
-/// checks length, hash and that the file is a replica at the announced
-/// position; fsyncs it.
+/// Downloads `url` into `partial`: the body streams into the file on a
+/// writer thread (which starts the disk writing every [`WRITEBACK_EVERY`]
+/// bytes, so the final fsync has little left to do) while it is hashed here;
+/// logs progress; checks the length, the hash trailer and that the file is a
+/// replica at the announced position. The file is fsynced before it is
+/// checked.
 async fn download(url: &str, partial: &Path) -> anyhow::Result<Seeded> {
-    // No read timeout on the client: the server copies and hashes the whole
-    // database before it answers (minutes for a large one). A stall once the
+    // No read timeout on the client: the producer copies and reshapes the
+    // leader before it answers (minutes for a large one). A stall once the
     // body flows is caught per chunk below.
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
@@ -112,11 +124,11 @@ async fn download(url: &str, partial: &Path) -> anyhow::Result<Seeded> {
     tokio::pin!(request);
     let mut waiting = tokio::time::interval(Duration::from_secs(5));
     waiting.tick().await;
-    let mut resp = loop {
+    let resp = loop {
         tokio::select! {
             r = &mut request => break r.with_context(|| format!("requesting {url}"))?,
             _ = waiting.tick() => tracing::info!(%url, waited_s = asked.elapsed().as_secs(),
-                "seeding: waiting for the server to copy and hash its database"),
+                "seeding: waiting for the server to prepare its snapshot"),
         }
     };
     if !resp.status().is_success() {
@@ -130,44 +142,50 @@ async fn download(url: &str, partial: &Path) -> anyhow::Result<Seeded> {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let want_sha = header(HEADER_SNAPSHOT_SHA256).with_context(|| {
-        format!("{url} sent no {HEADER_SNAPSHOT_SHA256} header: not a barista snapshot")
+    let hash_name = header(HEADER_SNAPSHOT_HASH).with_context(|| {
+        format!("{url} sent no {HEADER_SNAPSHOT_HASH} header: not a barista snapshot (or one from an older version: upgrade the server)")
     })?;
+    if hash_name != SNAPSHOT_HASH {
+        bail!("{url} sent a snapshot hashed with {hash_name:?}; this consumer checks {SNAPSHOT_HASH:?} only");
+    }
     let want_position: i64 = header(HEADER_SNAPSHOT_POSITION)
         .and_then(|p| p.parse().ok())
         .with_context(|| format!("{url} sent no {HEADER_SNAPSHOT_POSITION} header"))?;
-    let total = resp.content_length();
-    tracing::info!(%url, bytes = total, position = want_position, "seeding: download started");
-    // Truncates what an interrupted attempt left.
-    let mut out = tokio::fs::File::create(partial)
-        .await
-        .with_context(|| format!("creating {}", partial.display()))?;
-    let mut hash = FileHash::new();
-    let mut got = 0u64;
-    let started = Instant::now();
-    let mut last_log = started;
-    while let Some(chunk) = tokio::time::timeout(STALL, resp.chunk())
-        .await
-        .map_err(|_| anyhow::anyhow!("the server sent nothing for {STALL:?}"))?
-        .context("reading the snapshot")?
-    {
-        hash.update(&chunk);
-        out.write_all(&chunk).await?;
-        got += chunk.len() as u64;
-        if last_log.elapsed() >= PROGRESS_EVERY {
-            last_log = Instant::now();
-            log_progress(got, total, started.elapsed());
+    let total: u64 = header(HEADER_SNAPSHOT_BYTES)
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("{url} sent no {HEADER_SNAPSHOT_BYTES} header"))?;
+    if let Some(len) = resp.content_length() {
+        if len != total + TRAILER_LEN as u64 {
+            bail!("{url} announced {total} bytes of database and a body of {len}: not a barista snapshot");
         }
     }
-    out.flush().await?;
-    out.sync_all().await?;
-    drop(out);
-    if let Some(t) = total.filter(|t| *t != got) {
-        bail!("the snapshot ended after {got} of {t} bytes");
-    }
-    let sha256 = hash.finish();
-    if sha256 != want_sha {
-        bail!("SHA-256 mismatch: got {sha256}, the server announced {want_sha}");
+    tracing::info!(%url, bytes = total, position = want_position, "seeding: download started");
+    // Truncates what an interrupted attempt left.
+    let file = std::fs::File::create(partial)
+        .with_context(|| format!("creating {}", partial.display()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
+    let writer = tokio::task::spawn_blocking(move || write_out(file, rx));
+    let started = Instant::now();
+    let mut hash = FileHash::new();
+    let received = receive(resp, total, &mut hash, tx, started).await;
+    let received_s = started.elapsed().as_secs_f64();
+    // The writer ends once `tx` is gone (dropped by `receive`), also on an
+    // error: it never writes after this returns.
+    let written = writer.await?;
+    let trailer = received?;
+    let final_fsync_s = written
+        .with_context(|| format!("writing {}", partial.display()))?
+        .as_secs_f64();
+    let want_trailer = hash.trailer();
+    if trailer != want_trailer.as_bytes() {
+        if trailer.len() < TRAILER_LEN {
+            bail!("the snapshot ended after the database, before its hash trailer");
+        }
+        bail!(
+            "hash mismatch: the download's is {:?}, the server's trailer says {:?}",
+            want_trailer.trim_end(),
+            String::from_utf8_lossy(&trailer).trim_end()
+        );
     }
     let p = partial.to_owned();
     let position = tokio::task::spawn_blocking(move || stored_position(&p))
@@ -177,13 +195,104 @@ async fn download(url: &str, partial: &Path) -> anyhow::Result<Seeded> {
         bail!("the snapshot is at position {position}, the server announced {want_position}");
     }
     let seconds = started.elapsed().as_secs_f64();
-    log_progress(got, total, started.elapsed());
+    log_progress(total, Some(total), started.elapsed());
     Ok(Seeded {
         position,
-        bytes: got,
-        sha256,
+        bytes: total,
+        hash: want_trailer.trim_end().to_owned(),
         seconds,
+        received_s,
+        final_fsync_s,
     })
+}
+
+/// Chunks in flight to the writer thread.
+const IN_FLIGHT: usize = 64;
+
+/// Reads the body: its first `total` bytes are hashed and handed to the
+/// writer, the rest is the trailer, returned.
+async fn receive(
+    mut resp: reqwest::Response,
+    total: u64,
+    hash: &mut FileHash,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    started: Instant,
+) -> anyhow::Result<Vec<u8>> {
+    let (mut got, mut chunks) = (0u64, 0u64);
+    let mut trailer = Vec::with_capacity(TRAILER_LEN);
+    let mut last_log = started;
+    while let Some(chunk) = tokio::time::timeout(STALL, resp.chunk())
+        .await
+        .map_err(|_| anyhow::anyhow!("the server sent nothing for {STALL:?}"))?
+        .with_context(|| format!("reading the snapshot (after {got} of {total} bytes)"))?
+    {
+        chunks += 1;
+        let file_part = chunk.len().min((total - got) as usize);
+        let (file, rest) = (chunk.slice(..file_part), &chunk[file_part..]);
+        if trailer.len() + rest.len() > TRAILER_LEN {
+            bail!("the snapshot is longer than the {total} bytes and trailer announced");
+        }
+        trailer.extend_from_slice(rest);
+        if !file.is_empty() {
+            hash.update(&file);
+            got += file.len() as u64;
+            if tx.send(file).await.is_err() {
+                // The writer failed; its error is what to report.
+                return Ok(trailer);
+            }
+        }
+        if last_log.elapsed() >= PROGRESS_EVERY {
+            last_log = Instant::now();
+            log_progress(got, Some(total), started.elapsed());
+        }
+    }
+    if got != total {
+        bail!("the snapshot ended after {got} of {total} bytes");
+    }
+    tracing::debug!(chunks, "seeding: body received");
+    Ok(trailer)
+}
+
+/// Starts the disk writing of the download every this many bytes.
+const WRITEBACK_EVERY: u64 = 32 << 20;
+
+/// Writes what arrives on `rx` to `file`, then fsyncs it (returns how long
+/// that final fsync took). Every
+/// [`WRITEBACK_EVERY`] bytes a flusher thread fsyncs what is written so far,
+/// so the disk writes while the download goes on (instead of all of it in the
+/// final fsync); the writer never waits for it.
+fn write_out(
+    mut file: std::fs::File,
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+) -> std::io::Result<Duration> {
+    use std::io::Write as _;
+    let flush_file = file.try_clone()?;
+    let (kick, kicked) = std::sync::mpsc::sync_channel::<()>(1);
+    let flusher = std::thread::spawn(move || {
+        while kicked.recv().is_ok() {
+            // Errors show again in the final fsync.
+            let _ = flush_file.sync_data();
+        }
+    });
+    let mut since_kick = 0u64;
+    let written = (|| -> std::io::Result<()> {
+        while let Some(chunk) = rx.blocking_recv() {
+            file.write_all(&chunk)?;
+            since_kick += chunk.len() as u64;
+            if since_kick >= WRITEBACK_EVERY {
+                since_kick = 0;
+                // Busy flushing already: the next one catches up.
+                let _ = kick.try_send(());
+            }
+        }
+        Ok(())
+    })();
+    drop(kick);
+    let _ = flusher.join();
+    written?;
+    let t = Instant::now();
+    file.sync_all()?;
+    Ok(t.elapsed())
 }
 
 fn log_progress(got: u64, total: Option<u64>, elapsed: Duration) {

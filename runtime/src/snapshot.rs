@@ -1,52 +1,104 @@
 //! `GET /snapshot` answers, the same for a follower and the producer: a
-//! finished [`SnapshotCopy`] streamed with its length, hash and position in
-//! headers (see [`barista_schemas::snapshot`]).
+//! [`Snapshot`] made and sent on a blocking thread, its bytes streamed as
+//! they are read, with its length, hash name and position in headers and the
+//! hash in a trailer (see [`barista_schemas::snapshot`]).
 
-use axum::body::Body;
-use axum::http::header;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use barista_schemas::snapshot::{
-    SnapshotCopy, HEADER_SNAPSHOT_LEADER_TS_MS, HEADER_SNAPSHOT_POSITION, HEADER_SNAPSHOT_SHA256,
-    SNAPSHOT_CONTENT_TYPE,
+    Snapshot, SnapshotError, HEADER_SNAPSHOT_BYTES, HEADER_SNAPSHOT_HASH,
+    HEADER_SNAPSHOT_LEADER_TS_MS, HEADER_SNAPSHOT_POSITION, SNAPSHOT_CONTENT_TYPE, SNAPSHOT_HASH,
+    TRAILER_LEN,
 };
-use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, oneshot};
 
-/// Bytes read from the copy per body chunk.
-const CHUNK: usize = 256 * 1024;
+/// A client that takes nothing for this long is dropped: the snapshot's read
+/// transaction must not stay open for a client that is gone without closing.
+const STALL: Duration = Duration::from_secs(60);
 
-/// Streams a finished copy with its length, hash and position; `guard` is
-/// held until the body ends (or the client goes away).
-pub fn stream_copy(copy: SnapshotCopy, guard: impl Send + 'static) -> Response {
-    let SnapshotCopy {
-        file,
-        len,
-        sha256,
-        position,
-        leader_ts_ms,
-    } = copy;
-    let file = tokio::fs::File::from_std(file);
-    let body = futures::stream::unfold(Some((file, guard, vec![0u8; CHUNK])), |state| async move {
-        let (mut file, guard, mut buf) = state?;
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                let chunk = axum::body::Bytes::copy_from_slice(&buf[..n]);
-                Some((Ok(chunk), Some((file, guard, buf))))
+/// Chunks in flight between the reading thread and the connection.
+const IN_FLIGHT: usize = 8;
+
+/// Makes a snapshot with `make` on a blocking thread and answers with it,
+/// streaming its bytes as they are read; `what` names it in logs ("the
+/// replica", "the leader"). `guard` is held until the body ends (or the
+/// client goes away).
+pub async fn serve(
+    what: &'static str,
+    make: impl FnOnce() -> Result<Snapshot, SnapshotError> + Send + 'static,
+    guard: impl Send + 'static,
+) -> Response {
+    let (meta_tx, meta_rx) = oneshot::channel();
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(IN_FLIGHT);
+    let handle = tokio::runtime::Handle::current();
+    let started = Instant::now();
+    tokio::task::spawn_blocking(move || {
+        let _guard = guard;
+        let snapshot = match make() {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = meta_tx.send(Err(e));
+                return;
             }
-            // Ends the body after the error.
-            Err(e) => Some((Err::<axum::body::Bytes, _>(e), None)),
+        };
+        let meta = snapshot.meta();
+        if meta_tx.send(Ok(meta)).is_err() {
+            return;
         }
+        tracing::info!(bytes = meta.len, position = %meta.position,
+            prepare_ms = started.elapsed().as_millis() as u64, "serving a snapshot of {what}");
+        let sent = snapshot.send(|chunk| {
+            let send = tx.send(Ok(Bytes::from(chunk)));
+            // The timer is made inside the runtime's context: this may be a
+            // thread of the snapshot's own, outside it.
+            let sent = handle.block_on(async { tokio::time::timeout(STALL, send).await });
+            matches!(sent, Ok(Ok(())))
+        });
+        match sent {
+            Ok(()) => tracing::info!(
+                bytes = meta.len,
+                seconds = started.elapsed().as_secs_f64(),
+                "snapshot of {what} sent"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshot of {what} not sent to the end");
+                // Ends the body with an error: the client sees a truncated body.
+                let _ = tx.try_send(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    });
+    let meta = match meta_rx.await {
+        Ok(Ok(meta)) => meta,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "snapshot of {what} failed");
+            let body = format!("snapshot of {what} failed: {e}");
+            return (StatusCode::INTERNAL_SERVER_ERROR, body).into_response();
+        }
+        Err(_) => {
+            let body = format!("snapshot of {what} failed: its thread ended");
+            return (StatusCode::INTERNAL_SERVER_ERROR, body).into_response();
+        }
+    };
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
     });
     (
         [
             (header::CONTENT_TYPE, SNAPSHOT_CONTENT_TYPE.to_owned()),
-            (header::CONTENT_LENGTH, len.to_string()),
+            (
+                header::CONTENT_LENGTH,
+                (meta.len + TRAILER_LEN as u64).to_string(),
+            ),
             (header::CACHE_CONTROL, "no-store".to_owned()),
         ],
         [
-            (HEADER_SNAPSHOT_SHA256, sha256),
-            (HEADER_SNAPSHOT_POSITION, position.0.to_string()),
-            (HEADER_SNAPSHOT_LEADER_TS_MS, leader_ts_ms.to_string()),
+            (HEADER_SNAPSHOT_BYTES, meta.len.to_string()),
+            (HEADER_SNAPSHOT_HASH, SNAPSHOT_HASH.to_owned()),
+            (HEADER_SNAPSHOT_POSITION, meta.position.0.to_string()),
+            (HEADER_SNAPSHOT_LEADER_TS_MS, meta.leader_ts_ms.to_string()),
         ],
         Body::from_stream(body),
     )

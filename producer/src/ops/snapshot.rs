@@ -22,12 +22,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use barista_schemas::snapshot::{copy_consistent, SnapshotError};
+use barista_schemas::snapshot::{copy_reshaped, SnapshotError};
 use barista_schemas::TableShape;
 use rusqlite::Connection;
 
@@ -35,7 +34,7 @@ use super::Ops;
 use crate::tail::now_ms;
 
 /// Serves a snapshot of the leader (one at a time: each copy takes as much
-/// disk as the leader).
+/// disk as the leader until it is sent).
 pub(super) async fn serve(State(ops): State<Arc<Ops>>) -> Response {
     let Ok(permit) = ops.snapshot_busy.clone().try_acquire_owned() else {
         return (
@@ -46,30 +45,14 @@ pub(super) async fn serve(State(ops): State<Arc<Ops>>) -> Response {
             .into_response();
     };
     let leader = ops.leader.clone();
-    let started = Instant::now();
-    let copy = tokio::task::spawn_blocking(move || {
+    let make = move || {
         let dir = match leader.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => ".".into(),
         };
-        copy_consistent(&leader, &dir, as_replica)
-    })
-    .await;
-    let copy = match copy {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "leader snapshot failed");
-            let body = format!("leader snapshot failed: {e}");
-            return (StatusCode::INTERNAL_SERVER_ERROR, body).into_response();
-        }
-        Err(e) => {
-            let body = format!("leader snapshot task failed: {e}");
-            return (StatusCode::INTERNAL_SERVER_ERROR, body).into_response();
-        }
+        copy_reshaped(&leader, &dir, as_replica)
     };
-    tracing::info!(bytes = copy.len, position = %copy.position, copy_ms = started.elapsed().as_millis() as u64,
-        "serving a snapshot of the leader");
-    barista_runtime::snapshot::stream_copy(copy, permit)
+    barista_runtime::snapshot::serve("the leader", make, permit).await
 }
 
 /// Turns a copy of the leader into a replica at the leader's position.
@@ -174,9 +157,7 @@ fn rebuild(c: &Connection, shape: &TableShape) -> rusqlite::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
-
-    use barista_schemas::snapshot::copy_consistent;
+    use barista_schemas::snapshot::{copy_reshaped, TRAILER_LEN};
     use rusqlite::Connection;
 
     use super::as_replica;
@@ -203,11 +184,16 @@ mod tests {
                INSERT INTO _barista_changelog VALUES (41, 1, 1), (42, 1, 1);"#,
         )
         .unwrap();
-        let mut copy = copy_consistent(&leader, dir.path(), as_replica).unwrap();
-        assert_eq!(copy.position.0, 42);
+        let copy = copy_reshaped(&leader, dir.path(), as_replica).unwrap();
+        assert_eq!(copy.meta().position.0, 42);
         let out = dir.path().join("replica.db");
         let mut bytes = Vec::new();
-        copy.file.read_to_end(&mut bytes).unwrap();
+        copy.send(|chunk| {
+            bytes.extend_from_slice(&chunk);
+            true
+        })
+        .unwrap();
+        bytes.truncate(bytes.len() - TRAILER_LEN);
         std::fs::write(&out, bytes).unwrap();
         let r = Connection::open(&out).unwrap();
         let objects: Vec<String> = r
