@@ -79,7 +79,7 @@ pub async fn open(config: &FollowerConfig, shared: &Shared) -> anyhow::Result<Re
     ));
     // From the first second, before Kafka is reached: the replica's own
     // position, and a seconds lag nobody has measured yet.
-    publish_status(shared, config, &Chains::new())?;
+    publish_status(shared, config, &Chains::new(), None)?;
     Ok(replica)
 }
 
@@ -445,7 +445,8 @@ impl Follower {
     }
 
     fn publish_status(&self) -> Result<(), Poisoned> {
-        publish_status(&self.shared, &self.config, &self.chains)
+        let group = self.groups.progress(self.shared.state().position);
+        publish_status(&self.shared, &self.config, &self.chains, group)
     }
 
     fn log_lag(&self) -> Result<(), Poisoned> {
