@@ -242,8 +242,19 @@ async fn until_applied(
     log: &Path,
 ) -> anyhow::Result<Duration> {
     let start = Instant::now();
+    let mut shown = Instant::now();
     while replica_position(replica) < head {
         f.check(log)?;
+        if shown.elapsed() >= Duration::from_secs(5) && std::env::var_os("BARISTA_BENCH_LOG_DIR").is_some() {
+            // Progress for whoever investigates (the children's logs are kept too).
+            eprintln!(
+                "    {:5.0} s: streamed {:?}, duplicates {:?}",
+                start.elapsed().as_secs_f64(),
+                f.metric("barista_follower_streamed_changes_total"),
+                f.metric("barista_follower_duplicates_total"),
+            );
+            shown = Instant::now();
+        }
         if start.elapsed() > Duration::from_secs(1800) {
             bail!("the follower did not apply the group in 30 minutes");
         }
