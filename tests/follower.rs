@@ -706,7 +706,7 @@ async fn a_poisoned_lock_stops_the_follower_and_the_restart_applies_exactly_once
 /// shows the group's span and how much of it is written meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_restarted_mid_group_on_resent_copies_applies_each_change_once() {
-    const ROWS: i64 = 10_000;
+    const ROWS: i64 = 20_000;
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let original = dir.path().join("leader.db");
@@ -744,8 +744,9 @@ async fn a_follower_restarted_mid_group_on_resent_copies_applies_each_change_onc
             .sum()
     };
     // Producer runs, each on a copy of the leader as it was before anything
-    // was published (so each sends the whole group again), the first two
-    // dropped after part of it: the topic holds partial copies, no commit.
+    // was published (so each sends the whole group again from its start),
+    // the first two dropped (not drained) once a twentieth of it is stored:
+    // the topic holds copies, and no commit record yet.
     let run = |k: i32| {
         let leader = dir.path().join(format!("leader-{k}.db"));
         std::fs::copy(&original, &leader).unwrap();
@@ -758,7 +759,9 @@ async fn a_follower_restarted_mid_group_on_resent_copies_applies_each_change_onc
         let (_, p) = run(k);
         wait_until(Duration::from_secs(30), || {
             let n = stored(&brokers) - before;
-            (n >= 3_000).then_some(()).ok_or(format!("copy {k}: {n} stored"))
+            (n >= 1_000)
+                .then_some(())
+                .ok_or(format!("copy {k}: {n} stored"))
         })
         .await;
         p.abort().await;
@@ -771,7 +774,7 @@ async fn a_follower_restarted_mid_group_on_resent_copies_applies_each_change_onc
     wait_until(Duration::from_secs(60), || {
         let g = follower.status().group;
         match g {
-            Some(g) if g.applied >= 2_000 => Ok(()),
+            Some(g) if g.applied >= 1_000 => Ok(()),
             other => Err(format!(
                 "group progress {other:?}, replica at {:?}, {} stored",
                 replica.exists().then(|| replica_position(&replica)),
@@ -794,8 +797,14 @@ async fn a_follower_restarted_mid_group_on_resent_copies_applies_each_change_onc
     let (applied, duplicates) = (m.changes_applied.get(), m.duplicates.get());
     let copies = stored(&brokers);
     eprintln!("stored {copies} messages; applied {applied}, duplicates skipped {duplicates}");
-    assert!(copies > ROWS * 3 / 2, "the topic holds copies: {copies} messages");
-    assert_eq!(applied, ROWS as u64, "each change applied once after the restart");
+    assert!(
+        copies > ROWS * 3 / 2,
+        "the topic holds copies: {copies} messages"
+    );
+    assert_eq!(
+        applied, ROWS as u64,
+        "each change applied once after the restart"
+    );
     assert!(duplicates > 0, "the resent copies were skipped");
     assert_eq!(follower.status().group, None, "the group is applied");
     follower.stop().await.unwrap();

@@ -245,7 +245,9 @@ async fn until_applied(
     let mut shown = Instant::now();
     while replica_position(replica) < head {
         f.check(log)?;
-        if shown.elapsed() >= Duration::from_secs(5) && std::env::var_os("BARISTA_BENCH_LOG_DIR").is_some() {
+        if shown.elapsed() >= Duration::from_secs(5)
+            && std::env::var_os("BARISTA_BENCH_LOG_DIR").is_some()
+        {
             // Progress for whoever investigates (the children's logs are kept too).
             eprintln!(
                 "    {:5.0} s: streamed {:?}, duplicates {:?}",
@@ -308,8 +310,7 @@ pub async fn restarted(
         if let Err(e) = f.check(&log) {
             break Err(e);
         }
-        if f
-            .metric("barista_follower_streamed_changes_total")
+        if f.metric("barista_follower_streamed_changes_total")
             .is_some_and(|v| v >= half)
         {
             break Ok(());
@@ -320,7 +321,9 @@ pub async fn restarted(
             ));
         }
         if start.elapsed() > Duration::from_secs(1800) {
-            break Err(anyhow::anyhow!("the follower did not get halfway in 30 minutes"));
+            break Err(anyhow::anyhow!(
+                "the follower did not get halfway in 30 minutes"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
