@@ -142,13 +142,6 @@ impl RunningProducer {
     pub fn is_finished(&self) -> bool {
         self.handle.is_finished()
     }
-
-    /// Drops it where it is, without draining (as close to a crash as a task
-    /// gets: what librdkafka still queued is purged, nothing is acknowledged).
-    pub async fn abort(self) {
-        self.handle.abort();
-        let _ = self.handle.await;
-    }
 }
 
 /// A running follower task and its shared state.
