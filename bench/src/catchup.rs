@@ -265,7 +265,7 @@ async fn until_applied(
     Ok(start.elapsed())
 }
 
-fn remove_replica(replica: &PathBuf) {
+fn remove_replica(replica: &Path) {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", replica.display()));
     }

@@ -109,6 +109,10 @@ pub struct GroupProgress {
     pub applied: u64,
 }
 
+/// A begin record: its offset, the group's last position, and the position
+/// of the group's first drop.
+type Begun = (i64, Position, Option<Position>);
+
 /// The commits topic's records not yet applied.
 #[derive(Debug)]
 pub struct CommitGroups {
@@ -119,7 +123,7 @@ pub struct CommitGroups {
     queue: VecDeque<(i64, Commit)>,
     /// Begin records of large groups: first position → (offset, last
     /// position, position of the group's first drop).
-    begun: BTreeMap<Position, (i64, Position, Option<Position>)>,
+    begun: BTreeMap<Position, Begun>,
     /// Changes streamed into the open replica transaction since the last
     /// commit (which closes it).
     streamed: u64,
@@ -321,10 +325,7 @@ impl CommitGroups {
     }
 
     /// The begin record of the large group that follows `current`.
-    fn begun_after(
-        &self,
-        current: Position,
-    ) -> Option<(&Position, &(i64, Position, Option<Position>))> {
+    fn begun_after(&self, current: Position) -> Option<(&Position, &Begun)> {
         self.begun
             .iter()
             .find(|(first, (_, last, _))| **first <= current.next() && *last > current)
