@@ -11,6 +11,7 @@ use barista_schemas::contract::{
     HEADER_DLQ_PARTITION, HEADER_DLQ_SCHEMA_ID, HEADER_DLQ_TOPIC, HEADER_POSITION,
     HEADER_TOMBSTONE,
 };
+use barista_tests::process::Proc;
 use barista_tests::*;
 use rdkafka::mocking::MockCluster;
 
@@ -697,4 +698,117 @@ async fn a_poisoned_lock_stops_the_follower_and_the_restart_applies_exactly_once
     );
     restarted.stop().await.unwrap();
     producer.stop().await.unwrap();
+}
+
+/// A producer that crashes mid-group sends the group again at each start, so
+/// the topic holds several copies of it; a follower stopped halfway through
+/// streaming it loses its open replica transaction and reads every copy again.
+/// It applies each change once, ends equal to the leader, and its `/status`
+/// shows the group's span and how much of it is written meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_restarted_mid_group_on_resent_copies_applies_each_change_once() {
+    const ROWS: i64 = 20_000;
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let original = dir.path().join("leader.db");
+    {
+        let mut c = rusqlite::Connection::open(&original).unwrap();
+        c.execute_batch("CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+            .unwrap();
+        let tx = c.transaction().unwrap();
+        for id in 1..=ROWS {
+            tx.execute(
+                "INSERT INTO customers VALUES (?1, ?2)",
+                rusqlite::params![id, format!("customer {id}")],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let registry = start_registry(dir.path()).await;
+    let prefix = unique("copies");
+    create_topics(&cluster, &prefix, &["customers"]);
+    let topic = table_topic(&prefix, "customers");
+    let client: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let c = &client;
+    let stored = |_: &str| -> i64 {
+        (0..3)
+            .map(|p| {
+                rdkafka::consumer::Consumer::fetch_watermarks(c, &topic, p, Duration::from_secs(5))
+                    .unwrap()
+                    .1
+            })
+            .sum()
+    };
+    // Producer processes, each on a copy of the leader as it was before
+    // anything was published (so each sends the whole group again from its
+    // start), the first two SIGKILLed once a twentieth of it is stored: the
+    // topic holds copies, and no commit record yet.
+    let run = |k: i32| {
+        let leader = dir.path().join(format!("leader-{k}.db"));
+        std::fs::copy(&original, &leader).unwrap();
+        let args = crate::crash::producer_args(&leader, &brokers, registry.url(), &prefix);
+        let log = dir.path().join(format!("producer-{k}.log"));
+        (leader, Proc::start("producer", args, &log))
+    };
+    for k in 1..=2 {
+        let before = stored(&brokers);
+        let (_, mut p) = run(k);
+        wait_until(Duration::from_secs(60), || {
+            p.assert_running();
+            let n = stored(&brokers) - before;
+            (n >= 1_000)
+                .then_some(())
+                .ok_or(format!("copy {k}: {n} stored"))
+        })
+        .await;
+        p.kill9();
+        eprintln!("copy {k}: {} stored in all", stored(&brokers));
+    }
+    let replica = dir.path().join("replica.db");
+    let id = unique("f");
+    let mut fc = follower_config(&replica, &id, &brokers, registry.url(), &prefix);
+    fc.batch_max = 1000;
+    let follower = RunningFollower::start(fc.clone());
+    wait_until(Duration::from_secs(60), || {
+        let g = follower.status().group;
+        match g {
+            Some(g) if g.applied >= 1_000 => Ok(()),
+            other => Err(format!(
+                "group progress {other:?}, {} stored",
+                stored(&brokers)
+            )),
+        }
+    })
+    .await;
+    let g = follower.status().group.unwrap();
+    assert_eq!((g.first.0, g.last.0), (1, ROWS), "the group's span: {g:?}");
+    assert_eq!(replica_position(&replica), 0, "nothing of it visible yet");
+    follower.stop().await.unwrap();
+
+    // The last producer run publishes all of it.
+    let (leader, mut producer) = run(3);
+    // Started again: the open transaction is gone; the copies are read again.
+    let follower = RunningFollower::start(fc);
+    wait_until(Duration::from_secs(120), || same_rows(&leader, &replica)).await;
+    let m = &follower.shared.metrics;
+    let (applied, duplicates) = (m.changes_applied.get(), m.duplicates.get());
+    let copies = stored(&brokers);
+    eprintln!("stored {copies} messages; applied {applied}, duplicates skipped {duplicates}");
+    assert!(copies > ROWS, "the topic holds copies: {copies} messages");
+    assert_eq!(
+        applied, ROWS as u64,
+        "each change applied once after the restart"
+    );
+    assert!(duplicates > 0, "the resent copies were skipped");
+    assert_eq!(follower.status().group, None, "the group is applied");
+    follower.stop().await.unwrap();
+    producer.assert_running();
+    producer.kill9();
+    registry.shutdown().await.unwrap();
 }

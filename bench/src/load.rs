@@ -130,7 +130,8 @@ fn rss_of(pid: u32) -> Option<f64> {
         .map(|kb| kb / 1024.0)
 }
 
-fn replica_position(replica: &Path) -> i64 {
+/// The position a replica file holds (0 while unreadable).
+pub fn replica_position(replica: &Path) -> i64 {
     Connection::open_with_flags(replica, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .and_then(|c| c.query_row("SELECT position FROM _barista_position", [], |r| r.get(0)))
         .unwrap_or(0)

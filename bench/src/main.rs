@@ -1,6 +1,7 @@
 //! `barista-bench`: what barista costs and how stale its replicas get, each
 //! figure next to a baseline measured in the same run on the same broker.
 
+mod catchup;
 mod env;
 mod latency;
 mod load;
@@ -51,13 +52,13 @@ struct Args {
         default_value = "memory://nisshi/"
     )]
     nisshi_storage: String,
-    /// Sections to run, comma-separated: publish, latency, sustained, memory,
+    /// Sections to run, comma-separated: publish, latency, sustained, memory, catchup,
     /// seed (not run by default: it needs about 4 × --seed-size-mb of disk).
     #[arg(
         long,
         env = "BARISTA_BENCH_SECTIONS",
         value_delimiter = ',',
-        default_value = "publish,latency,sustained,memory"
+        default_value = "publish,latency,sustained,memory,catchup"
     )]
     sections: Vec<String>,
     /// Rounds of the publish section (median reported).
@@ -91,6 +92,14 @@ struct Args {
     /// partitions keep ~5 MiB each; 1M on nisshi).
     #[arg(long, env = "BARISTA_BENCH_BACKLOG")]
     backlog: Option<i64>,
+    /// Changes in the catchup section's commit group (default: 20k on mock,
+    /// whose partitions keep ~5 MiB each; 1M on nisshi).
+    #[arg(long, env = "BARISTA_BENCH_CATCHUP_CHANGES")]
+    catchup_changes: Option<i64>,
+    /// Copies of the group the catchup section's topic holds (the producer
+    /// SIGKILLed mid-group `copies - 1` times).
+    #[arg(long, env = "BARISTA_BENCH_CATCHUP_COPIES", default_value_t = 5)]
+    catchup_copies: usize,
     /// Partitions of every benchmark topic.
     #[arg(long, env = "BARISTA_BENCH_PARTITIONS", default_value_t = 6)]
     partitions: i32,
@@ -122,6 +131,24 @@ enum Cmd {
         registry: String,
         #[arg(long)]
         topic_prefix: String,
+        #[arg(long, default_value = "bench-mem")]
+        follower_id: String,
+        #[arg(long)]
+        http_listen: Option<std::net::SocketAddr>,
+    },
+    /// (internal) Run one producer in this process, for the catchup section.
+    #[command(hide = true)]
+    Produce {
+        #[arg(long)]
+        leader: PathBuf,
+        #[arg(long)]
+        brokers: String,
+        #[arg(long)]
+        registry: String,
+        #[arg(long)]
+        topic_prefix: String,
+        #[arg(long)]
+        partitions: i32,
     },
 }
 
@@ -147,15 +174,33 @@ fn main() -> ExitCode {
             ref brokers,
             ref registry,
             ref topic_prefix,
+            ref follower_id,
+            http_listen,
         }) => {
             let mut c =
-                barista_consumer::FollowerConfig::new(replica, "bench-mem", brokers, registry);
+                barista_consumer::FollowerConfig::new(replica, follower_id, brokers, registry);
             c.topic_prefix = topic_prefix.clone();
+            c.http_listen = http_listen;
             rt.block_on(barista_consumer::run(c, std::future::pending()))
+        }
+        Some(Cmd::Produce {
+            ref leader,
+            ref brokers,
+            ref registry,
+            ref topic_prefix,
+            partitions,
+        }) => {
+            let mut c = barista_producer::ProducerConfig::new(leader, brokers, registry);
+            c.topic_prefix = topic_prefix.clone();
+            c.partitions = partitions;
+            c.http_listen = None;
+            rt.block_on(barista_producer::run(c, std::future::pending()))
         }
         None => {
             for s in &args.sections {
-                if !["publish", "latency", "sustained", "memory", "seed"].contains(&s.as_str()) {
+                if !["publish", "latency", "sustained", "memory", "catchup", "seed"]
+                    .contains(&s.as_str())
+                {
                     eprintln!("barista-bench: bad configuration: unknown section {s:?}");
                     return ExitCode::from(2);
                 }
@@ -347,6 +392,42 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             small.backlog,
             full.peak_mib / small.peak_mib,
             full.peak_mib / empty.peak_mib
+        );
+    }
+    if has("catchup") {
+        let n = args.catchup_changes.unwrap_or(match args.broker {
+            BrokerKind::Mock => 20_000,
+            BrokerKind::Nisshi => 1_000_000 * scale,
+        });
+        let copies = args.catchup_copies.max(1);
+        println!(
+            "\n## catchup: a follower SIGKILLed halfway through a {n}-change streamed group and restarted, the topic holding {copies} copies (the producer SIGKILLed mid-group {} times), vs a follower never restarted, the group once",
+            copies - 1
+        );
+        let once = catchup::publish(&broker, &reg, dir, n, parts, 1).await?;
+        let many = catchup::publish(&broker, &reg, dir, n, parts, copies).await?;
+        println!(
+            "  topics: {} messages (the group once), {} messages ({copies} copies)",
+            once.messages, many.messages
+        );
+        let (mut base, mut again) = (Vec::new(), Vec::new());
+        for round in 1..=args.rounds {
+            let b = catchup::never_restarted(&broker, &reg, dir, &once).await?;
+            let r = catchup::restarted(&broker, &reg, dir, &many).await?;
+            println!(
+                "  round {round}: never restarted {b:>8.0} changes/s   restarted halfway, {copies} copies {r:>8.0} changes/s   ratio {:.2}",
+                r / b
+            );
+            base.push(b);
+            again.push(r);
+        }
+        let ratios: Vec<f64> = again.iter().zip(&base).map(|(r, b)| r / b).collect();
+        println!(
+            "  median: never restarted {:.0} changes/s, restarted {:.0} changes/s; restarted/never {:.2} (goal >= 0.5: {})",
+            median(&base),
+            median(&again),
+            median(&ratios),
+            if median(&ratios) >= 0.5 { "ok" } else { "MISSED" }
         );
     }
     if has("seed") {

@@ -115,9 +115,11 @@ impl PartitionChain {
         self.skipped.contains(&position)
     }
 
-    /// Records that the message at `offset` was consumed.
+    /// Records that the message at `offset` was consumed (offsets only
+    /// grow: a batch may count a duplicate before an earlier message of the
+    /// same partition is handled).
     pub fn consumed(&mut self, offset: i64) {
-        self.consumed = offset + 1;
+        self.consumed = self.consumed.max(offset + 1);
         // A message at `offset` is proof the partition reaches past it: a
         // watermark sampled before it arrived never reads below what was read.
         self.saw_high_watermark(offset + 1);

@@ -21,7 +21,7 @@ use barista_schemas::Position;
 use futures::FutureExt;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedMessage};
 
 use crate::chain::{Offer, PartitionChain, TopicPartition};
 use crate::config::FollowerConfig;
@@ -79,7 +79,7 @@ pub async fn open(config: &FollowerConfig, shared: &Shared) -> anyhow::Result<Re
     ));
     // From the first second, before Kafka is reached: the replica's own
     // position, and a seconds lag nobody has measured yet.
-    publish_status(shared, config, &Chains::new())?;
+    publish_status(shared, config, &Chains::new(), None)?;
     Ok(replica)
 }
 
@@ -168,6 +168,7 @@ impl Follower {
         let mut last_log = Instant::now();
         let shared = self.shared.clone();
         let mut inbox = shared.board.inbox.try_lock().ok();
+        let consumer = self.consumer.clone();
         loop {
             tokio::select! {
                 _ = &mut *shutdown => return Ok(()),
@@ -190,12 +191,21 @@ impl Follower {
                         last_log = Instant::now();
                     }
                 }
-                msg = self.consumer.recv() => {
-                    let mut msgs = vec![msg.map(|m| m.detach())];
+                msg = consumer.recv() => {
+                    let mut msgs = Vec::new();
+                    let floor = self.shared.state().position;
+                    let mut take = |m: Result<BorrowedMessage<'_>, KafkaError>| match m {
+                        // A resend already applied: counted, never copied.
+                        Ok(m) if kafka::consumed_duplicate(&mut self.chains, floor, &m) => {
+                            self.shared.metrics.duplicates.inc();
+                        }
+                        m => msgs.push(m.map(|m| m.detach())),
+                    };
+                    take(msg);
                     // Take what is already fetched without waiting, then apply once.
-                    while msgs.len() < RECV_BATCH {
-                        match self.consumer.recv().now_or_never() {
-                            Some(m) => msgs.push(m.map(|m| m.detach())),
+                    for _ in 1..RECV_BATCH {
+                        match consumer.recv().now_or_never() {
+                            Some(m) => take(m),
                             None => break,
                         }
                     }
@@ -445,7 +455,8 @@ impl Follower {
     }
 
     fn publish_status(&self) -> Result<(), Poisoned> {
-        publish_status(&self.shared, &self.config, &self.chains)
+        let group = self.groups.progress(self.shared.state().position);
+        publish_status(&self.shared, &self.config, &self.chains, group)
     }
 
     fn log_lag(&self) -> Result<(), Poisoned> {

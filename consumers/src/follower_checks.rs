@@ -68,14 +68,14 @@ pub(super) async fn stand_diverged(
          `consumer verify --replica FILE --against http://PEER` names the differing rows"
     );
     shared.verdict()?.diverged = Some(d);
-    publish_status(shared, config, chains)?;
+    publish_status(shared, config, chains, None)?;
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
-            _ = tick.tick() => publish_status(shared, config, chains)?,
+            _ = tick.tick() => publish_status(shared, config, chains, None)?,
         }
     }
 }
@@ -132,6 +132,7 @@ pub(super) fn publish_status(
     shared: &Shared,
     config: &FollowerConfig,
     chains: &Chains,
+    group: Option<crate::groups::GroupProgress>,
 ) -> Result<(), Poisoned> {
     let st = shared.state();
     let verdict = shared.verdict()?.clone();
@@ -172,6 +173,7 @@ pub(super) fn publish_status(
         seconds_lag: seconds,
         offset_lag: total,
         partitions,
+        group,
         changes_applied: m.changes_applied.get(),
         duplicates: m.duplicates.get(),
         dead_letters: m.dead_letters.get(),

@@ -94,6 +94,25 @@ pub struct Planned {
     pub fresh_ts_ms: Option<i64>,
 }
 
+/// A large group while it streams: the span its begin record announced,
+/// and how many of its changes are in the open replica transaction
+/// (`/status` `group`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct GroupProgress {
+    /// The group's first position.
+    pub first: Position,
+    /// The group's last position: the replica jumps here when it commits.
+    pub last: Position,
+    /// Changes of the group written into the open replica transaction so
+    /// far (invisible to readers until the group's commit record closes it;
+    /// a restart writes them again).
+    pub applied: u64,
+}
+
+/// A begin record: its offset, the group's last position, and the position
+/// of the group's first drop.
+type Begun = (i64, Position, Option<Position>);
+
 /// The commits topic's records not yet applied.
 #[derive(Debug)]
 pub struct CommitGroups {
@@ -104,7 +123,10 @@ pub struct CommitGroups {
     queue: VecDeque<(i64, Commit)>,
     /// Begin records of large groups: first position → (offset, last
     /// position, position of the group's first drop).
-    begun: BTreeMap<Position, (i64, Position, Option<Position>)>,
+    begun: BTreeMap<Position, Begun>,
+    /// Changes streamed into the open replica transaction since the last
+    /// commit (which closes it).
+    streamed: u64,
 }
 
 impl CommitGroups {
@@ -116,6 +138,7 @@ impl CommitGroups {
             consumed: next_offset,
             queue: VecDeque::new(),
             begun: BTreeMap::new(),
+            streamed: 0,
         }
     }
 
@@ -248,6 +271,8 @@ impl CommitGroups {
         }
         changes.sort_by_key(|c| c.source.position);
         self.begun.retain(|_, (_, last, _)| *last > target);
+        // This transaction completes the open one, if any.
+        self.streamed = 0;
         offsets.push(((self.topic.clone(), 0), (self.next_offset(), target)));
         Planned {
             plan: Plan::Apply(ApplyPlan {
@@ -274,11 +299,9 @@ impl CommitGroups {
     /// ends: once `batch_max` of its changes are in chain order on their
     /// partitions, they go into the open transaction. Memory stays bounded;
     /// readers still see the group all at once.
-    fn stream(&self, chains: &mut Chains, current: Position, batch_max: usize) -> Plan {
+    fn stream(&mut self, chains: &mut Chains, current: Position, batch_max: usize) -> Plan {
         let Some((last, first_drop)) = self
-            .begun
-            .iter()
-            .find(|(first, (_, last, _))| **first <= current.next() && *last > current)
+            .begun_after(current)
             .map(|(_, (_, last, drop))| (*last, *drop))
         else {
             return Plan::Wait;
@@ -297,7 +320,26 @@ impl CommitGroups {
             changes.extend(chain.take_through(upto));
         }
         changes.sort_by_key(|c| c.source.position);
+        self.streamed += changes.len() as u64;
         Plan::Stream(changes)
+    }
+
+    /// The begin record of the large group that follows `current`.
+    fn begun_after(&self, current: Position) -> Option<(&Position, &Begun)> {
+        self.begun
+            .iter()
+            .find(|(first, (_, last, _))| **first <= current.next() && *last > current)
+    }
+
+    /// The large group after `current` (the replica's position), once its
+    /// begin record was read: its span and how much of it is applied.
+    pub fn progress(&self, current: Position) -> Option<GroupProgress> {
+        self.begun_after(current)
+            .map(|(first, (_, last, _))| GroupProgress {
+                first: *first,
+                last: *last,
+                applied: self.streamed,
+            })
     }
 }
 

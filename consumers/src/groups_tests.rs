@@ -238,8 +238,17 @@ fn records_replayed_below_the_position_are_dropped_not_applied() {
 fn a_begun_group_streams_in_chunks_then_its_commit_applies_the_rest() {
     let mut ch = chains(&[("p.a", 0), ("p.b", 0)]);
     let mut g = CommitGroups::new(COMMITS.into(), 0, Scope::all());
+    assert_eq!(g.progress(P(0)), None, "no begin record read yet");
     g.record(0, group(1, 6, 10, &[]), true);
     g.consumed(0);
+    let span = |applied| {
+        Some(GroupProgress {
+            first: P(1),
+            last: P(6),
+            applied,
+        })
+    };
+    assert_eq!(g.progress(P(0)), span(0), "announced, nothing written");
     // Three changes in chain order on each partition, then a hole on p.b.
     feed(&mut ch, "p.a", 0, &[(1, None), (3, Some(1))]);
     feed(&mut ch, "p.b", 0, &[(2, None), (6, Some(4))]);
@@ -252,6 +261,7 @@ fn a_begun_group_streams_in_chunks_then_its_commit_applies_the_rest() {
         Plan::Stream(changes) => assert_eq!(positions(&changes), [1, 2, 3, 5]),
         other => panic!("expected a stream, got {other:?}"),
     }
+    assert_eq!(g.progress(P(0)), span(4), "four in the open transaction");
     assert_eq!(
         g.next_offset(),
         0,
@@ -263,6 +273,7 @@ fn a_begun_group_streams_in_chunks_then_its_commit_applies_the_rest() {
     let a = applied(g.plan(&mut ch, P(0), 0, 3));
     assert_eq!((a.position, positions(&a.changes)), (P(6), vec![4, 6]));
     assert_eq!(g.next_offset(), 2);
+    assert_eq!(g.progress(P(6)), None, "applied: no group streams");
 }
 
 #[test]

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use barista_schemas::contract::{is_internal_topic, table_topic};
+use barista_schemas::contract::{is_internal_topic, table_topic, HEADER_POSITION};
 use barista_schemas::Position;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
@@ -201,6 +202,37 @@ pub fn assign_more(consumer: &StreamConsumer, partitions: &[TopicPartition]) -> 
     consumer
         .incremental_assign(&tpl)
         .context("adding partitions to the assignment")
+}
+
+/// True when `m`, straight off librdkafka's queue, is a change its partition
+/// or the replica (at `floor`) already applied: a resend. It is counted as
+/// consumed here and needs no copy, decoding or chain work. A producer that
+/// crashed mid-group leaves a copy of the group in the topic per restart, so
+/// a follower catching up reads mostly these; copying each one out of
+/// librdkafka cost it about as much as applying a change.
+pub fn consumed_duplicate(chains: &mut Chains, floor: Position, m: &BorrowedMessage<'_>) -> bool {
+    if m.payload().is_none() {
+        return false;
+    }
+    let Some(position) = m.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == HEADER_POSITION)
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|s| s.parse().ok())
+            .map(Position)
+    }) else {
+        return false;
+    };
+    // The commits topic is not a chain: its records are always handled.
+    let Some(chain) = chains.get_mut(&(m.topic().to_owned(), m.partition())) else {
+        return false;
+    };
+    if !chain.is_applied(position, floor) {
+        return false;
+    }
+    chain.consumed(m.offset());
+    true
 }
 
 /// Pauses or resumes fetching the data partitions (operator switch).

@@ -217,6 +217,11 @@ pub struct Status {
     pub offset_lag: i64,
     /// Per "topic/partition".
     pub partitions: BTreeMap<String, PartitionStatus>,
+    /// The large commit group the follower is streaming into an open
+    /// replica transaction (announced by a begin record): its first and
+    /// last position and how many of its changes are written; `null` when
+    /// none.
+    pub group: Option<crate::groups::GroupProgress>,
     /// Changes applied since start.
     pub changes_applied: u64,
     /// Duplicates skipped since start.

@@ -27,6 +27,9 @@ pub struct FollowerState {
     pub leader_position: Position,
     /// The leader clock as last heard (commit records, heartbeats).
     pub clock: Option<LeaderClock>,
+    /// The position for which a record of the group that takes the leader
+    /// past it was heard (its leader time is already in `leader_ts_ms`).
+    passed: Option<Position>,
 }
 
 impl FollowerState {
@@ -37,6 +40,7 @@ impl FollowerState {
             leader_ts_ms,
             leader_position: position,
             clock: None,
+            passed: None,
         }
     }
 
@@ -52,8 +56,14 @@ impl FollowerState {
         // group that takes the leader past our position: until it committed,
         // the leader was where the replica is. That is how a follower that
         // is catching up learns the age of its position (a new replica, at
-        // 0, has no stored time to go by).
-        if c.last_position <= self.position || c.first_position <= self.position.next() {
+        // 0, has no stored time to go by). Only the FIRST such record read
+        // counts: a producer that restarted mid-group sends the group again
+        // (begin record, commit record) with the time of its restart, and
+        // the leader left our position before the first copy, not the last.
+        if c.last_position <= self.position {
+            self.fresh_as_of(c.ts_ms);
+        } else if c.first_position <= self.position.next() && self.passed != Some(self.position) {
+            self.passed = Some(self.position);
             self.fresh_as_of(c.ts_ms);
         }
     }
@@ -196,6 +206,23 @@ mod tests {
         assert_eq!((s.leader_ts_ms, s.leader_position), (2_000, Position(9)));
         let lag = s.seconds_lag(Duration::from_secs(3)).unwrap();
         assert!(lag > 1.0e9, "now − 2 s after the epoch: {lag}");
+    }
+
+    #[test]
+    fn a_resent_group_does_not_make_an_old_position_look_fresh() {
+        // The producer published group 11..50 at 2_000, crashed, and sent
+        // it again (grown to 60) at 9_000 and 20_000: the leader left
+        // position 10 before the first copy.
+        let mut s = FollowerState::resumed(Position(10), 1_000);
+        s.heard(&commit(11, 50, 2_000), Instant::now());
+        s.heard(&commit(11, 60, 9_000), Instant::now());
+        s.heard(&commit(11, 60, 20_000), Instant::now());
+        assert_eq!(s.leader_ts_ms, 2_000);
+        // Once applied, the next group's first record tells the new age.
+        s.applied(Position(60), 20_000);
+        s.heard(&commit(61, 70, 21_000), Instant::now());
+        s.heard(&commit(61, 70, 30_000), Instant::now());
+        assert_eq!(s.leader_ts_ms, 21_000);
     }
 
     #[test]
