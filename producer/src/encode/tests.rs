@@ -232,5 +232,6 @@ fn heartbeat() -> Commit {
         partitions: vec![],
         dropped: vec![],
         checksums: vec![],
+        snapshots: vec![],
     }
 }
