@@ -23,7 +23,10 @@ fn same_table(leader: &Path, replica: &Path, table: &str) -> Result<(), String> 
     if l == r {
         return Ok(());
     }
-    let (l, r) = (l.cloned().unwrap_or_default(), r.cloned().unwrap_or_default());
+    let (l, r) = (
+        l.cloned().unwrap_or_default(),
+        r.cloned().unwrap_or_default(),
+    );
     let only_l = l.iter().filter(|x| !r.contains(x)).count();
     let only_r = r.iter().filter(|x| !l.contains(x)).count();
     let first = r.iter().find(|x| !l.contains(x));
@@ -91,7 +94,9 @@ async fn producer_killed_mid_snapshot_resumes_where_it_stopped_and_the_follower_
         ..
     } = Setup::new_with(3, "snapkill").await;
     // A table created while the producer runs: the mock cluster cannot create its topic.
-    cluster.create_topic(&format!("{prefix}.big"), 3, 1).unwrap();
+    cluster
+        .create_topic(&format!("{prefix}.big"), 3, 1)
+        .unwrap();
     let mut args = producer_args(&leader, &brokers, registry.url(), &prefix);
     args.extend(["--snapshot-chunk-rows".into(), "100".into()]);
     let mut producer = Proc::start("producer", args, &dir.path().join("producer.log"));
@@ -157,7 +162,8 @@ async fn producer_killed_mid_snapshot_resumes_where_it_stopped_and_the_follower_
     assert!(writes > 100, "only {writes} concurrent writes");
     let r = replica.clone();
     wait_until(Duration::from_secs(120), || {
-        same_table(&leader, &r, "big").map_err(|e| format!("{e}; follower status: {:?}", follower.status()))
+        same_table(&leader, &r, "big")
+            .map_err(|e| format!("{e}; follower status: {:?}", follower.status()))
     })
     .await;
     let copied: i64 = Connection::open(&replica)
@@ -176,7 +182,11 @@ async fn producer_killed_mid_snapshot_resumes_where_it_stopped_and_the_follower_
 fn table_id(leader: &Path, table: &str) -> i64 {
     Connection::open(leader)
         .unwrap()
-        .query_row("SELECT id FROM _barista_tables WHERE name = ?1", [table], |r| r.get(0))
+        .query_row(
+            "SELECT id FROM _barista_tables WHERE name = ?1",
+            [table],
+            |r| r.get(0),
+        )
         .unwrap()
 }
 
@@ -191,9 +201,9 @@ fn snapshots_idle(leader: &Path) -> Result<(), String> {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .map_err(|e| e.to_string())?;
-    (running == 0 && pending == 0)
-        .then_some(())
-        .ok_or(format!("{running} snapshots running, {pending} signals pending"))
+    (running == 0 && pending == 0).then_some(()).ok_or(format!(
+        "{running} snapshots running, {pending} signals pending"
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -260,17 +270,34 @@ async fn a_repair_snapshot_after_writes_behind_baristas_back_deletes_the_keys_th
     .await;
     let gone: i64 = Connection::open(&replica)
         .unwrap()
-        .query_row("SELECT count(*) FROM t WHERE id % 7 = 0 AND id <= 3000", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM t WHERE id % 7 = 0 AND id <= 3000",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
-    assert_eq!(gone, 0, "keys deleted behind barista's back are gone from the follower");
+    assert_eq!(
+        gone, 0,
+        "keys deleted behind barista's back are gone from the follower"
+    );
 
     // On demand, with the CLI, while the application writes: the same path, and the
     // checksums agree afterwards (a change after the snapshot carries the leader's sum).
     let out = std::process::Command::new(barista_tests::process::binary("producer"))
-        .args(["snapshot", "--leader", &leader.display().to_string(), "--table", "t"])
+        .args([
+            "snapshot",
+            "--leader",
+            &leader.display().to_string(),
+            "--table",
+            "t",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let app = Connection::open(&leader).unwrap();
     for i in 0..50 {
         app.execute("UPDATE t SET v = v || '!' WHERE id = ?1", [i * 40 + 1])
@@ -282,11 +309,14 @@ async fn a_repair_snapshot_after_writes_behind_baristas_back_deletes_the_keys_th
         same_table(&l, &r, "t")
     })
     .await;
-    app.execute("UPDATE t SET v = 'last' WHERE id = 1", []).unwrap();
+    app.execute("UPDATE t SET v = 'last' WHERE id = 1", [])
+        .unwrap();
     let (l, r) = (leader.clone(), replica.clone());
     wait_until(Duration::from_secs(60), move || {
         let (lp, rp) = (leader_position(&l), replica_position(&r));
-        (rp >= lp).then_some(()).ok_or(format!("replica at {rp}, leader at {lp}"))
+        (rp >= lp)
+            .then_some(())
+            .ok_or(format!("replica at {rp}, leader at {lp}"))
     })
     .await;
     let status: serde_json::Value = reqwest::get(format!("http://{addr}/status"))
@@ -314,7 +344,9 @@ async fn a_table_still_in_its_initial_snapshot_answers_snapshotting_not_a_partia
         ..
     } = Setup::new_with(3, "snap503").await;
     // A table created while the producer runs: the mock cluster cannot create its topic.
-    cluster.create_topic(&format!("{prefix}.big"), 3, 1).unwrap();
+    cluster
+        .create_topic(&format!("{prefix}.big"), 3, 1)
+        .unwrap();
     let mut args = producer_args(&leader, &brokers, registry.url(), &prefix);
     args.extend(["--snapshot-chunk-rows".into(), "100".into()]);
     let mut producer = Proc::start("producer", args, &dir.path().join("producer.log"));
@@ -349,7 +381,10 @@ async fn a_table_still_in_its_initial_snapshot_answers_snapshotting_not_a_partia
     let (mut refused, mut status_seen) = (0, false);
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
-        assert!(std::time::Instant::now() < deadline, "the snapshot never ended");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the snapshot never ended"
+        );
         let before = snapshotting_on_follower(&replica);
         let resp = http
             .get(format!("http://{addr}/tables/big/rows?limit=5"))
@@ -377,7 +412,10 @@ async fn a_table_still_in_its_initial_snapshot_answers_snapshotting_not_a_partia
             }
             // Served: the snapshot had ended on the follower (it cannot start again).
             200 => {
-                assert!(before.is_none() && after.is_none(), "a partial table was served: {body}");
+                assert!(
+                    before.is_none() && after.is_none(),
+                    "a partial table was served: {body}"
+                );
                 if refused > 0 {
                     break;
                 }
@@ -388,9 +426,15 @@ async fn a_table_still_in_its_initial_snapshot_answers_snapshotting_not_a_partia
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(refused > 0 && status_seen, "refused {refused} reads, status seen: {status_seen}");
+    assert!(
+        refused > 0 && status_seen,
+        "refused {refused} reads, status seen: {status_seen}"
+    );
     let l = leader.clone();
-    wait_until(Duration::from_secs(60), move || same_table(&l, &replica, "big")).await;
+    wait_until(Duration::from_secs(60), move || {
+        same_table(&l, &replica, "big")
+    })
+    .await;
     follower.stop().await.unwrap();
     assert!(producer.terminate(Duration::from_secs(30)).success());
     registry.shutdown().await.unwrap();

@@ -331,7 +331,9 @@ impl Replica {
     fn commit(&mut self, written: rusqlite::Result<()>, batch: &Batch) -> rusqlite::Result<()> {
         let position = batch.position.map_or(Position::ZERO, |p| p.0);
         let r = written
-            .and_then(|()| snapshots::finish(&self.conn, &mut self.sums, &batch.snapshots, position))
+            .and_then(|()| {
+                snapshots::finish(&self.conn, &mut self.sums, &batch.snapshots, position)
+            })
             .and_then(|()| write_progress(&self.conn, batch))
             .and_then(|()| self.sums.settle(&self.conn, &batch.checksums, position))
             .and_then(|d| self.conn.execute_batch("COMMIT").map(|()| d));

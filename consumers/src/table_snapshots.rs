@@ -135,13 +135,11 @@ pub fn take_in(
                     .optional()?;
                 if s.is_none() && c.op == Op::Read {
                     start(conn, table, 0, c.source.position)?;
-                    s = Some(
-                        conn.query_row(
-                            "SELECT repair FROM _barista_replica_snapshots WHERE tbl = ?1",
-                            [table],
-                            |r| r.get(0),
-                        )?,
-                    );
+                    s = Some(conn.query_row(
+                        "SELECT repair FROM _barista_replica_snapshots WHERE tbl = ?1",
+                        [table],
+                        |r| r.get(0),
+                    )?);
                 }
                 state.insert(table.clone(), s);
                 s
@@ -163,8 +161,10 @@ pub fn take_in(
         }
     }
     for (table, n) in copied {
-        conn.prepare_cached("UPDATE _barista_replica_snapshots SET rows = rows + ?2 WHERE tbl = ?1")?
-            .execute(params![table, n])?;
+        conn.prepare_cached(
+            "UPDATE _barista_replica_snapshots SET rows = rows + ?2 WHERE tbl = ?1",
+        )?
+        .execute(params![table, n])?;
     }
     Ok(())
 }
@@ -257,7 +257,11 @@ fn delete_untouched(
         .enumerate()
         .map(|(i, c)| format!("{c} IS ?{}", i + 1))
         .collect();
-    let delete = format!("DELETE FROM {} WHERE {}", quote(table), where_.join(" AND "));
+    let delete = format!(
+        "DELETE FROM {} WHERE {}",
+        quote(table),
+        where_.join(" AND ")
+    );
     let mut reads = Reads::default();
     for key in &untouched {
         let refs: Vec<&SqlValue> = key.iter().collect();

@@ -14,7 +14,9 @@ use barista_schemas::{Op, Position, SqlValue, TableSchemas, TableShape};
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
 use crate::ack::TopicPartition;
-use crate::triggers::{self, OP_DELETE, OP_DROP, OP_INSERT, OP_SNAPSHOT_END, OP_SNAPSHOT_START, OP_UPDATE};
+use crate::triggers::{
+    self, OP_DELETE, OP_DROP, OP_INSERT, OP_SNAPSHOT_END, OP_SNAPSHOT_START, OP_UPDATE,
+};
 
 mod adopt;
 mod drift;

@@ -140,7 +140,10 @@ impl Args {
             return Err("--snapshot-chunk-rows must be at least 1".into());
         }
         c.snapshot.chunk_rows = self.snapshot_chunk_rows;
-        c.snapshot.max_unacked = c.snapshot.max_unacked.max(4 * self.snapshot_chunk_rows as i64);
+        c.snapshot.max_unacked = c
+            .snapshot
+            .max_unacked
+            .max(4 * self.snapshot_chunk_rows as i64);
         c.create_leader = self.create_leader;
         c.http_listen = Some(self.http_listen);
         c.ready_grace = Duration::from_millis(self.ready_grace_ms);
@@ -229,17 +232,26 @@ fn snapshot(args: SnapshotArgs) -> ExitCode {
         .prepare("SELECT name FROM _barista_tables")
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect());
     let Ok(captured) = captured else {
-        eprintln!("producer snapshot: {file} is not a leader barista captured (no _barista_tables)");
+        eprintln!(
+            "producer snapshot: {file} is not a leader barista captured (no _barista_tables)"
+        );
         return ExitCode::from(2);
     };
-    let unknown: Vec<&String> = args.tables.iter().filter(|t| !captured.contains(t)).collect();
+    let unknown: Vec<&String> = args
+        .tables
+        .iter()
+        .filter(|t| !captured.contains(t))
+        .collect();
     if !unknown.is_empty() {
         eprintln!("producer snapshot: not captured: {unknown:?} (captured: {captured:?})");
         return ExitCode::from(2);
     }
     match barista_producer::snapshot::request(&conn, &args.tables) {
         Ok(id) => {
-            println!("snapshot of {} requested (signal {id}); the producer's /status shows its progress", args.tables.join(", "));
+            println!(
+                "snapshot of {} requested (signal {id}); the producer's /status shows its progress",
+                args.tables.join(", ")
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -62,7 +62,7 @@ pub struct Progress {
 
 /// Starts (or restarts from the beginning) a snapshot of captured table `tbl` inside the
 /// caller's write transaction: a start marker, and its progress row. Returns its id.
-pub(crate) fn begin(conn: &Connection, tbl: i64) -> rusqlite::Result<i64> {
+pub fn begin(conn: &Connection, tbl: i64) -> rusqlite::Result<i64> {
     conn.execute(
         "INSERT INTO _barista_changelog(tbl, op) VALUES (?1, ?2)",
         params![tbl, OP_SNAPSHOT_START],
@@ -132,7 +132,11 @@ pub fn running(conn: &Connection) -> rusqlite::Result<Vec<Progress>> {
 /// Whether table `tbl`'s content as of `position` is not known from the changelog alone: a
 /// snapshot of it is in progress now, or one starts or ends after `position` (the tail will
 /// read that marker again).
-pub(crate) fn unsettled_after(conn: &Connection, tbl: i64, position: i64) -> rusqlite::Result<bool> {
+pub(crate) fn unsettled_after(
+    conn: &Connection,
+    tbl: i64,
+    position: i64,
+) -> rusqlite::Result<bool> {
     conn.query_row(
         "SELECT EXISTS(SELECT 1 FROM _barista_snapshots WHERE tbl = ?1) \
              OR EXISTS(SELECT 1 FROM _barista_changelog WHERE tbl = ?1 AND position > ?2 AND op IN (?3, ?4))",
@@ -152,14 +156,17 @@ pub(crate) fn marks_between(
         "SELECT c.position, c.op, c.a0, t.name FROM _barista_changelog c          JOIN _barista_tables t ON t.id = c.tbl          WHERE c.position > ?1 AND c.position <= ?2 AND c.op IN (?3, ?4) ORDER BY c.position",
     )?;
     let marks = stmt
-        .query_map(params![after, upto, OP_SNAPSHOT_START, OP_SNAPSHOT_END], |r| {
-            Ok(barista_schemas::TableSnapshot {
-                position: barista_schemas::Position(r.get(0)?),
-                done: r.get::<_, i64>(1)? == OP_SNAPSHOT_END,
-                id: r.get(2)?,
-                table: r.get(3)?,
-            })
-        })?
+        .query_map(
+            params![after, upto, OP_SNAPSHOT_START, OP_SNAPSHOT_END],
+            |r| {
+                Ok(barista_schemas::TableSnapshot {
+                    position: barista_schemas::Position(r.get(0)?),
+                    done: r.get::<_, i64>(1)? == OP_SNAPSHOT_END,
+                    id: r.get(2)?,
+                    table: r.get(3)?,
+                })
+            },
+        )?
         .collect();
     marks
 }
@@ -194,16 +201,16 @@ fn signal_tables(data: &str) -> Vec<String> {
 /// the tables whose snapshot started. A cheap read first: no write lock when there is none.
 pub(crate) fn take_signals(conn: &mut Connection) -> Result<Vec<String>, CaptureError> {
     let pending: bool = conn
-        .prepare_cached(
-            "SELECT EXISTS(SELECT 1 FROM _barista_signals WHERE processed_ms IS NULL)",
-        )?
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM _barista_signals WHERE processed_ms IS NULL)")?
         .query_row([], |r| r.get(0))?;
     if !pending {
         return Ok(Vec::new());
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let signals: Vec<(i64, String, String)> = tx
-        .prepare("SELECT id, type, data FROM _barista_signals WHERE processed_ms IS NULL ORDER BY id")?
+        .prepare(
+            "SELECT id, type, data FROM _barista_signals WHERE processed_ms IS NULL ORDER BY id",
+        )?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
     let mut started = Vec::new();
@@ -216,9 +223,11 @@ pub(crate) fn take_signals(conn: &mut Connection) -> Result<Vec<String>, Capture
             let mut said = Vec::new();
             for name in signal_tables(&data) {
                 let tbl: Option<i64> = tx
-                    .query_row("SELECT id FROM _barista_tables WHERE name = ?1", [&name], |r| {
-                        r.get(0)
-                    })
+                    .query_row(
+                        "SELECT id FROM _barista_tables WHERE name = ?1",
+                        [&name],
+                        |r| r.get(0),
+                    )
                     .optional()?;
                 match tbl {
                     Some(tbl) if crate::capture::still_captured(&tx, tbl, &name)? => {
@@ -274,7 +283,7 @@ pub struct Step {
 /// its last key, in key order, in ONE short write transaction that also records progress; a
 /// chunk shorter than `chunk_rows` is the last one and writes the end marker. `None`: no
 /// snapshot in progress.
-pub(crate) fn step(conn: &mut Connection, chunk_rows: usize) -> Result<Option<Step>, CaptureError> {
+pub fn step(conn: &mut Connection, chunk_rows: usize) -> Result<Option<Step>, CaptureError> {
     let chunk_rows = chunk_rows.max(1);
     let next: Option<(i64, i64, Option<i64>, String)> = conn
         .prepare_cached(
@@ -351,7 +360,11 @@ pub(crate) fn step(conn: &mut Connection, chunk_rows: usize) -> Result<Option<St
                 pk_slots.join(", ")
             ),
             [at],
-            |r| (0..pk.len()).map(|i| r.get_ref(i).map(SqlValue::from)).collect(),
+            |r| {
+                (0..pk.len())
+                    .map(|i| r.get_ref(i).map(SqlValue::from))
+                    .collect()
+            },
         )?;
         tx.execute("DELETE FROM _barista_snapshot_keys WHERE tbl = ?1", [tbl])?;
         let mut put = tx.prepare_cached(

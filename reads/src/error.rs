@@ -20,7 +20,9 @@ pub enum ReadError {
     Unavailable(String),
     /// A follower's table whose snapshot has not ended: it holds only part of the leader's
     /// table (or a part not yet repaired). Retry later, another follower, or the leader.
-    #[error("table {table:?} is being snapshotted: {rows} rows copied so far, since position {since}")]
+    #[error(
+        "table {table:?} is being snapshotted: {rows} rows copied so far, since position {since}"
+    )]
     Snapshotting {
         /// The table.
         table: String,

@@ -163,8 +163,12 @@ impl Capture {
             triggers::replace(&tx, id, &name, &columns)?;
             // A small table's rows right here; a larger one's follow in chunks.
             match crate::snapshot::first(&tx, id, &name, &columns)? {
-                Some(rows) => tracing::info!(table = %name, rows, "new table captured: snapshot taken"),
-                None => tracing::info!(table = %name, "new table captured: incremental snapshot started"),
+                Some(rows) => {
+                    tracing::info!(table = %name, rows, "new table captured: snapshot taken")
+                }
+                None => {
+                    tracing::info!(table = %name, "new table captured: incremental snapshot started")
+                }
             }
             added.push(CapturedTable {
                 id,

@@ -133,7 +133,10 @@ fn concurrent_updates_and_deletes_in_the_chunk_being_read_leave_replicas_equal_o
         w.join().unwrap();
         follow(&mut cap, &mut replica, at, 1);
         assert!(super::running(cap.conn()).unwrap().is_empty());
-        assert!(writes.load(Ordering::Relaxed) > 20, "seed {seed}: the writer barely ran");
+        assert!(
+            writes.load(Ordering::Relaxed) > 20,
+            "seed {seed}: the writer barely ran"
+        );
         assert!(chunks > 10, "seed {seed}: {chunks} chunks");
         assert_eq!(replica, leader_rows(&app, "t", 1), "seed {seed}");
     }
