@@ -99,6 +99,10 @@ struct Args {
     /// narrow rows).
     #[arg(long, env = "BARISTA_SNAPSHOT_CHUNK_ROWS", default_value_t = barista_producer::snapshot::DEFAULT_CHUNK_ROWS)]
     snapshot_chunk_rows: usize,
+    /// After each snapshot chunk, pause this many times as long as it held the leader's write
+    /// lock (at least 1 ms): higher is gentler on the application's writes, and slower.
+    #[arg(long, env = "BARISTA_SNAPSHOT_PAUSE_FACTOR", default_value_t = barista_producer::snapshot::DEFAULT_PAUSE_FACTOR)]
+    snapshot_pause_factor: u32,
     /// Address for /metrics (Prometheus), /status (JSON) and /ready. Use 0.0.0.0:8089 in a
     /// container; port 0 picks a free port (the log line "producer HTTP listening" names it).
     #[arg(long, env = "BARISTA_HTTP_LISTEN", default_value = "127.0.0.1:8089")]
@@ -140,6 +144,7 @@ impl Args {
             return Err("--snapshot-chunk-rows must be at least 1".into());
         }
         c.snapshot.chunk_rows = self.snapshot_chunk_rows;
+        c.snapshot.pause_factor = self.snapshot_pause_factor;
         c.snapshot.max_unacked = c
             .snapshot
             .max_unacked

@@ -34,7 +34,7 @@ mod driver;
 #[cfg(test)]
 mod tests;
 
-pub use driver::{Board, Driver, Pacing};
+pub use driver::{Board, Driver, Pacing, DEFAULT_PAUSE_FACTOR};
 
 /// The bookkeeping tables (see `sql/snapshots.sql`).
 pub(crate) const SQL: &str = include_str!("sql/snapshots.sql");

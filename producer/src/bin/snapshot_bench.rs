@@ -38,6 +38,9 @@ struct Args {
     /// Rows per incremental snapshot chunk.
     #[arg(long, default_value_t = barista_producer::snapshot::DEFAULT_CHUNK_ROWS)]
     chunk_rows: usize,
+    /// Pause after each chunk, as a multiple of the time it held the write lock.
+    #[arg(long, default_value_t = barista_producer::snapshot::DEFAULT_PAUSE_FACTOR)]
+    pause_factor: u32,
     /// How long the baseline (no snapshot) writes, in seconds.
     #[arg(long, default_value_t = 5)]
     baseline_seconds: u64,
@@ -148,8 +151,8 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&scratch.0)?;
     let path = scratch.0.join("leader.db");
     println!(
-        "snapshot-bench: {} rows, application {} single-row commits/s, chunk {} rows",
-        args.rows, args.rate, args.chunk_rows
+        "snapshot-bench: {} rows, application {} single-row commits/s, chunk {} rows, pause {}x the lock",
+        args.rows, args.rate, args.chunk_rows, args.pause_factor
     );
 
     leader(&path, args.rows).context("building the leader")?;
@@ -170,7 +173,7 @@ fn main() -> anyhow::Result<()> {
     })?;
 
     leader(&path, args.rows)?;
-    let chunk_rows = args.chunk_rows;
+    let (chunk_rows, pause_factor) = (args.chunk_rows, args.pause_factor);
     let mut held = Vec::new();
     let (mut incremental, incremental_took) = during(&path, &args, |conn| {
         conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -182,7 +185,7 @@ fn main() -> anyhow::Result<()> {
                 break;
             }
             // The producer's pacing (see snapshot::driver).
-            std::thread::sleep(step.held.max(Duration::from_millis(1)));
+            std::thread::sleep((step.held * pause_factor).max(Duration::from_millis(1)));
         }
         Ok(())
     })?;

@@ -23,6 +23,9 @@ pub struct Pacing {
     /// No chunk while more than this many changelog positions wait for Kafka: a snapshot
     /// never fills the changelog faster than the broker takes it.
     pub max_unacked: i64,
+    /// After each chunk, pause this many times as long as the chunk held the write lock (at
+    /// least 1 ms): the lock is the snapshot's at most 1/(1+factor) of the time.
+    pub pause_factor: u32,
 }
 
 impl Default for Pacing {
@@ -30,6 +33,7 @@ impl Default for Pacing {
         Pacing {
             chunk_rows: DEFAULT_CHUNK_ROWS,
             max_unacked: 20 * DEFAULT_CHUNK_ROWS as i64,
+            pause_factor: DEFAULT_PAUSE_FACTOR,
         }
     }
 }
@@ -42,6 +46,9 @@ pub struct Driver {
     /// No chunk before this instant.
     resume_at: Option<Instant>,
 }
+
+/// See [`Pacing::pause_factor`]: measured with `snapshot-bench` (README, Snapshots).
+pub const DEFAULT_PAUSE_FACTOR: u32 = 4;
 
 /// With no snapshot to run: how often to look for a signal or a new one.
 const IDLE_LOOK: Duration = Duration::from_millis(20);
@@ -84,9 +91,9 @@ impl Tail {
             self.snapshots.resume_at = Some(now + IDLE_LOOK);
             return Ok(false);
         };
-        // At most half the time under the write lock: a writer that waited for this chunk
-        // gets the lock before the next one.
-        self.snapshots.resume_at = Some(Instant::now() + step.held.max(Duration::from_millis(1)));
+        // A writer that waited for this chunk gets the lock before the next one.
+        let pause = (step.held * pacing.pause_factor).max(Duration::from_millis(1));
+        self.snapshots.resume_at = Some(Instant::now() + pause);
         self.ops.snapshots.progress(&step.progress);
         Ok(true)
     }
