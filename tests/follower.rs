@@ -571,7 +571,7 @@ async fn a_large_commit_group_is_streamed_and_never_half_visible() {
     let dir = tempfile::tempdir().unwrap();
     let leader = dir.path().join("leader.db");
     {
-        let mut c = rusqlite::Connection::open(&leader).unwrap();
+        let c = rusqlite::Connection::open(&leader).unwrap();
         c.pragma_update(None, "journal_mode", "WAL").unwrap();
         c.execute_batch(
             "CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT NOT NULL, coffee TEXT)",
