@@ -95,7 +95,7 @@ struct Args {
     #[arg(long, env = "BARISTA_REPAIR_TRIGGERS")]
     repair_triggers: bool,
     /// Rows per snapshot chunk: each chunk is one short leader write transaction, so this
-    /// bounds how long an application's write may wait for a snapshot (about 2 ms per 1000
+    /// bounds how long an application's write may wait for a snapshot (about 1 ms per 1000
     /// narrow rows).
     #[arg(long, env = "BARISTA_SNAPSHOT_CHUNK_ROWS", default_value_t = barista_producer::snapshot::DEFAULT_CHUNK_ROWS)]
     snapshot_chunk_rows: usize,

@@ -39,8 +39,8 @@ pub use driver::{Board, Driver, Pacing, DEFAULT_PAUSE_FACTOR};
 /// The bookkeeping tables (see `sql/snapshots.sql`).
 pub(crate) const SQL: &str = include_str!("sql/snapshots.sql");
 
-/// Default rows per chunk: about 2 ms of the write lock on a laptop for a narrow table (see
-/// the capture bench), well under the 10 ms a writer may wait.
+/// Default rows per chunk: about 1 ms of the write lock for a narrow table (`snapshot-bench`),
+/// well under the 10 ms a writer may wait.
 pub const DEFAULT_CHUNK_ROWS: usize = 1000;
 
 /// One snapshot's progress, for `/status` and metrics.
@@ -304,9 +304,23 @@ pub fn step(conn: &mut Connection, chunk_rows: usize) -> Result<Option<Step>, Ca
             })
             .ok(),
     };
+    // The table's shape is read before the lock, and trusted inside it only if no DDL
+    // committed in between (`PRAGMA schema_version`): the lock is held for the copy alone.
+    let version = |c: &Connection| -> rusqlite::Result<i64> {
+        c.query_row("PRAGMA schema_version", [], |r| r.get(0))
+    };
+    let early = (
+        version(conn)?,
+        crate::capture::still_captured(conn, tbl, &name)?,
+        TableShape::read(conn, &name).ok(),
+    );
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let locked = Instant::now();
-    if !crate::capture::still_captured(&tx, tbl, &name)? {
+    let (captured, shape) = match early {
+        (v, captured, Some(shape)) if v == version(&tx)? => (captured, Some(shape)),
+        _ => (crate::capture::still_captured(&tx, tbl, &name)?, None),
+    };
+    if !captured {
         // Dropped or rebuilt: capture handles that as a drop; this snapshot has nothing left.
         tx.execute("DELETE FROM _barista_snapshots WHERE tbl = ?1", [tbl])?;
         tx.execute("DELETE FROM _barista_snapshot_keys WHERE tbl = ?1", [tbl])?;
@@ -324,7 +338,10 @@ pub fn step(conn: &mut Connection, chunk_rows: usize) -> Result<Option<Step>, Ca
             held: locked.elapsed(),
         }));
     }
-    let shape = TableShape::read(&tx, &name)?;
+    let shape = match shape {
+        Some(shape) => shape,
+        None => TableShape::read(&tx, &name)?,
+    };
     let pk = shape.pk_indexes();
     let cols: Vec<String> = shape.columns.iter().map(|c| quote(&c.name)).collect();
     let slots: Vec<String> = (0..cols.len()).map(|i| format!("a{i}")).collect();
