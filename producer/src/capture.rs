@@ -45,8 +45,8 @@ pub enum CaptureError {
          the table now has {now:?}. Values written to the changed columns since then were not captured. \
          Run schema changes through `producer migrate`. To resume, check that the new schema is compatible \
          (`barista-schemas check --leader …`), then restart the producer with --repair-triggers: it re-creates \
-         the triggers and re-publishes the table's rows as a snapshot (op = r) in the same transaction, so the \
-         values written meanwhile still reach Kafka"
+         the triggers and re-publishes the table's rows as an incremental snapshot (op = r), so the values \
+         written meanwhile still reach Kafka and followers delete the keys the leader lost"
     )]
     Drift {
         /// The table.
@@ -62,7 +62,7 @@ pub enum CaptureError {
     #[error(
         "the capture triggers of table {table:?} are missing (was it dropped, or rebuilt with \
          CREATE/INSERT/DROP/RENAME?). Changes to it since then were not captured. Restart the producer \
-         with --repair-triggers to re-create them and re-publish the table's rows as a snapshot (op = r)"
+         with --repair-triggers to re-create them and re-publish the table's rows as an incremental snapshot (op = r)"
     )]
     TriggersMissing {
         /// The table.

@@ -186,9 +186,10 @@ customers: MISMATCH leader-file=… stored=… position=…   a row changed with
 customers: not verified (why)                          e.g. no stored checksum yet\n\n\
 Safe while the producer runs: it only reads. A MISMATCH means the leader's rows are not what was\n\
 published (a write made with the triggers dropped, a restored file): followers hold other rows.\n\
-To re-publish the table: stop the producer, drop its three _barista_<id>_* triggers, start it\n\
-with --repair-triggers; it re-creates them and publishes the table's rows again as a snapshot\n\
-(op = r). Rows the leader lost that way stay on followers: check the writer first.\n\n\
+To re-publish the table while the producer runs: `producer snapshot --table T` (or stop it, drop\n\
+its three _barista_<id>_* triggers and start it with --repair-triggers). Its rows are published\n\
+again as an incremental snapshot (op = r); when it ends, followers also delete the rows the\n\
+leader lost. Check the writer first.\n\n\
 Exit status: 0 no mismatch, 1 a mismatch (or the file could not be read), 2 bad usage (no such\n\
 file, or not a leader barista captured).")]
     Verify(VerifyArgs),
