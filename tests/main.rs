@@ -16,4 +16,5 @@ mod pipeline;
 mod producer_ops;
 mod reads;
 mod seed;
+mod snapshots;
 mod topology;

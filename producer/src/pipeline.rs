@@ -194,6 +194,7 @@ async fn publish_installed(
         ops: ops.clone(),
         checksums: config.checksums,
         sums: None,
+        snapshots: crate::snapshot::Driver::new(config.snapshot),
     };
     let capture_thread = tail.spawn()?;
 

@@ -46,6 +46,7 @@ fn rig(chunk: usize, heartbeat: Duration) -> Rig {
             ))),
             checksums: true,
             sums: None,
+            snapshots: crate::snapshot::Driver::default(),
         },
         seen: Seen {
             data_version: i64::MIN,
