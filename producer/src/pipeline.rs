@@ -107,6 +107,7 @@ async fn publish(
     let acked = Acked {
         position: capture.acked()?,
         partitions: capture.acked_partitions()?,
+        open: capture.open_group()?,
     };
     ops.metrics.acked_position.set(acked.position.0);
     // Everything acknowledged was published, by this run or an earlier one.
@@ -176,7 +177,7 @@ async fn publish_installed(
         claim_topic(&mut outs, t, topic, partitions, ops);
     }
     ops.started();
-    tracing::info!(acked = %acked.position, backlog = capture.backlog()?, "producer starting");
+    tracing::info!(acked = %acked.position, group = ?acked.open.as_ref().map(|g| (g.first, g.last)), backlog = capture.backlog()?, "producer starting");
 
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<CaptureMsg>(4);
     let (ctl_tx, ctl_rx) = std_mpsc::channel::<Control>();
@@ -187,6 +188,7 @@ async fn publish_installed(
         ctl: ctl_rx,
         stop: stop.clone(),
         next_from: acked.position,
+        open: acked.open.clone(),
         poll: config.poll_interval,
         heartbeat: config.heartbeat_interval,
         chunk: config.chunk_size,
@@ -195,6 +197,7 @@ async fn publish_installed(
         checksums: config.checksums,
         sums: None,
     };
+    let acked_open = tail.open.clone();
     let capture_thread = tail.spawn()?;
 
     let mut publisher = Publisher {
@@ -216,6 +219,7 @@ async fn publish_installed(
         backoff: Backoff::new(),
         published: 0,
         begun: None,
+        resumed: None,
         drops: Vec::new(),
         partition_counts: kafka.watch_partition_counts(PARTITION_COUNTS_EVERY)?,
         topics: NewTopics {
@@ -225,6 +229,7 @@ async fn publish_installed(
         },
         ops: ops.clone(),
     };
+    publisher.resume(acked_open.as_ref());
     let acks = publisher.acks.clone();
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel::<AckerStop>();
     let (mut pending_tx, mut acker) = publisher.spawn_acker(stop_tx.clone());

@@ -1,7 +1,9 @@
 //! Tail, the stage between capture and encode: the capture thread. It owns the leader
 //! connection (rusqlite is synchronous: one owner per connection, on its own thread so it
 //! never blocks a runtime worker), polls `PRAGMA data_version`, and hands each new commit group
-//! `(last read, head]` to the publisher in chunks, or a heartbeat when the leader is idle.
+//! `(last read, head]` to the publisher in chunks, or a heartbeat when the leader is idle. A
+//! group acknowledged in part (see [`crate::ack`]) is taken up after its last acknowledged
+//! chunk, ending where it ended before.
 //!
 //! Reads: the changelog (through [`Capture`]) and [`Control`] messages from the publisher and
 //! the acker. Writes: [`CaptureMsg`]s to the publisher; pruning of the changelog.
@@ -14,7 +16,7 @@ use anyhow::Context as _;
 use barista_schemas::Position;
 use tokio::sync::mpsc;
 
-use crate::ack::Acked;
+use crate::ack::{Acked, OpenGroup};
 use crate::capture::{Capture, CapturedTable, ChangeRow};
 use crate::checksums::Checksums;
 use crate::ops::Ops;
@@ -43,6 +45,9 @@ pub(crate) enum CaptureMsg {
         first: Position,
         /// The group's last position: the leader head when it was read.
         last: Position,
+        /// The last position this chunk scanned (`last` on the group's last chunk): once its
+        /// records are acknowledged, everything up to here is in Kafka.
+        upto: Position,
         /// The leader clock just before the group was found.
         ts_ms: i64,
         /// The changes, in position order.
@@ -78,6 +83,8 @@ pub(crate) enum Control {
         gen: u64,
         /// Resend every change after this position.
         from: Position,
+        /// The group `from` lies inside: the rest of it is sent as the same group.
+        open: Option<OpenGroup>,
     },
     /// Everything acknowledged there is in Kafka: record it and prune the changelog.
     Prune(Acked),
@@ -103,6 +110,9 @@ pub(crate) struct Tail {
     pub stop: Arc<AtomicBool>,
     /// Everything up to here was handed over (or acknowledged, at start).
     pub next_from: Position,
+    /// The group `next_from` lies inside, to finish before anything else (at start, or
+    /// after a rewind).
+    pub open: Option<OpenGroup>,
     /// Pause between polls.
     pub poll: Duration,
     /// Idle time after which a heartbeat is sent.
@@ -149,36 +159,47 @@ impl Tail {
         Ok(())
     }
 
-    /// Loads the table checksums as of `next_from` (the acknowledged position) when asked to
-    /// keep them and not loaded yet.
+    /// Loads the table checksums when asked to keep them and not loaded yet: as of the prune
+    /// point, where they were stored (the acknowledged position, or the start of the group
+    /// it lies inside; [`Tail::take_up`] brings them on to the acknowledged position).
     pub(crate) fn load_sums(&mut self) -> anyhow::Result<()> {
         if self.checksums && self.sums.is_none() {
             self.sums = Some(
-                Checksums::load(&self.capture, self.next_from)
+                Checksums::load(&self.capture, self.prune_point())
                     .context("loading the table checksums")?,
             );
         }
         Ok(())
     }
 
+    /// Where the changelog was pruned to: `next_from`, or just before the open group.
+    fn prune_point(&self) -> Position {
+        match &self.open {
+            Some(g) => Position(g.first.0 - 1).min(self.next_from),
+            None => self.next_from,
+        }
+    }
+
     /// One poll: apply controls, then hand over new commits, or a heartbeat when due.
     fn poll_once(&mut self, seen: &mut Seen) -> anyhow::Result<Flow> {
         while let Ok(c) = self.ctl.try_recv() {
             match c {
-                Control::Rewind { gen, from } => {
+                Control::Rewind { gen, from, open } => {
                     self.gen = gen;
                     self.next_from = from;
+                    self.open = open;
                     seen.data_version = i64::MIN;
+                    let base = self.prune_point();
                     if let Some(sums) = &mut self.sums {
-                        sums.rewind(from);
+                        sums.rewind(base);
                     }
                 }
                 Control::Prune(acked) => {
-                    let sums = self.sums.as_mut().map(|s| s.acknowledged(acked.position));
-                    match self
-                        .capture
-                        .prune(acked.position, &acked.partitions, sums.as_deref())
-                    {
+                    let sums = self
+                        .sums
+                        .as_mut()
+                        .map(|s| s.acknowledged(acked.prune_point()));
+                    match self.capture.prune(&acked, sums.as_deref()) {
                         Ok(n) => {
                             tracing::debug!(acked = %acked.position, pruned = n, "changelog pruned")
                         }
@@ -191,6 +212,12 @@ impl Tail {
         }
         if self.stop.load(Ordering::SeqCst) {
             return Ok(Flow::Stop);
+        }
+        if let Some(open) = self.open.take() {
+            if self.take_up(open)? == Flow::Stop {
+                return Ok(Flow::Stop);
+            }
+            seen.sent_at = Instant::now();
         }
         // The leader time is taken BEFORE looking for new commits: everything
         // committed before `now` is then at or below the head read next, so
@@ -227,7 +254,7 @@ impl Tail {
         };
         seen.data_version = dv;
         if head > self.next_from {
-            if self.send_group(head, now)? == Flow::Stop {
+            if self.send_group(self.next_from.next(), head, now)? == Flow::Stop {
                 return Ok(Flow::Stop);
             }
             self.next_from = head;
@@ -246,13 +273,38 @@ impl Tail {
         Ok(Flow::Continue)
     }
 
-    /// Hands over the group `(next_from, head]` in chunks of at most `chunk` rows.
-    fn send_group(&mut self, head: Position, ts_ms: i64) -> anyhow::Result<Flow> {
-        let first = Position(self.next_from.0 + 1);
+    /// Finishes `open`, a group acknowledged up to `next_from`: the table checksums are
+    /// brought from the group's start to there (from the changelog rows the prune point
+    /// kept), then the rest is handed over as the same group (same first and last position,
+    /// same leader time) and `next_from` moves to its end.
+    fn take_up(&mut self, open: OpenGroup) -> anyhow::Result<Flow> {
+        tracing::info!(first = %open.first, last = %open.last, acked = %self.next_from, "taking up the commit group after its last acknowledged chunk");
+        if let Some(sums) = &mut self.sums {
+            let mut at = Position(open.first.0 - 1);
+            while at < self.next_from {
+                let (rows, scanned) = self
+                    .capture
+                    .read(at, self.next_from, self.chunk)
+                    .context("reading the changelog")?;
+                let marks = self.capture.take_marks();
+                sums.apply(&self.capture, &rows, &marks)
+                    .context("keeping the table checksums")?;
+                at = scanned.unwrap_or(self.next_from);
+            }
+        }
+        let flow = self.send_group(open.first, open.last, open.ts_ms)?;
+        self.next_from = self.next_from.max(open.last);
+        Ok(flow)
+    }
+
+    /// Hands over the group `(first - 1, head]` from `next_from` on (the group's start, or
+    /// its last acknowledged chunk) in chunks of at most `chunk` rows; the first chunk
+    /// carries the whole group's drops.
+    fn send_group(&mut self, first: Position, head: Position, ts_ms: i64) -> anyhow::Result<Flow> {
         let mut from = self.next_from;
         let mut drops = self
             .capture
-            .drops_between(self.next_from, head)
+            .drops_between(Position(first.0 - 1), head)
             .context("reading the changelog")?;
         loop {
             let (rows, scanned) = self
@@ -274,6 +326,7 @@ impl Tail {
                 gen: self.gen,
                 first,
                 last: head,
+                upto: from,
                 ts_ms,
                 rows,
                 drops: std::mem::take(&mut drops),

@@ -37,6 +37,7 @@ fn rig(chunk: usize, heartbeat: Duration) -> Rig {
             ctl: ctl_rx,
             stop: Arc::new(AtomicBool::new(false)),
             next_from: Position(0),
+            open: None,
             poll: Duration::from_millis(1),
             heartbeat,
             chunk,
@@ -165,6 +166,7 @@ fn a_rewind_resends_after_its_position_in_the_new_generation() {
         .send(Control::Rewind {
             gen: 1,
             from: Position(2),
+            open: None,
         })
         .unwrap();
     r.poll();
@@ -181,6 +183,7 @@ fn a_prune_records_the_acknowledgement_and_deletes_the_shipped_rows() {
         .send(Control::Prune(Acked {
             position: Position(5),
             partitions: partitions.clone(),
+            open: None,
         }))
         .unwrap();
     r.poll();
@@ -191,6 +194,147 @@ fn a_prune_records_the_acknowledgement_and_deletes_the_shipped_rows() {
         1,
         "the newest row is kept"
     );
+}
+
+/// The group `(first ..= last)` acknowledged in part, at leader time 77.
+fn open(first: i64, last: i64) -> OpenGroup {
+    OpenGroup {
+        first: Position(first),
+        last: Position(last),
+        ts_ms: 77,
+        tails: vec![("t".into(), 0, Position(2), 2)],
+    }
+}
+
+/// The checksums on the last chunk handed over.
+fn last_sums(rx: &mut mpsc::Receiver<CaptureMsg>) -> Vec<TableChecksum> {
+    let mut sums = None;
+    while let Ok(msg) = rx.try_recv() {
+        if let CaptureMsg::Chunk {
+            done: true,
+            checksums,
+            ..
+        } = msg
+        {
+            sums = Some(checksums);
+        }
+    }
+    sums.expect("a last chunk")
+}
+
+#[test]
+fn a_rewind_mid_group_sends_the_rest_as_the_same_group_with_the_same_checksums() {
+    let mut straight = rig(2, Duration::from_secs(3600));
+    straight.tail.load_sums().unwrap();
+    straight.app.execute_batch(FIVE_ROWS).unwrap();
+    straight.poll();
+    let expected = last_sums(&mut straight.rx);
+    assert!(!expected.is_empty());
+
+    let mut r = rig(2, Duration::from_secs(3600));
+    r.tail.load_sums().unwrap();
+    r.app.execute_batch(FIVE_ROWS).unwrap();
+    r.poll();
+    r.chunks();
+    r.ctl
+        .send(Control::Rewind {
+            gen: 1,
+            from: Position(2),
+            open: Some(open(1, 5)),
+        })
+        .unwrap();
+    // Committed meanwhile: not part of the group taken up, but of the next one.
+    r.app
+        .execute_batch("INSERT INTO t VALUES (9, 'z')")
+        .unwrap();
+    r.poll();
+    let mut msgs = Vec::new();
+    while let Ok(m) = r.rx.try_recv() {
+        msgs.push(m);
+    }
+    let shape: Vec<_> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            CaptureMsg::Chunk {
+                gen,
+                first,
+                last,
+                upto,
+                ts_ms,
+                rows,
+                done,
+                ..
+            } => Some((
+                *gen,
+                first.0,
+                last.0,
+                upto.0,
+                *ts_ms,
+                rows.iter().map(|r| r.position.0).collect::<Vec<_>>(),
+                *done,
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(shape[0], (1, 1, 5, 4, 77, vec![3, 4], false));
+    assert_eq!(shape[1], (1, 1, 5, 5, 77, vec![5], true));
+    assert_eq!(shape[2].1..=shape[2].2, 6..=6, "the next group: {shape:?}");
+    let sums = msgs.iter().find_map(|m| match m {
+        CaptureMsg::Chunk {
+            done: true,
+            last,
+            checksums,
+            ..
+        } if *last == Position(5) => Some(checksums.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        sums,
+        Some(expected),
+        "the checksums at the group's end count the part acknowledged before the rewind"
+    );
+}
+
+#[test]
+fn a_prune_mid_group_records_the_open_group_and_keeps_its_rows() {
+    let mut r = rig(2, Duration::from_secs(3600));
+    r.app.execute_batch(FIVE_ROWS).unwrap();
+    r.poll();
+    r.ctl
+        .send(Control::Prune(Acked {
+            position: Position(4),
+            partitions: [(("t".to_owned(), 0), Position(4))].into(),
+            open: Some(open(1, 5)),
+        }))
+        .unwrap();
+    r.poll();
+    assert_eq!(r.tail.capture.acked().unwrap(), Position(4));
+    assert_eq!(r.tail.capture.open_group().unwrap(), Some(open(1, 5)));
+    assert_eq!(
+        r.tail.capture.backlog().unwrap(),
+        5,
+        "the open group's rows stay until its commit record is acknowledged"
+    );
+    // An older instruction arriving late changes nothing.
+    r.ctl
+        .send(Control::Prune(Acked {
+            position: Position(2),
+            partitions: HashMap::new(),
+            open: Some(open(1, 5)),
+        }))
+        .unwrap();
+    r.poll();
+    assert_eq!(r.tail.capture.acked().unwrap(), Position(4));
+    r.ctl
+        .send(Control::Prune(Acked {
+            position: Position(5),
+            partitions: HashMap::new(),
+            open: None,
+        }))
+        .unwrap();
+    r.poll();
+    assert_eq!(r.tail.capture.open_group().unwrap(), None);
+    assert_eq!(r.tail.capture.backlog().unwrap(), 1);
 }
 
 #[test]
