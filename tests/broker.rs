@@ -17,7 +17,7 @@ use rdkafka::ClientConfig;
 use crate::crash::{consumer_args, producer_args, TABLES};
 
 /// The broker binary, or None when the environment says to skip.
-fn nisshi() -> Option<PathBuf> {
+pub(crate) fn nisshi() -> Option<PathBuf> {
     if std::env::var_os("BARISTA_SKIP_REAL_BROKER").is_some_and(|v| !v.is_empty() && v != "0") {
         eprintln!("SKIPPED: real-broker test (BARISTA_SKIP_REAL_BROKER is set)");
         return None;
@@ -39,13 +39,18 @@ fn nisshi() -> Option<PathBuf> {
 
 /// A nisshi broker on a free loopback port, storing its log in SQLite in
 /// `dir` so that a restart keeps every record.
-struct Broker {
+pub(crate) struct Broker {
     proc: Proc,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl Broker {
-    fn start(bin: PathBuf, dir: &Path) -> Broker {
+    pub(crate) fn start(bin: PathBuf, dir: &Path) -> Broker {
+        Broker::start_on(bin, dir, "sqlite://broker.db")
+    }
+
+    /// On another storage engine (`memory://nisshi/` keeps the log in memory: no restart).
+    pub(crate) fn start_on(bin: PathBuf, dir: &Path, storage: &str) -> Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let proc = Proc::start_program(
@@ -57,7 +62,7 @@ impl Broker {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                "sqlite://broker.db",
+                storage,
                 "--group-initial-rebalance-delay",
                 "0s",
             ],
@@ -95,7 +100,7 @@ impl Broker {
     }
 }
 
-fn topic_exists(brokers: &str, topic: &str) -> Result<(), String> {
+pub(crate) fn topic_exists(brokers: &str, topic: &str) -> Result<(), String> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()

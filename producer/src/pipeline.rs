@@ -196,6 +196,7 @@ async fn publish_installed(
         ops: ops.clone(),
         checksums: config.checksums,
         sums: None,
+        boundaries: Default::default(),
     };
     let acked_open = tail.open.clone();
     let capture_thread = tail.spawn()?;

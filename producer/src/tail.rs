@@ -5,9 +5,17 @@
 //! group acknowledged in part (see [`crate::ack`]) is taken up after its last acknowledged
 //! chunk, ending where it ended before.
 //!
+//! While a group is handed over, the thread reads the leader head between chunks: each head
+//! it reads is a transaction boundary (a position every committed transaction ends at or
+//! starts after). The next groups end at those boundaries instead of merging everything
+//! committed meanwhile into one. A backlog written while nobody watched has no recorded
+//! boundary: the changelog does not say where its transactions end, so it stays one group
+//! (acknowledged chunk by chunk).
+//!
 //! Reads: the changelog (through [`Capture`]) and [`Control`] messages from the publisher and
 //! the acker. Writes: [`CaptureMsg`]s to the publisher; pruning of the changelog.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -127,6 +135,9 @@ pub(crate) struct Tail {
     pub checksums: bool,
     /// The table checksums, as of the last position read.
     pub sums: Option<Checksums>,
+    /// Transaction boundaries read between chunks and not yet pruned past: position → the
+    /// leader clock just before it was read. Groups end at them.
+    pub boundaries: BTreeMap<Position, i64>,
 }
 
 /// What the previous poll saw.
@@ -199,6 +210,8 @@ impl Tail {
                         .sums
                         .as_mut()
                         .map(|s| s.acknowledged(acked.prune_point()));
+                    let kept = self.boundaries.split_off(&acked.prune_point().next());
+                    self.boundaries = kept;
                     match self.capture.prune(&acked, sums.as_deref()) {
                         Ok(n) => {
                             tracing::debug!(acked = %acked.position, pruned = n, "changelog pruned")
@@ -254,6 +267,15 @@ impl Tail {
         };
         seen.data_version = dv;
         if head > self.next_from {
+            // The groups end at the boundaries read meanwhile, the last at the head.
+            while let Some((&end, &ts_ms)) =
+                self.boundaries.range(self.next_from.next()..head).next()
+            {
+                if self.send_group(self.next_from.next(), end, ts_ms)? == Flow::Stop {
+                    return Ok(Flow::Stop);
+                }
+                self.next_from = end;
+            }
             if self.send_group(self.next_from.next(), head, now)? == Flow::Stop {
                 return Ok(Flow::Stop);
             }
@@ -337,8 +359,28 @@ impl Tail {
                 return Ok(Flow::Stop);
             }
             if done {
+                let positions = head.0 - first.0 + 1;
+                self.ops.metrics.group_positions.observe(positions as f64);
+                if positions > self.chunk as i64 {
+                    tracing::info!(%first, last = %head, positions, "large commit group handed over");
+                }
                 return Ok(Flow::Continue);
             }
+            self.observe(head)?;
         }
+    }
+
+    /// Between two chunks of the group ending at `head`: records the leader head, when it
+    /// moved past `head` and past the last boundary read, as a transaction boundary. Not
+    /// when DDL committed since the last poll: the next poll first records its drop markers
+    /// and new tables' snapshots, which must join the group of the transaction that made them.
+    fn observe(&mut self, head: Position) -> anyhow::Result<()> {
+        let ts_ms = now_ms();
+        let now = self.capture.head().context("reading the leader head")?;
+        let last = self.boundaries.keys().next_back().copied().unwrap_or(head);
+        if now > head.max(last) && !self.capture.ddl_unseen()? {
+            self.boundaries.insert(now, ts_ms);
+        }
+        Ok(())
     }
 }

@@ -143,4 +143,17 @@ impl Capture {
         tx.commit()?;
         Ok(n)
     }
+
+    /// True when DDL committed since the last poll looked for drops, drift and new tables
+    /// (`PRAGMA schema_version` moved past what they saw).
+    pub(crate) fn ddl_unseen(&self) -> Result<bool, CaptureError> {
+        let now = super::schema_version(&self.conn)?;
+        Ok([
+            self.schema_version,
+            self.adopted_version,
+            self.drops_version,
+        ]
+        .iter()
+        .any(|v| *v != now))
+    }
 }

@@ -47,6 +47,7 @@ fn rig(chunk: usize, heartbeat: Duration) -> Rig {
             ))),
             checksums: true,
             sums: None,
+            boundaries: Default::default(),
         },
         seen: Seen {
             data_version: i64::MIN,
@@ -335,6 +336,58 @@ fn a_prune_mid_group_records_the_open_group_and_keeps_its_rows() {
     r.poll();
     assert_eq!(r.tail.capture.open_group().unwrap(), None);
     assert_eq!(r.tail.capture.backlog().unwrap(), 1);
+}
+
+#[test]
+fn heads_read_between_chunks_are_boundaries_the_next_groups_end_at() {
+    let mut r = rig(2, Duration::from_secs(3600));
+    r.app.execute_batch(FIVE_ROWS).unwrap();
+    r.poll();
+    r.chunks();
+    // While the group (1 ..= 5) was handed over, a transaction committed and the head was
+    // read between two chunks; then another one committed.
+    r.app
+        .execute_batch(
+            "BEGIN; INSERT INTO t VALUES (6, 'e'); INSERT INTO t VALUES (7, 'f'); COMMIT;",
+        )
+        .unwrap();
+    r.tail.observe(Position(5)).unwrap();
+    r.app
+        .execute_batch(
+            "BEGIN; INSERT INTO t VALUES (8, 'g'); INSERT INTO t VALUES (9, 'h'); COMMIT;",
+        )
+        .unwrap();
+    r.poll();
+    assert_eq!(
+        r.chunks(),
+        [(0, 6, 7, vec![6, 7], true), (0, 8, 9, vec![8, 9], true)],
+        "two groups, not one of four changes"
+    );
+    // Pruned past, a boundary is forgotten.
+    r.ctl
+        .send(Control::Prune(Acked {
+            position: Position(9),
+            ..Acked::default()
+        }))
+        .unwrap();
+    r.poll();
+    assert!(r.tail.boundaries.is_empty());
+}
+
+#[test]
+fn no_boundary_is_read_past_ddl_the_last_poll_has_not_seen() {
+    let mut r = rig(2, Duration::from_secs(3600));
+    r.app.execute_batch(FIVE_ROWS).unwrap();
+    r.poll();
+    r.chunks();
+    r.app
+        .execute_batch("BEGIN; INSERT INTO t VALUES (6, 'e'); DROP TABLE t; COMMIT;")
+        .unwrap();
+    r.tail.observe(Position(5)).unwrap();
+    assert!(
+        r.tail.boundaries.is_empty(),
+        "the drop's marker must join its transaction's group"
+    );
 }
 
 #[test]
