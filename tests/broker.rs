@@ -46,14 +46,20 @@ pub(crate) struct Broker {
 
 impl Broker {
     pub(crate) fn start(bin: PathBuf, dir: &Path) -> Broker {
-        Broker::start_on(bin, dir, "sqlite://broker.db")
+        Broker::start_with(bin, dir, "sqlite://broker.db", &[])
     }
 
-    /// On another storage engine (`memory://nisshi/` keeps the log in memory: no restart).
+    /// On the storage engine `storage` (`sqlite://broker.db` in `dir`, `memory://nisshi/`),
+    /// logging warnings only: at `info` nisshi logs every field of every response (gigabytes
+    /// a minute under a backlog, and most of its CPU).
     pub(crate) fn start_on(bin: PathBuf, dir: &Path, storage: &str) -> Broker {
+        Broker::start_with(bin, dir, storage, &[("RUST_LOG", "warn")])
+    }
+
+    fn start_with(bin: PathBuf, dir: &Path, storage: &str, env: &[(&str, &str)]) -> Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let proc = Proc::start_program(
+        let proc = Proc::start_program_with_env(
             bin,
             [
                 "broker",
@@ -66,6 +72,7 @@ impl Broker {
                 "--group-initial-rebalance-delay",
                 "0s",
             ],
+            env,
             &dir.join("broker.log"),
             Some(dir),
         );

@@ -7,10 +7,10 @@
 //! between kills, Kafka holds not much more than one copy of the backlog, and the followers
 //! (never killed) end equal to the leader soon after the last kill.
 //!
-//! The default backlog is sized for a debug build on a shared machine (30,000 changes in
-//! chunks of 1,000: each kill still lands after some chunks and before the group's end;
-//! `BARISTA_CRASH_LOOP_CHANGES` overrides the size); the full-size variant (1,000,000
-//! changes, default chunks of 5,000) is `--ignored`.
+//! The default backlog is sized for a debug build on a shared machine (200,000 changes in
+//! chunks of 1,000: each kill lands once the producer stored progress, well before the
+//! group's end; `BARISTA_CRASH_LOOP_CHANGES` overrides the size); the full-size variant
+//! (1,000,000 changes, the default chunks of 5,000) is `--ignored`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -27,10 +27,10 @@ use crate::crash::{consumer_args, producer_args};
 
 /// Kills of the producer while it publishes the backlog.
 const KILLS: usize = 10;
-/// The default backlog: 30 chunks of [`DEFAULT_CHUNK`], so that ten kills, each after at least
-/// one more acknowledged chunk, land inside it; small enough for a debug build to publish and
-/// apply in a few minutes.
-const DEFAULT_CHANGES: i64 = 30_000;
+/// The default backlog: 200 chunks of [`DEFAULT_CHUNK`], so that ten kills, each once the
+/// producer stored progress (a few thousand changes in a debug build), land inside it; small
+/// enough for a debug build to publish and apply in a few minutes.
+const DEFAULT_CHANGES: i64 = 200_000;
 /// The producer's `--chunk-size` in the default run.
 const DEFAULT_CHUNK: usize = 1_000;
 /// Rows inserted per leader transaction while the backlog is written.
@@ -96,7 +96,7 @@ async fn crash_loop(changes: i64, chunk: usize) {
     let Some(bin) = nisshi() else { return };
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start_on(bin, dir.path(), "memory://nisshi/");
+    let broker = Broker::start_on(bin, dir.path(), "sqlite://broker.db");
     let brokers = broker.addr.clone();
     let registry = start_registry(dir.path()).await;
     let leader = dir.path().join("leader.db");
@@ -108,9 +108,15 @@ async fn crash_loop(changes: i64, chunk: usize) {
     let topic = table_topic(&prefix, "items");
 
     // The producer installs capture and creates the topics, then goes away.
-    let mut args = producer_args(&leader, &brokers, registry.url(), &prefix);
-    args.extend(["--chunk-size".into(), chunk.to_string()]);
-    let mut producer = Proc::start("producer", args, &dir.path().join("producer.log"));
+    // The chunk size by environment (BARISTA_CHUNK_SIZE), not flag: a producer without the
+    // setting runs the same test with its default chunks.
+    let chunk = chunk.to_string();
+    let mut producer = Proc::start_with_env(
+        "producer",
+        producer_args(&leader, &brokers, registry.url(), &prefix),
+        &[("BARISTA_CHUNK_SIZE", &chunk)],
+        &dir.path().join("producer.log"),
+    );
     for t in [topic.clone(), commits_topic(&prefix)] {
         wait_until(Duration::from_secs(60), || {
             producer.assert_running();
@@ -155,9 +161,7 @@ async fn crash_loop(changes: i64, chunk: usize) {
         t.elapsed()
     );
 
-    // Started and killed again and again, each time once it stored progress inside the
-    // backlog. The step is small enough that ten kills land well inside it.
-    let step = written / (3 * KILLS as i64);
+    // Started and killed again and again, each time as soon as it stored progress.
     let mut acked = start;
     let mut history = vec![acked];
     for kill in 1..=KILLS {
@@ -167,7 +171,7 @@ async fn crash_loop(changes: i64, chunk: usize) {
         wait_until(Duration::from_secs(120), || {
             producer.assert_running();
             let now = stored_acked(&leader);
-            (now >= before + step).then_some(()).ok_or_else(|| {
+            (now > before).then_some(()).ok_or_else(|| {
                 let log = if run.elapsed() > Duration::from_secs(110) {
                     producer.log_tail(30)
                 } else {

@@ -27,7 +27,7 @@ use crate::config::ProducerConfig;
 use crate::encode::Encoder;
 use crate::kafka::{KafkaContext, KafkaSettings};
 use crate::ops::{self, Ops};
-use crate::publish::{AckerStop, Publisher, ACKS};
+use crate::publish::{AckerStop, Publisher, Window, ACKS};
 use crate::registry::Registry;
 use crate::tail::{CaptureMsg, Control, Tail};
 use crate::topics::{claim_topic, NewTopics, TableOut};
@@ -36,6 +36,9 @@ use crate::topics::{claim_topic, NewTopics, TableOut};
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the topics' partition counts are looked up (partitions an operator adds).
 const PARTITION_COUNTS_EVERY: Duration = Duration::from_secs(10);
+/// Change events sent ahead of their acknowledgement, in chunks: enough to keep Kafka busy
+/// while the next chunk is read, little enough that a kill resends little.
+const WINDOW_CHUNKS: usize = 2;
 /// How long shutdown waits for outstanding delivery reports.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -229,6 +232,7 @@ async fn publish_installed(
             replication_factor: config.replication_factor,
         },
         ops: ops.clone(),
+        window: Window::new(WINDOW_CHUNKS * config.chunk_size),
     };
     publisher.resume(acked_open.as_ref());
     let acks = publisher.acks.clone();

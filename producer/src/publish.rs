@@ -2,7 +2,10 @@
 //! change event per change on its key's partition, a tombstone where a key disappears, and a
 //! commit record closing each group on the commits topic) and hands each sent record's
 //! delivery report to the acker, with a chunk mark after each chunk of a large group so the
-//! group is acknowledged chunk by chunk (see [`crate::ack`]). After a failed delivery it rewinds: a fresh Kafka producer,
+//! group is acknowledged chunk by chunk (see [`crate::ack`]). At most [`Window`] change events
+//! are sent and not yet acknowledged: a producer killed in a backlog has sent at most that
+//! much past what it recorded, which its next run sends again, so a crash loop does not fill
+//! the topics with copies. After a failed delivery it rewinds: a fresh Kafka producer,
 //! and capture restarted from the oldest unacknowledged position, so Kafka never holds a gap
 //! (only, at worst, duplicates, which followers drop by position).
 //!
@@ -32,6 +35,42 @@ use crate::topics::{grow_partitions, NewTopics, TableOut};
 
 /// What the [`Acks`] lock guards, for the poisoned-lock error.
 pub(crate) const ACKS: &str = "acknowledged position";
+
+/// Change events sent and not acknowledged yet, at most: one permit each, taken before the
+/// send and given back by the acker with its report. One per generation: an acker that stops
+/// closes it, so a publisher waiting for room stops sending until the rewind.
+#[derive(Clone)]
+pub(crate) struct Window {
+    permits: Arc<tokio::sync::Semaphore>,
+    size: usize,
+}
+
+impl Window {
+    /// Room for `size` unacknowledged change events (at least 1).
+    pub fn new(size: usize) -> Window {
+        let size = size.max(1);
+        Window {
+            permits: Arc::new(tokio::sync::Semaphore::new(size)),
+            size,
+        }
+    }
+
+    /// A fresh window of the same size, for a new generation.
+    fn renewed(&self) -> Window {
+        Window::new(self.size)
+    }
+
+    /// Waits for room for one more event; false once the window is closed.
+    async fn enter(&self) -> bool {
+        match self.permits.acquire().await {
+            Ok(p) => {
+                p.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
 
 /// A sent record whose delivery report is awaited, or a chunk mark (no record: acknowledged
 /// once everything before it is).
@@ -99,6 +138,8 @@ pub(crate) struct Publisher<'a> {
     pub topics: NewTopics,
     /// Positions, acknowledgements and tables, for the operators.
     pub ops: Arc<Ops>,
+    /// Change events sent ahead of their acknowledgement, at most.
+    pub window: Window,
 }
 
 impl Publisher<'_> {
@@ -114,7 +155,10 @@ impl Publisher<'_> {
         let acks = self.acks.clone();
         let ctl = self.ctl_tx.clone();
         let ops = self.ops.clone();
+        let window = self.window.clone();
         let handle = tokio::spawn(async move {
+            // However it ends, nothing more is sent in this generation.
+            let _close = CloseOnDrop(window.clone());
             while let Some(Pending { sent, fut }) = rx.recv().await {
                 let position = sent.position;
                 // A chunk mark (no future) is acknowledged: every report before it is in.
@@ -128,6 +172,9 @@ impl Publisher<'_> {
                 };
                 let error = match failed {
                     None => {
+                        if sent.chain.is_some() {
+                            window.permits.add_permits(1);
+                        }
                         // The guard is dropped before the next await.
                         let closes = sent.closes != Closes::Nothing;
                         let prune = match lock(&acks, ACKS) {
@@ -166,6 +213,7 @@ impl Publisher<'_> {
             .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
         self.producer = self.kafka.producer()?;
         let rewind = lock(&self.acks, ACKS)?.rewind();
+        self.window = self.window.renewed();
         self.gen = rewind.gen;
         self.last_sent = rewind.last_sent;
         self.drops.clear();
@@ -253,7 +301,10 @@ impl Publisher<'_> {
                     self.resumed = None;
                 }
                 for row in rows {
-                    self.publish_row(row, last, ts_ms, pending).await?;
+                    if !self.publish_row(row, last, ts_ms, pending).await? {
+                        // The acker stopped: a rewind resends this chunk.
+                        return Ok(());
+                    }
                 }
                 if !done {
                     // Acknowledged once every record before it is: the group so far.
@@ -344,16 +395,16 @@ impl Publisher<'_> {
     }
 
     /// Sends one change: its event on its key's partition, and a tombstone where a key
-    /// disappears.
+    /// disappears. Waits for room in the [`Window`]; false when it closed (nothing sent).
     async fn publish_row(
         &mut self,
         row: ChangeRow,
         txn: Position,
         ts_ms: i64,
         pending: &mpsc::UnboundedSender<Pending>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         let Some(out) = self.outs.get_mut(&row.table_id) else {
-            return Ok(());
+            return Ok(true);
         };
         if !Arc::ptr_eq(&out.schemas, &row.schemas) {
             // The change was captured with other columns than the one before it (a
@@ -407,6 +458,9 @@ impl Publisher<'_> {
             )
             .await?;
         let pos = row.position.to_string();
+        if !self.window.enter().await {
+            return Ok(false);
+        }
         let fut = send(
             &self.producer,
             &out.topic,
@@ -473,6 +527,15 @@ impl Publisher<'_> {
             });
         }
         self.backoff.reset();
-        Ok(())
+        Ok(true)
+    }
+}
+
+/// Closes a [`Window`] when the acker that gives its permits back ends.
+struct CloseOnDrop(Window);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.permits.close();
     }
 }
