@@ -7,7 +7,7 @@
 //! between kills, Kafka holds not much more than one copy of the backlog, and the followers
 //! (never killed) end equal to the leader soon after the last kill.
 //!
-//! The default backlog is sized for a debug build on a shared machine (200,000 changes in
+//! The default backlog is sized for a debug build on a shared machine (100,000 changes in
 //! chunks of 1,000: each kill lands once the producer stored progress, well before the
 //! group's end; `BARISTA_CRASH_LOOP_CHANGES` overrides the size); the full-size variant
 //! (1,000,000 changes, the default chunks of 5,000) is `--ignored`.
@@ -27,10 +27,10 @@ use crate::crash::{consumer_args, producer_args};
 
 /// Kills of the producer while it publishes the backlog.
 const KILLS: usize = 10;
-/// The default backlog: 200 chunks of [`DEFAULT_CHUNK`], so that ten kills, each once the
-/// producer stored progress (a few thousand changes in a debug build), land inside it; small
-/// enough for a debug build to publish and apply in a few minutes.
-const DEFAULT_CHANGES: i64 = 200_000;
+/// The default backlog: 100 chunks of [`DEFAULT_CHUNK`], so that ten kills, each once the
+/// producer stored progress (one or two chunks in a debug build), land inside it; small
+/// enough for a debug build to publish and apply in about a minute.
+const DEFAULT_CHANGES: i64 = 100_000;
 /// The producer's `--chunk-size` in the default run.
 const DEFAULT_CHUNK: usize = 1_000;
 /// Rows inserted per leader transaction while the backlog is written.
@@ -96,6 +96,18 @@ async fn crash_loop(changes: i64, chunk: usize) {
     let Some(bin) = nisshi() else { return };
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
+    // BARISTA_CRASH_LOOP_KEEP=1 keeps the directory (logs, leader, replicas) for a look.
+    let dir = if std::env::var_os("BARISTA_CRASH_LOOP_KEEP").is_some() {
+        let kept = tempfile::Builder::new()
+            .prefix("crash-loop-")
+            .disable_cleanup(true)
+            .tempdir()
+            .unwrap();
+        eprintln!("keeping {}", kept.path().display());
+        kept
+    } else {
+        dir
+    };
     let broker = Broker::start_on(bin, dir.path(), "sqlite://broker.db");
     let brokers = broker.addr.clone();
     let registry = start_registry(dir.path()).await;

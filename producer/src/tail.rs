@@ -104,6 +104,9 @@ enum Flow {
     Continue,
     /// Stop requested, or the publisher is gone.
     Stop,
+    /// A rewind came while a group was handed over: the rest of it is not sent, and
+    /// `next_from` is the rewind's.
+    Rewound,
 }
 
 /// The capture thread's inputs; [`Tail::run`] is its body.
@@ -191,44 +194,58 @@ impl Tail {
         }
     }
 
-    /// One poll: apply controls, then hand over new commits, or a heartbeat when due.
-    fn poll_once(&mut self, seen: &mut Seen) -> anyhow::Result<Flow> {
+    /// Applies the publisher's and the acker's controls: prunes, and a rewind (the last one
+    /// wins; [`Flow::Rewound`] when there was one).
+    fn controls(&mut self) -> Flow {
+        let mut flow = Flow::Continue;
         while let Ok(c) = self.ctl.try_recv() {
             match c {
                 Control::Rewind { gen, from, open } => {
                     self.gen = gen;
                     self.next_from = from;
                     self.open = open;
-                    seen.data_version = i64::MIN;
+                    flow = Flow::Rewound;
                     let base = self.prune_point();
                     if let Some(sums) = &mut self.sums {
                         sums.rewind(base);
                     }
                 }
-                Control::Prune(acked) => {
-                    let sums = self
-                        .sums
-                        .as_mut()
-                        .map(|s| s.acknowledged(acked.prune_point()));
-                    let kept = self.boundaries.split_off(&acked.prune_point().next());
-                    self.boundaries = kept;
-                    match self.capture.prune(&acked, sums.as_deref()) {
-                        Ok(n) => {
-                            tracing::debug!(acked = %acked.position, pruned = n, "changelog pruned")
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "pruning the changelog failed; will retry")
-                        }
-                    }
-                }
+                Control::Prune(acked) => self.prune(&acked),
             }
+        }
+        flow
+    }
+
+    /// Records what Kafka acknowledged and prunes the changelog up to the prune point.
+    fn prune(&mut self, acked: &Acked) {
+        let sums = self
+            .sums
+            .as_mut()
+            .map(|s| s.acknowledged(acked.prune_point()));
+        let kept = self.boundaries.split_off(&acked.prune_point().next());
+        self.boundaries = kept;
+        match self.capture.prune(acked, sums.as_deref()) {
+            Ok(n) => tracing::debug!(acked = %acked.position, pruned = n, "changelog pruned"),
+            Err(e) => tracing::warn!(error = %e, "pruning the changelog failed; will retry"),
+        }
+    }
+
+    /// One poll: apply controls, then hand over new commits, or a heartbeat when due.
+    fn poll_once(&mut self, seen: &mut Seen) -> anyhow::Result<Flow> {
+        if self.controls() == Flow::Rewound {
+            seen.data_version = i64::MIN;
         }
         if self.stop.load(Ordering::SeqCst) {
             return Ok(Flow::Stop);
         }
         if let Some(open) = self.open.take() {
-            if self.take_up(open)? == Flow::Stop {
-                return Ok(Flow::Stop);
+            match self.take_up(open)? {
+                Flow::Stop => return Ok(Flow::Stop),
+                Flow::Rewound => {
+                    seen.data_version = i64::MIN;
+                    return Ok(Flow::Continue);
+                }
+                Flow::Continue => {}
             }
             seen.sent_at = Instant::now();
         }
@@ -268,18 +285,18 @@ impl Tail {
         seen.data_version = dv;
         if head > self.next_from {
             // The groups end at the boundaries read meanwhile, the last at the head.
-            while let Some((&end, &ts_ms)) =
-                self.boundaries.range(self.next_from.next()..head).next()
-            {
-                if self.send_group(self.next_from.next(), end, ts_ms)? == Flow::Stop {
-                    return Ok(Flow::Stop);
+            let ends = self.boundaries.range(self.next_from.next()..head);
+            let ends: Vec<_> = ends.map(|(p, t)| (*p, *t)).chain([(head, now)]).collect();
+            for (end, ts_ms) in ends {
+                match self.send_group(self.next_from.next(), end, ts_ms)? {
+                    Flow::Stop => return Ok(Flow::Stop),
+                    Flow::Rewound => {
+                        seen.data_version = i64::MIN;
+                        return Ok(Flow::Continue);
+                    }
+                    Flow::Continue => self.next_from = end,
                 }
-                self.next_from = end;
             }
-            if self.send_group(self.next_from.next(), head, now)? == Flow::Stop {
-                return Ok(Flow::Stop);
-            }
-            self.next_from = head;
             seen.sent_at = Instant::now();
         } else if seen.sent_at.elapsed() >= self.heartbeat {
             let beat = CaptureMsg::Heartbeat {
@@ -315,7 +332,9 @@ impl Tail {
             }
         }
         let flow = self.send_group(open.first, open.last, open.ts_ms)?;
-        self.next_from = self.next_from.max(open.last);
+        if flow == Flow::Continue {
+            self.next_from = self.next_from.max(open.last);
+        }
         Ok(flow)
     }
 
@@ -367,6 +386,11 @@ impl Tail {
                 return Ok(Flow::Continue);
             }
             self.observe(head)?;
+            // Prunes while a large group goes out: the leader stores its progress chunk by
+            // chunk. A rewind ends the group here.
+            if self.controls() == Flow::Rewound {
+                return Ok(Flow::Rewound);
+            }
         }
     }
 

@@ -20,13 +20,18 @@ struct Rig {
 
 /// A leader with table `t` captured (empty), and a tail on it reading `chunk` rows at a time.
 fn rig(chunk: usize, heartbeat: Duration) -> Rig {
+    rig_with(chunk, heartbeat, 64)
+}
+
+/// Like [`rig`], with room for `cap` messages between the tail and the publisher.
+fn rig_with(chunk: usize, heartbeat: Duration, cap: usize) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("leader.db");
     let conn = open_leader(&path).unwrap();
     conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
         .unwrap();
     let capture = Capture::install(conn, &[], false).unwrap();
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, rx) = mpsc::channel(cap);
     let (ctl, ctl_rx) = std_mpsc::channel();
     Rig {
         app: open_leader(&path).unwrap(),
@@ -388,6 +393,93 @@ fn no_boundary_is_read_past_ddl_the_last_poll_has_not_seen() {
         r.tail.boundaries.is_empty(),
         "the drop's marker must join its transaction's group"
     );
+}
+
+#[test]
+fn a_prune_that_comes_while_a_group_goes_out_is_stored_before_its_last_chunk() {
+    let mut r = rig_with(2, Duration::from_secs(3600), 1);
+    r.app.execute_batch(FIVE_ROWS).unwrap();
+    let (mut tail, mut seen) = (r.tail, r.seen);
+    let thread = std::thread::spawn(move || {
+        tail.poll_once(&mut seen).unwrap();
+        tail
+    });
+    // The acker acknowledged the first chunk while the tail hands over the next ones.
+    r.ctl
+        .send(Control::Prune(Acked {
+            position: Position(2),
+            partitions: HashMap::new(),
+            open: Some(open(1, 5)),
+        }))
+        .unwrap();
+    let mut stored_at_last_chunk = None;
+    while let Some(msg) = r.rx.blocking_recv() {
+        if let CaptureMsg::Chunk { done: true, .. } = msg {
+            stored_at_last_chunk = Some(
+                r.app
+                    .query_row(
+                        "SELECT value FROM _barista_state WHERE key = 'acked'",
+                        [],
+                        |row| row.get::<_, i64>(0),
+                    )
+                    .unwrap(),
+            );
+            break;
+        }
+    }
+    let tail = thread.join().unwrap();
+    assert_eq!(
+        stored_at_last_chunk,
+        Some(2),
+        "stored chunk by chunk, not once the group is handed over"
+    );
+    assert_eq!(tail.capture.open_group().unwrap(), Some(open(1, 5)));
+}
+
+#[test]
+fn a_rewind_that_comes_while_a_group_goes_out_ends_it_there() {
+    // One row per chunk, room for one chunk: the tail hands over chunk k + 1 only once
+    // chunk k was taken.
+    let mut r = rig_with(1, Duration::from_secs(3600), 1);
+    r.app.execute_batch(FIVE_ROWS).unwrap();
+    let (mut tail, mut seen) = (r.tail, r.seen);
+    let thread = std::thread::spawn(move || {
+        assert_eq!(tail.poll_once(&mut seen).unwrap(), Flow::Continue);
+        tail
+    });
+    let mut got = Vec::new();
+    match r.rx.blocking_recv() {
+        Some(CaptureMsg::Chunk {
+            gen, rows, done, ..
+        }) => got.push((gen, rows[0].position.0, done)),
+        other => panic!("{other:?}"),
+    }
+    // A failed delivery: rewound before the second chunk is taken, so the tail reads it
+    // before it hands over the fourth.
+    r.ctl
+        .send(Control::Rewind {
+            gen: 1,
+            from: Position(0),
+            open: None,
+        })
+        .unwrap();
+    loop {
+        match r.rx.try_recv() {
+            Ok(CaptureMsg::Chunk {
+                gen, rows, done, ..
+            }) => got.push((gen, rows[0].position.0, done)),
+            Ok(other) => panic!("{other:?}"),
+            Err(TryRecvError::Empty) if thread.is_finished() => break,
+            Err(TryRecvError::Empty) => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let tail = thread.join().unwrap();
+    assert!(
+        got.len() <= 3 && got.iter().all(|(gen, _, done)| *gen == 0 && !done),
+        "generation 0 stops mid-group: {got:?}"
+    );
+    assert_eq!((tail.gen, tail.next_from), (1, Position(0)));
 }
 
 #[test]
