@@ -33,44 +33,12 @@ use crate::ops::Ops;
 use crate::tail::{now_ms, CaptureMsg, Control};
 use crate::topics::{grow_partitions, NewTopics, TableOut};
 
+mod window;
+use window::CloseOnDrop;
+pub(crate) use window::Window;
+
 /// What the [`Acks`] lock guards, for the poisoned-lock error.
 pub(crate) const ACKS: &str = "acknowledged position";
-
-/// Change events sent and not acknowledged yet, at most: one permit each, taken before the
-/// send and given back by the acker with its report. One per generation: an acker that stops
-/// closes it, so a publisher waiting for room stops sending until the rewind.
-#[derive(Clone)]
-pub(crate) struct Window {
-    permits: Arc<tokio::sync::Semaphore>,
-    size: usize,
-}
-
-impl Window {
-    /// Room for `size` unacknowledged change events (at least 1).
-    pub fn new(size: usize) -> Window {
-        let size = size.max(1);
-        Window {
-            permits: Arc::new(tokio::sync::Semaphore::new(size)),
-            size,
-        }
-    }
-
-    /// A fresh window of the same size, for a new generation.
-    fn renewed(&self) -> Window {
-        Window::new(self.size)
-    }
-
-    /// Waits for room for one more event; false once the window is closed.
-    async fn enter(&self) -> bool {
-        match self.permits.acquire().await {
-            Ok(p) => {
-                p.forget();
-                true
-            }
-            Err(_) => false,
-        }
-    }
-}
 
 /// A sent record whose delivery report is awaited, or a chunk mark (no record: acknowledged
 /// once everything before it is).
@@ -173,7 +141,7 @@ impl Publisher<'_> {
                 let error = match failed {
                     None => {
                         if sent.chain.is_some() {
-                            window.permits.add_permits(1);
+                            window.release();
                         }
                         // The guard is dropped before the next await.
                         let closes = sent.closes != Closes::Nothing;
@@ -528,14 +496,5 @@ impl Publisher<'_> {
         }
         self.backoff.reset();
         Ok(true)
-    }
-}
-
-/// Closes a [`Window`] when the acker that gives its permits back ends.
-struct CloseOnDrop(Window);
-
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        self.0.permits.close();
     }
 }
