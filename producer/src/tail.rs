@@ -42,6 +42,9 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// How often the leader head is read while the publisher has no room for the next chunk.
+const OBSERVE_EVERY: Duration = Duration::from_millis(50);
+
 /// What the capture thread hands to the publisher.
 #[derive(Debug)]
 pub(crate) enum CaptureMsg {
@@ -374,8 +377,9 @@ impl Tail {
                 done,
                 checksums,
             };
-            if self.tx.blocking_send(chunk).is_err() {
-                return Ok(Flow::Stop);
+            match self.hand_over(chunk, head)? {
+                Flow::Continue => {}
+                flow => return Ok(flow),
             }
             if done {
                 let positions = head.0 - first.0 + 1;
@@ -394,6 +398,30 @@ impl Tail {
         }
     }
 
+    /// Hands a chunk of the group ending at `head` to the publisher. While the publisher has
+    /// no room (Kafka is slower than the leader's writers), it goes on reading the leader
+    /// head (every [`OBSERVE_EVERY`]) as transaction boundaries, so what commits meanwhile
+    /// goes out as bounded groups, and on storing prunes. [`Flow::Rewound`] drops the chunk.
+    fn hand_over(&mut self, chunk: CaptureMsg, head: Position) -> anyhow::Result<Flow> {
+        let mut chunk = chunk;
+        let mut observed = Instant::now();
+        loop {
+            match self.tx.try_send(chunk) {
+                Ok(()) => return Ok(Flow::Continue),
+                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(Flow::Stop),
+                Err(mpsc::error::TrySendError::Full(c)) => chunk = c,
+            }
+            if observed.elapsed() >= OBSERVE_EVERY {
+                self.observe(head)?;
+                if self.controls() == Flow::Rewound {
+                    return Ok(Flow::Rewound);
+                }
+                observed = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Between two chunks of the group ending at `head`: records the leader head, when it
     /// moved past `head` and past the last boundary read, as a transaction boundary. Not
     /// when DDL committed since the last poll: the next poll first records its drop markers
@@ -403,6 +431,7 @@ impl Tail {
         let now = self.capture.head().context("reading the leader head")?;
         let last = self.boundaries.keys().next_back().copied().unwrap_or(head);
         if now > head.max(last) && !self.capture.ddl_unseen()? {
+            tracing::debug!(boundary = %now, group_end = %head, "transaction boundary read");
             self.boundaries.insert(now, ts_ms);
         }
         Ok(())
