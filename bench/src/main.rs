@@ -198,8 +198,15 @@ fn main() -> ExitCode {
         }
         None => {
             for s in &args.sections {
-                if !["publish", "latency", "sustained", "memory", "catchup", "seed"]
-                    .contains(&s.as_str())
+                if ![
+                    "publish",
+                    "latency",
+                    "sustained",
+                    "memory",
+                    "catchup",
+                    "seed",
+                ]
+                .contains(&s.as_str())
                 {
                     eprintln!("barista-bench: bad configuration: unknown section {s:?}");
                     return ExitCode::from(2);
