@@ -17,7 +17,7 @@ use rdkafka::ClientConfig;
 use crate::crash::{consumer_args, producer_args, TABLES};
 
 /// The broker binary, or None when the environment says to skip.
-pub(crate) fn nisshi() -> Option<PathBuf> {
+fn nisshi() -> Option<PathBuf> {
     if std::env::var_os("BARISTA_SKIP_REAL_BROKER").is_some_and(|v| !v.is_empty() && v != "0") {
         eprintln!("SKIPPED: real-broker test (BARISTA_SKIP_REAL_BROKER is set)");
         return None;
@@ -39,27 +39,16 @@ pub(crate) fn nisshi() -> Option<PathBuf> {
 
 /// A nisshi broker on a free loopback port, storing its log in SQLite in
 /// `dir` so that a restart keeps every record.
-pub(crate) struct Broker {
+struct Broker {
     proc: Proc,
-    pub(crate) addr: String,
+    addr: String,
 }
 
 impl Broker {
-    pub(crate) fn start(bin: PathBuf, dir: &Path) -> Broker {
-        Broker::start_with(bin, dir, "sqlite://broker.db", &[])
-    }
-
-    /// On the storage engine `storage` (`sqlite://broker.db` in `dir`, `memory://nisshi/`),
-    /// logging warnings only: at `info` nisshi logs every field of every response (gigabytes
-    /// a minute under a backlog, and most of its CPU).
-    pub(crate) fn start_on(bin: PathBuf, dir: &Path, storage: &str) -> Broker {
-        Broker::start_with(bin, dir, storage, &[("RUST_LOG", "warn")])
-    }
-
-    fn start_with(bin: PathBuf, dir: &Path, storage: &str, env: &[(&str, &str)]) -> Broker {
+    fn start(bin: PathBuf, dir: &Path) -> Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let proc = Proc::start_program_with_env(
+        let proc = Proc::start_program(
             bin,
             [
                 "broker",
@@ -68,11 +57,10 @@ impl Broker {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                storage,
+                "sqlite://broker.db",
                 "--group-initial-rebalance-delay",
                 "0s",
             ],
-            env,
             &dir.join("broker.log"),
             Some(dir),
         );
@@ -107,7 +95,7 @@ impl Broker {
     }
 }
 
-pub(crate) fn topic_exists(brokers: &str, topic: &str) -> Result<(), String> {
+fn topic_exists(brokers: &str, topic: &str) -> Result<(), String> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()

@@ -1,11 +1,7 @@
 //! Publish, the stage between encode and ack: turns the tail's chunks into Kafka records (a
 //! change event per change on its key's partition, a tombstone where a key disappears, and a
 //! commit record closing each group on the commits topic) and hands each sent record's
-//! delivery report to the acker, with a chunk mark after each chunk of a large group so the
-//! group is acknowledged chunk by chunk (see [`crate::ack`]). At most [`Window`] change events
-//! are sent and not yet acknowledged: a producer killed in a backlog has sent at most that
-//! much past what it recorded, which its next run sends again, so a crash loop does not fill
-//! the topics with copies. After a failed delivery it rewinds: a fresh Kafka producer,
+//! delivery report to the acker. After a failed delivery it rewinds: a fresh Kafka producer,
 //! and capture restarted from the oldest unacknowledged position, so Kafka never holds a gap
 //! (only, at worst, duplicates, which followers drop by position).
 //!
@@ -25,7 +21,7 @@ use barista_schemas::{ChangeEvent, Commit, DroppedTable, Op, PartitionTail, Posi
 use rdkafka::producer::{DeliveryFuture, Producer as _};
 use tokio::sync::mpsc;
 
-use crate::ack::{Acks, Closes, OpenGroup, Sent, TopicPartition};
+use crate::ack::{Acks, Sent, TopicPartition};
 use crate::capture::ChangeRow;
 use crate::encode::{Encoder, Payload};
 use crate::kafka::{send, KafkaProducer, KafkaSettings};
@@ -33,18 +29,13 @@ use crate::ops::Ops;
 use crate::tail::{now_ms, CaptureMsg, Control};
 use crate::topics::{grow_partitions, NewTopics, TableOut};
 
-mod window;
-use window::CloseOnDrop;
-pub(crate) use window::Window;
-
 /// What the [`Acks`] lock guards, for the poisoned-lock error.
 pub(crate) const ACKS: &str = "acknowledged position";
 
-/// A sent record whose delivery report is awaited, or a chunk mark (no record: acknowledged
-/// once everything before it is).
+/// A sent record whose delivery report is awaited.
 pub(crate) struct Pending {
     sent: Sent,
-    fut: Option<DeliveryFuture>,
+    fut: DeliveryFuture,
 }
 
 /// Why an acker stopped before its channel closed.
@@ -94,9 +85,6 @@ pub(crate) struct Publisher<'a> {
     pub published: u64,
     /// First position of the group whose begin record was sent.
     pub begun: Option<Position>,
-    /// First position of a group taken up mid-way (after a restart or a rewind inside it):
-    /// its topics keep their partition counts until it ends.
-    pub resumed: Option<Position>,
     /// Tables dropped in the group being sent, for its commit record.
     pub drops: Vec<DroppedTable>,
     /// Partition counts as the broker last reported them.
@@ -106,8 +94,6 @@ pub(crate) struct Publisher<'a> {
     pub topics: NewTopics,
     /// Positions, acknowledgements and tables, for the operators.
     pub ops: Arc<Ops>,
-    /// Change events sent ahead of their acknowledgement, at most.
-    pub window: Window,
 }
 
 impl Publisher<'_> {
@@ -123,32 +109,17 @@ impl Publisher<'_> {
         let acks = self.acks.clone();
         let ctl = self.ctl_tx.clone();
         let ops = self.ops.clone();
-        let window = self.window.clone();
         let handle = tokio::spawn(async move {
-            // However it ends, nothing more is sent in this generation.
-            let _close = CloseOnDrop(window.clone());
             while let Some(Pending { sent, fut }) = rx.recv().await {
                 let position = sent.position;
-                // A chunk mark (no future) is acknowledged: every report before it is in.
-                let failed = match fut {
-                    None => None,
-                    Some(fut) => match fut.await {
-                        Ok(Ok(_)) => None,
-                        Ok(Err((e, _))) => Some(format!("position {position}: {e}")),
-                        Err(_) => Some(format!("position {position}: delivery report lost")),
-                    },
-                };
-                let error = match failed {
-                    None => {
-                        if sent.chain.is_some() {
-                            window.release();
-                        }
+                let error = match fut.await {
+                    Ok(Ok(_)) => {
                         // The guard is dropped before the next await.
-                        let closes = sent.closes != Closes::Nothing;
+                        let group_end = sent.group_end;
                         let prune = match lock(&acks, ACKS) {
                             Ok(mut a) => {
                                 let prune = a.delivered(gen, sent, Instant::now(), rx.is_empty());
-                                if closes && gen == a.gen() {
+                                if group_end && gen == a.gen() {
                                     ops.acked(a.acked().position.0);
                                 }
                                 prune
@@ -164,7 +135,8 @@ impl Publisher<'_> {
                         }
                         continue;
                     }
-                    Some(error) => error,
+                    Ok(Err((e, _))) => format!("position {position}: {e}"),
+                    Err(_) => format!("position {position}: delivery report lost"),
                 };
                 let _ = stop_tx.send(AckerStop::Failed { gen, error });
                 return;
@@ -181,28 +153,19 @@ impl Publisher<'_> {
             .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
         self.producer = self.kafka.producer()?;
         let rewind = lock(&self.acks, ACKS)?.rewind();
-        self.window = self.window.renewed();
         self.gen = rewind.gen;
         self.last_sent = rewind.last_sent;
+        self.tails.clear();
         self.drops.clear();
         self.begun = None;
-        self.resume(rewind.open.as_ref());
         self.ctl_tx
             .send(Control::Rewind {
                 gen: rewind.gen,
                 from: rewind.from,
-                open: rewind.open,
             })
             .context("capture thread gone")?;
         tracing::info!(from = rewind.from.0 + 1, generation = self.gen, "resending");
         Ok(())
-    }
-
-    /// Takes up `open`, a group acknowledged in part, or starts at a group boundary (`None`):
-    /// its commit record names every partition the group reached, before the restart too.
-    pub fn resume(&mut self, open: Option<&OpenGroup>) {
-        self.tails = open.map(OpenGroup::tail_map).unwrap_or_default();
-        self.resumed = open.map(|g| g.first);
     }
 
     /// Publishes one message of the tail's.
@@ -230,7 +193,6 @@ impl Publisher<'_> {
             CaptureMsg::Chunk {
                 first,
                 last,
-                upto,
                 ts_ms,
                 rows,
                 drops,
@@ -239,7 +201,7 @@ impl Publisher<'_> {
                 snapshots,
                 ..
             } => {
-                if self.begun.is_none() && self.resumed != Some(first) {
+                if self.begun.is_none() {
                     // At a group boundary: partitions added to a topic meanwhile.
                     let counts = self.partition_counts.borrow_and_update();
                     for (topic, was, now) in grow_partitions(&mut self.outs, &counts) {
@@ -267,23 +229,9 @@ impl Publisher<'_> {
                 }
                 if done {
                     self.begun = None;
-                    self.resumed = None;
                 }
                 for row in rows {
-                    if !self.publish_row(row, last, ts_ms, pending).await? {
-                        // The acker stopped: a rewind resends this chunk.
-                        return Ok(());
-                    }
-                }
-                if !done {
-                    // Acknowledged once every record before it is: the group so far.
-                    let open = OpenGroup::with_tails(first, last, ts_ms, &self.tails);
-                    let sent = Sent {
-                        position: upto,
-                        chain: None,
-                        closes: Closes::Chunk(open),
-                    };
-                    let _ = pending.send(Pending { sent, fut: None });
+                    self.publish_row(row, last, ts_ms, pending).await?;
                 }
                 if done {
                     let partitions = std::mem::take(&mut self.tails)
@@ -306,12 +254,9 @@ impl Publisher<'_> {
                     let sent = Sent {
                         position: last,
                         chain: None,
-                        closes: Closes::Group,
+                        group_end: true,
                     };
-                    let _ = pending.send(Pending {
-                        sent,
-                        fut: Some(fut),
-                    });
+                    let _ = pending.send(Pending { sent, fut });
                     self.ops.metrics.published_position.set(last.0);
                 }
                 Ok(())
@@ -366,16 +311,16 @@ impl Publisher<'_> {
     }
 
     /// Sends one change: its event on its key's partition, and a tombstone where a key
-    /// disappears. Waits for room in the [`Window`]; false when it closed (nothing sent).
+    /// disappears.
     async fn publish_row(
         &mut self,
         row: ChangeRow,
         txn: Position,
         ts_ms: i64,
         pending: &mpsc::UnboundedSender<Pending>,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<()> {
         let Some(out) = self.outs.get_mut(&row.table_id) else {
-            return Ok(true);
+            return Ok(());
         };
         if !Arc::ptr_eq(&out.schemas, &row.schemas) {
             // The change was captured with other columns than the one before it (a
@@ -429,9 +374,6 @@ impl Publisher<'_> {
             )
             .await?;
         let pos = row.position.to_string();
-        if !self.window.enter().await {
-            return Ok(false);
-        }
         let fut = send(
             &self.producer,
             &out.topic,
@@ -444,12 +386,9 @@ impl Publisher<'_> {
         let sent = Sent {
             position: row.position,
             chain: Some(tp.clone()),
-            closes: Closes::Nothing,
+            group_end: false,
         };
-        let _ = pending.send(Pending {
-            sent,
-            fut: Some(fut),
-        });
+        let _ = pending.send(Pending { sent, fut });
         self.last_sent.insert(tp.clone(), row.position);
         let tail = self.tails.entry(tp).or_insert((row.position, 0));
         *tail = (row.position, tail.1 + 1);
@@ -490,14 +429,11 @@ impl Publisher<'_> {
             let sent = Sent {
                 position: row.position,
                 chain: None,
-                closes: Closes::Nothing,
+                group_end: false,
             };
-            let _ = pending.send(Pending {
-                sent,
-                fut: Some(fut),
-            });
+            let _ = pending.send(Pending { sent, fut });
         }
         self.backoff.reset();
-        Ok(true)
+        Ok(())
     }
 }

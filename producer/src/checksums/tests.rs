@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::path::Path;
 
 use barista_schemas::checksum::{from_wire, RowHasher};
@@ -104,13 +105,7 @@ impl Rig {
     fn ack(&mut self) {
         let sums = self.sums.acknowledged(self.read);
         self.capture
-            .prune(
-                &crate::ack::Acked {
-                    position: self.read,
-                    ..Default::default()
-                },
-                Some(&sums),
-            )
+            .prune(self.read, &HashMap::new(), Some(&sums))
             .unwrap();
     }
 }
