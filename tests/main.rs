@@ -16,5 +16,4 @@ mod pipeline;
 mod producer_ops;
 mod reads;
 mod seed;
-mod snapshots;
 mod topology;

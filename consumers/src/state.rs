@@ -128,8 +128,6 @@ pub struct Shared {
     pub board: crate::held::Board,
     /// What the table checksums say: diverged, and tables not compared.
     pub verdict: Mutex<crate::checksums::Verdict>,
-    /// Tables whose snapshot runs, as of the last apply.
-    pub snapshots: Mutex<Vec<crate::table_snapshots::ReplicaSnapshot>>,
 }
 
 impl Shared {
@@ -147,7 +145,6 @@ impl Shared {
             replica: config.replica.clone(),
             board: crate::held::Board::default(),
             verdict: Mutex::default(),
-            snapshots: Mutex::default(),
         })
     }
 
@@ -181,7 +178,6 @@ mod tests {
             partitions: vec![],
             dropped: vec![],
             checksums: vec![],
-            snapshots: vec![],
         }
     }
 

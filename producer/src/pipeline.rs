@@ -194,7 +194,6 @@ async fn publish_installed(
         ops: ops.clone(),
         checksums: config.checksums,
         sums: None,
-        snapshots: crate::snapshot::Driver::new(config.snapshot),
     };
     let capture_thread = tail.spawn()?;
 

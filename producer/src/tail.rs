@@ -54,8 +54,6 @@ pub(crate) enum CaptureMsg {
         done: bool,
         /// On the last chunk: the checksum of every table the group changed, at `last`.
         checksums: Vec<TableChecksum>,
-        /// On the last chunk: the snapshots that started or ended in the group.
-        snapshots: Vec<barista_schemas::TableSnapshot>,
     },
     /// Tables captured while running (their snapshot rows follow in the
     /// next group): the publisher creates their topics before it sends them.
@@ -119,8 +117,6 @@ pub(crate) struct Tail {
     pub checksums: bool,
     /// The table checksums, as of the last position read.
     pub sums: Option<Checksums>,
-    /// Incremental snapshots: signals, pacing (see [`crate::snapshot`]).
-    pub snapshots: crate::snapshot::Driver,
 }
 
 /// What the previous poll saw.
@@ -247,10 +243,6 @@ impl Tail {
             }
             seen.sent_at = Instant::now();
         }
-        if self.snapshot_tick()? {
-            // This connection's own commit does not move data_version: read the head.
-            seen.data_version = i64::MIN;
-        }
         Ok(Flow::Continue)
     }
 
@@ -262,9 +254,6 @@ impl Tail {
             .capture
             .drops_between(self.next_from, head)
             .context("reading the changelog")?;
-        let mut snapshots =
-            crate::snapshot::marks_between(self.capture.conn(), self.next_from.0, head.0)
-                .context("reading the changelog")?;
         loop {
             let (rows, scanned) = self
                 .capture
@@ -290,11 +279,6 @@ impl Tail {
                 drops: std::mem::take(&mut drops),
                 done,
                 checksums,
-                snapshots: if done {
-                    std::mem::take(&mut snapshots)
-                } else {
-                    Vec::new()
-                },
             };
             if self.tx.blocking_send(chunk).is_err() {
                 return Ok(Flow::Stop);

@@ -23,10 +23,6 @@ pub(crate) enum Mark {
     Shape(Position, i64),
     /// The table was dropped (or renamed away) here.
     Drop(Position, i64),
-    /// A snapshot of the table starts here: its sum is unknown until the snapshot ends.
-    SnapshotStart(Position, i64),
-    /// A snapshot of the table ended here: the table's sum is recomputed as of here.
-    SnapshotEnd(Position, i64),
 }
 
 impl Capture {
@@ -86,5 +82,18 @@ pub(super) fn store(
     for (table, sum) in sums {
         stmt.execute(params![table, to_wire(*sum), acked.0])?;
     }
+    Ok(())
+}
+
+/// A table captured for the first time: its checksum is 0 until its snapshot, which follows
+/// the acknowledged position. Stored as of that position, so the producer starts from it
+/// instead of recomputing it from the rows (a scan of the table and of its snapshot).
+pub(super) fn store_new_table(conn: &Connection, table: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO _barista_checksums(tbl, sum, position) \
+         VALUES (?1, 0, coalesce((SELECT value FROM _barista_state WHERE key = 'acked'), 0)) \
+         ON CONFLICT(tbl) DO UPDATE SET sum = 0, position = excluded.position",
+        [table],
+    )?;
     Ok(())
 }

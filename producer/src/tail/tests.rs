@@ -46,7 +46,6 @@ fn rig(chunk: usize, heartbeat: Duration) -> Rig {
             ))),
             checksums: true,
             sums: None,
-            snapshots: crate::snapshot::Driver::default(),
         },
         seen: Seen {
             data_version: i64::MIN,
