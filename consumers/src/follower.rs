@@ -77,6 +77,9 @@ pub async fn open(config: &FollowerConfig, shared: &Shared) -> anyhow::Result<Re
         progress.position,
         progress.leader_ts_ms,
     ));
+    // Tables an operator skipped a change of are `unverified` from the first
+    // status on, not only once Kafka is reached.
+    checks::unverified_at_start(shared, config, &replica)?;
     // From the first second, before Kafka is reached: the replica's own
     // position, and a seconds lag nobody has measured yet.
     publish_status(shared, config, &Chains::new(), None)?;
