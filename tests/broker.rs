@@ -17,7 +17,7 @@ use rdkafka::ClientConfig;
 use crate::crash::{consumer_args, producer_args, TABLES};
 
 /// The broker binary, or None when the environment says to skip.
-fn nisshi() -> Option<PathBuf> {
+pub(crate) fn nisshi() -> Option<PathBuf> {
     if std::env::var_os("BARISTA_SKIP_REAL_BROKER").is_some_and(|v| !v.is_empty() && v != "0") {
         eprintln!("SKIPPED: real-broker test (BARISTA_SKIP_REAL_BROKER is set)");
         return None;
@@ -39,16 +39,27 @@ fn nisshi() -> Option<PathBuf> {
 
 /// A nisshi broker on a free loopback port, storing its log in SQLite in
 /// `dir` so that a restart keeps every record.
-struct Broker {
+pub(crate) struct Broker {
     proc: Proc,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl Broker {
-    fn start(bin: PathBuf, dir: &Path) -> Broker {
+    pub(crate) fn start(bin: PathBuf, dir: &Path) -> Broker {
+        Broker::start_with(bin, dir, "sqlite://broker.db", &[])
+    }
+
+    /// On the storage engine `storage` (`sqlite://broker.db` in `dir`, `memory://nisshi/`),
+    /// logging warnings only: at `info` nisshi logs every field of every response (gigabytes
+    /// a minute under a backlog, and most of its CPU).
+    pub(crate) fn start_on(bin: PathBuf, dir: &Path, storage: &str) -> Broker {
+        Broker::start_with(bin, dir, storage, &[("RUST_LOG", "warn")])
+    }
+
+    fn start_with(bin: PathBuf, dir: &Path, storage: &str, env: &[(&str, &str)]) -> Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let proc = Proc::start_program(
+        let proc = Proc::start_program_with_env(
             bin,
             [
                 "broker",
@@ -57,10 +68,11 @@ impl Broker {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                "sqlite://broker.db",
+                storage,
                 "--group-initial-rebalance-delay",
                 "0s",
             ],
+            env,
             &dir.join("broker.log"),
             Some(dir),
         );
@@ -95,7 +107,7 @@ impl Broker {
     }
 }
 
-fn topic_exists(brokers: &str, topic: &str) -> Result<(), String> {
+pub(crate) fn topic_exists(brokers: &str, topic: &str) -> Result<(), String> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()

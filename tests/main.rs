@@ -4,6 +4,7 @@ mod broker;
 mod checksums;
 mod checksums_follower;
 mod crash;
+mod crash_loop;
 mod dashboards;
 mod dead_letters;
 mod errors;

@@ -42,6 +42,8 @@ pub struct Proc {
     args: Vec<OsString>,
     log: PathBuf,
     cwd: Option<PathBuf>,
+    /// Extra environment variables, on every start.
+    env: Vec<(OsString, OsString)>,
     child: Option<Child>,
     /// How many times it was started.
     pub starts: usize,
@@ -63,13 +65,51 @@ impl Proc {
         Self::start_program(binary(name), args, log, None)
     }
 
+    /// Like [`Proc::start`], with extra environment variables (kept for restarts).
+    pub fn start_with_env<I, S>(name: &str, args: I, env: &[(&str, &str)], log: &Path) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        Self::start_program_with_env(binary(name), args, env, log, None)
+    }
+
+    /// Like [`Proc::start_program`], with extra environment variables (kept for restarts).
+    pub fn start_program_with_env<I, S>(
+        program: PathBuf,
+        args: I,
+        env: &[(&str, &str)],
+        log: &Path,
+        cwd: Option<&Path>,
+    ) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        let mut p = Self::new(program, args, log, cwd);
+        p.env = env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        p.spawn();
+        p
+    }
+
     /// Starts any program, in `cwd` if given; output appended to `log`.
     pub fn start_program<I, S>(program: PathBuf, args: I, log: &Path, cwd: Option<&Path>) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<OsString>,
     {
-        let mut p = Proc {
+        let mut p = Self::new(program, args, log, cwd);
+        p.spawn();
+        p
+    }
+
+    /// Not started yet.
+    fn new<I, S>(program: PathBuf, args: I, log: &Path, cwd: Option<&Path>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        Proc {
             name: program
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -78,11 +118,10 @@ impl Proc {
             args: args.into_iter().map(Into::into).collect(),
             log: log.to_owned(),
             cwd: cwd.map(Path::to_owned),
+            env: Vec::new(),
             child: None,
             starts: 0,
-        };
-        p.spawn();
-        p
+        }
     }
 
     fn spawn(&mut self) {
@@ -103,6 +142,7 @@ impl Proc {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or("info,rdkafka=warn".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -13,13 +13,13 @@ use std::time::Duration;
 use barista_schemas::{Op, Position, SqlValue, TableSchemas, TableShape};
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
-use crate::ack::TopicPartition;
 use crate::triggers::{self, OP_DELETE, OP_DROP, OP_INSERT, OP_UPDATE};
 
 mod adopt;
 mod drift;
 mod dropped;
 mod history;
+mod state;
 mod sums;
 #[cfg(test)]
 mod tests;
@@ -312,36 +312,6 @@ impl Capture {
         Ok(Position(max.unwrap_or(0)).max(self.acked()?))
     }
 
-    /// Every change up to this position is acknowledged by Kafka.
-    pub fn acked(&self) -> Result<Position, CaptureError> {
-        let v: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT value FROM _barista_state WHERE key = 'acked'",
-                [],
-                |r| r.get(0),
-            )
-            .or_else(|e| {
-                if e == rusqlite::Error::QueryReturnedNoRows {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            })?;
-        Ok(Position(v.unwrap_or(0)))
-    }
-
-    /// Last acknowledged position per (topic, partition).
-    pub fn acked_partitions(&self) -> Result<HashMap<TopicPartition, Position>, CaptureError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT topic, partition, last_position FROM _barista_partitions")?;
-        let rows = stmt
-            .query_map([], |r| Ok(((r.get(0)?, r.get(1)?), Position(r.get(2)?))))?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
-    }
-
     /// Reads up to `limit` changelog rows with `after < position <= upto`, in
     /// order. Returns the changes and the last position scanned (rows of
     /// tables not captured now are scanned but not returned).
@@ -438,45 +408,6 @@ impl Capture {
             });
         }
         Ok((out, scanned))
-    }
-
-    /// Records that everything up to `acked` is in Kafka and deletes the
-    /// shipped changelog rows, keeping the newest row (see changelog.sql).
-    /// With `sums` (the table checksums as of `acked`), `_barista_checksums` is replaced by
-    /// them in the same transaction, so the stored sums and the acknowledged position agree.
-    pub fn prune(
-        &mut self,
-        acked: Position,
-        partitions: &HashMap<TopicPartition, Position>,
-        sums: Option<&[(String, u64)]>,
-    ) -> Result<usize, CaptureError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO _barista_state(key, value) VALUES ('acked', ?1) \
-             ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
-            [acked.0],
-        )?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO _barista_partitions(topic, partition, last_position) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT(topic, partition) DO UPDATE SET last_position = max(last_position, excluded.last_position)",
-            )?;
-            for ((topic, partition), last) in partitions {
-                stmt.execute(params![topic, partition, last.0])?;
-            }
-        }
-        if let Some(sums) = sums {
-            sums::store(&tx, acked, sums)?;
-        }
-        let n = tx.execute(
-            "DELETE FROM _barista_changelog WHERE position <= ?1 \
-             AND position < (SELECT max(position) FROM _barista_changelog)",
-            [acked.0],
-        )?;
-        tx.commit()?;
-        Ok(n)
     }
 
     /// Number of rows still in the changelog.

@@ -81,6 +81,11 @@ struct Args {
     /// Heartbeat interval when the leader is idle, in milliseconds.
     #[arg(long, env = "BARISTA_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
     heartbeat_interval_ms: u64,
+    /// Changelog rows per chunk. A commit group larger than this is announced by a begin
+    /// record, streamed, and acknowledged chunk by chunk: a producer stopped mid-group
+    /// resumes after its last acknowledged chunk.
+    #[arg(long, env = "BARISTA_CHUNK_SIZE", default_value_t = 5000)]
+    chunk_size: usize,
     /// Extra librdkafka property, key=value (repeatable; comma-separated in the env var).
     #[arg(short = 'X', long = "kafka-option", env = "BARISTA_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_kv)]
     kafka_options: Vec<(String, String)>,
@@ -122,6 +127,10 @@ impl Args {
         c.poll_interval = Duration::from_millis(self.poll_interval_ms.max(1));
         c.heartbeat_interval = Duration::from_millis(self.heartbeat_interval_ms.max(10));
         c.kafka_options = self.kafka_options;
+        if self.chunk_size < 1 {
+            return Err("--chunk-size must be at least 1".into());
+        }
+        c.chunk_size = self.chunk_size;
         if let Some(ms) = self.retention_ms {
             if ms < -1 || ms == 0 {
                 return Err("--retention-ms must be positive, or -1 to keep everything".into());

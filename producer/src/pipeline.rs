@@ -27,7 +27,7 @@ use crate::config::ProducerConfig;
 use crate::encode::Encoder;
 use crate::kafka::{KafkaContext, KafkaSettings};
 use crate::ops::{self, Ops};
-use crate::publish::{AckerStop, Publisher, ACKS};
+use crate::publish::{AckerStop, Publisher, Window, ACKS};
 use crate::registry::Registry;
 use crate::tail::{CaptureMsg, Control, Tail};
 use crate::topics::{claim_topic, NewTopics, TableOut};
@@ -36,6 +36,9 @@ use crate::topics::{claim_topic, NewTopics, TableOut};
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the topics' partition counts are looked up (partitions an operator adds).
 const PARTITION_COUNTS_EVERY: Duration = Duration::from_secs(10);
+/// Change events sent ahead of their acknowledgement, in chunks: enough to keep Kafka busy
+/// while the next chunk is read, little enough that a kill resends little.
+const WINDOW_CHUNKS: usize = 2;
 /// How long shutdown waits for outstanding delivery reports.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -107,6 +110,7 @@ async fn publish(
     let acked = Acked {
         position: capture.acked()?,
         partitions: capture.acked_partitions()?,
+        open: capture.open_group()?,
     };
     ops.metrics.acked_position.set(acked.position.0);
     // Everything acknowledged was published, by this run or an earlier one.
@@ -176,7 +180,7 @@ async fn publish_installed(
         claim_topic(&mut outs, t, topic, partitions, ops);
     }
     ops.started();
-    tracing::info!(acked = %acked.position, backlog = capture.backlog()?, "producer starting");
+    tracing::info!(acked = %acked.position, group = ?acked.open.as_ref().map(|g| (g.first, g.last)), backlog = capture.backlog()?, "producer starting");
 
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<CaptureMsg>(4);
     let (ctl_tx, ctl_rx) = std_mpsc::channel::<Control>();
@@ -187,6 +191,7 @@ async fn publish_installed(
         ctl: ctl_rx,
         stop: stop.clone(),
         next_from: acked.position,
+        open: acked.open.clone(),
         poll: config.poll_interval,
         heartbeat: config.heartbeat_interval,
         chunk: config.chunk_size,
@@ -194,7 +199,9 @@ async fn publish_installed(
         ops: ops.clone(),
         checksums: config.checksums,
         sums: None,
+        boundaries: Default::default(),
     };
+    let acked_open = tail.open.clone();
     let capture_thread = tail.spawn()?;
 
     let mut publisher = Publisher {
@@ -216,6 +223,7 @@ async fn publish_installed(
         backoff: Backoff::new(),
         published: 0,
         begun: None,
+        resumed: None,
         drops: Vec::new(),
         partition_counts: kafka.watch_partition_counts(PARTITION_COUNTS_EVERY)?,
         topics: NewTopics {
@@ -224,7 +232,9 @@ async fn publish_installed(
             replication_factor: config.replication_factor,
         },
         ops: ops.clone(),
+        window: Window::new(WINDOW_CHUNKS * config.chunk_size),
     };
+    publisher.resume(acked_open.as_ref());
     let acks = publisher.acks.clone();
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel::<AckerStop>();
     let (mut pending_tx, mut acker) = publisher.spawn_acker(stop_tx.clone());

@@ -1,7 +1,11 @@
 //! Publish, the stage between encode and ack: turns the tail's chunks into Kafka records (a
 //! change event per change on its key's partition, a tombstone where a key disappears, and a
 //! commit record closing each group on the commits topic) and hands each sent record's
-//! delivery report to the acker. After a failed delivery it rewinds: a fresh Kafka producer,
+//! delivery report to the acker, with a chunk mark after each chunk of a large group so the
+//! group is acknowledged chunk by chunk (see [`crate::ack`]). At most [`Window`] change events
+//! are sent and not yet acknowledged: a producer killed in a backlog has sent at most that
+//! much past what it recorded, which its next run sends again, so a crash loop does not fill
+//! the topics with copies. After a failed delivery it rewinds: a fresh Kafka producer,
 //! and capture restarted from the oldest unacknowledged position, so Kafka never holds a gap
 //! (only, at worst, duplicates, which followers drop by position).
 //!
@@ -21,7 +25,7 @@ use barista_schemas::{ChangeEvent, Commit, DroppedTable, Op, PartitionTail, Posi
 use rdkafka::producer::{DeliveryFuture, Producer as _};
 use tokio::sync::mpsc;
 
-use crate::ack::{Acks, Sent, TopicPartition};
+use crate::ack::{Acks, Closes, OpenGroup, Sent, TopicPartition};
 use crate::capture::ChangeRow;
 use crate::encode::{Encoder, Payload};
 use crate::kafka::{send, KafkaProducer, KafkaSettings};
@@ -29,13 +33,18 @@ use crate::ops::Ops;
 use crate::tail::{now_ms, CaptureMsg, Control};
 use crate::topics::{grow_partitions, NewTopics, TableOut};
 
+mod window;
+use window::CloseOnDrop;
+pub(crate) use window::Window;
+
 /// What the [`Acks`] lock guards, for the poisoned-lock error.
 pub(crate) const ACKS: &str = "acknowledged position";
 
-/// A sent record whose delivery report is awaited.
+/// A sent record whose delivery report is awaited, or a chunk mark (no record: acknowledged
+/// once everything before it is).
 pub(crate) struct Pending {
     sent: Sent,
-    fut: DeliveryFuture,
+    fut: Option<DeliveryFuture>,
 }
 
 /// Why an acker stopped before its channel closed.
@@ -85,6 +94,9 @@ pub(crate) struct Publisher<'a> {
     pub published: u64,
     /// First position of the group whose begin record was sent.
     pub begun: Option<Position>,
+    /// First position of a group taken up mid-way (after a restart or a rewind inside it):
+    /// its topics keep their partition counts until it ends.
+    pub resumed: Option<Position>,
     /// Tables dropped in the group being sent, for its commit record.
     pub drops: Vec<DroppedTable>,
     /// Partition counts as the broker last reported them.
@@ -94,6 +106,8 @@ pub(crate) struct Publisher<'a> {
     pub topics: NewTopics,
     /// Positions, acknowledgements and tables, for the operators.
     pub ops: Arc<Ops>,
+    /// Change events sent ahead of their acknowledgement, at most.
+    pub window: Window,
 }
 
 impl Publisher<'_> {
@@ -109,17 +123,32 @@ impl Publisher<'_> {
         let acks = self.acks.clone();
         let ctl = self.ctl_tx.clone();
         let ops = self.ops.clone();
+        let window = self.window.clone();
         let handle = tokio::spawn(async move {
+            // However it ends, nothing more is sent in this generation.
+            let _close = CloseOnDrop(window.clone());
             while let Some(Pending { sent, fut }) = rx.recv().await {
                 let position = sent.position;
-                let error = match fut.await {
-                    Ok(Ok(_)) => {
+                // A chunk mark (no future) is acknowledged: every report before it is in.
+                let failed = match fut {
+                    None => None,
+                    Some(fut) => match fut.await {
+                        Ok(Ok(_)) => None,
+                        Ok(Err((e, _))) => Some(format!("position {position}: {e}")),
+                        Err(_) => Some(format!("position {position}: delivery report lost")),
+                    },
+                };
+                let error = match failed {
+                    None => {
+                        if sent.chain.is_some() {
+                            window.release();
+                        }
                         // The guard is dropped before the next await.
-                        let group_end = sent.group_end;
+                        let closes = sent.closes != Closes::Nothing;
                         let prune = match lock(&acks, ACKS) {
                             Ok(mut a) => {
                                 let prune = a.delivered(gen, sent, Instant::now(), rx.is_empty());
-                                if group_end && gen == a.gen() {
+                                if closes && gen == a.gen() {
                                     ops.acked(a.acked().position.0);
                                 }
                                 prune
@@ -135,8 +164,7 @@ impl Publisher<'_> {
                         }
                         continue;
                     }
-                    Ok(Err((e, _))) => format!("position {position}: {e}"),
-                    Err(_) => format!("position {position}: delivery report lost"),
+                    Some(error) => error,
                 };
                 let _ = stop_tx.send(AckerStop::Failed { gen, error });
                 return;
@@ -153,19 +181,28 @@ impl Publisher<'_> {
             .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
         self.producer = self.kafka.producer()?;
         let rewind = lock(&self.acks, ACKS)?.rewind();
+        self.window = self.window.renewed();
         self.gen = rewind.gen;
         self.last_sent = rewind.last_sent;
-        self.tails.clear();
         self.drops.clear();
         self.begun = None;
+        self.resume(rewind.open.as_ref());
         self.ctl_tx
             .send(Control::Rewind {
                 gen: rewind.gen,
                 from: rewind.from,
+                open: rewind.open,
             })
             .context("capture thread gone")?;
         tracing::info!(from = rewind.from.0 + 1, generation = self.gen, "resending");
         Ok(())
+    }
+
+    /// Takes up `open`, a group acknowledged in part, or starts at a group boundary (`None`):
+    /// its commit record names every partition the group reached, before the restart too.
+    pub fn resume(&mut self, open: Option<&OpenGroup>) {
+        self.tails = open.map(OpenGroup::tail_map).unwrap_or_default();
+        self.resumed = open.map(|g| g.first);
     }
 
     /// Publishes one message of the tail's.
@@ -193,6 +230,7 @@ impl Publisher<'_> {
             CaptureMsg::Chunk {
                 first,
                 last,
+                upto,
                 ts_ms,
                 rows,
                 drops,
@@ -200,7 +238,7 @@ impl Publisher<'_> {
                 checksums,
                 ..
             } => {
-                if self.begun.is_none() {
+                if self.begun.is_none() && self.resumed != Some(first) {
                     // At a group boundary: partitions added to a topic meanwhile.
                     let counts = self.partition_counts.borrow_and_update();
                     for (topic, was, now) in grow_partitions(&mut self.outs, &counts) {
@@ -228,9 +266,23 @@ impl Publisher<'_> {
                 }
                 if done {
                     self.begun = None;
+                    self.resumed = None;
                 }
                 for row in rows {
-                    self.publish_row(row, last, ts_ms, pending).await?;
+                    if !self.publish_row(row, last, ts_ms, pending).await? {
+                        // The acker stopped: a rewind resends this chunk.
+                        return Ok(());
+                    }
+                }
+                if !done {
+                    // Acknowledged once every record before it is: the group so far.
+                    let open = OpenGroup::with_tails(first, last, ts_ms, &self.tails);
+                    let sent = Sent {
+                        position: upto,
+                        chain: None,
+                        closes: Closes::Chunk(open),
+                    };
+                    let _ = pending.send(Pending { sent, fut: None });
                 }
                 if done {
                     let partitions = std::mem::take(&mut self.tails)
@@ -252,9 +304,12 @@ impl Publisher<'_> {
                     let sent = Sent {
                         position: last,
                         chain: None,
-                        group_end: true,
+                        closes: Closes::Group,
                     };
-                    let _ = pending.send(Pending { sent, fut });
+                    let _ = pending.send(Pending {
+                        sent,
+                        fut: Some(fut),
+                    });
                     self.ops.metrics.published_position.set(last.0);
                 }
                 Ok(())
@@ -308,16 +363,16 @@ impl Publisher<'_> {
     }
 
     /// Sends one change: its event on its key's partition, and a tombstone where a key
-    /// disappears.
+    /// disappears. Waits for room in the [`Window`]; false when it closed (nothing sent).
     async fn publish_row(
         &mut self,
         row: ChangeRow,
         txn: Position,
         ts_ms: i64,
         pending: &mpsc::UnboundedSender<Pending>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         let Some(out) = self.outs.get_mut(&row.table_id) else {
-            return Ok(());
+            return Ok(true);
         };
         if !Arc::ptr_eq(&out.schemas, &row.schemas) {
             // The change was captured with other columns than the one before it (a
@@ -371,6 +426,9 @@ impl Publisher<'_> {
             )
             .await?;
         let pos = row.position.to_string();
+        if !self.window.enter().await {
+            return Ok(false);
+        }
         let fut = send(
             &self.producer,
             &out.topic,
@@ -383,9 +441,12 @@ impl Publisher<'_> {
         let sent = Sent {
             position: row.position,
             chain: Some(tp.clone()),
-            group_end: false,
+            closes: Closes::Nothing,
         };
-        let _ = pending.send(Pending { sent, fut });
+        let _ = pending.send(Pending {
+            sent,
+            fut: Some(fut),
+        });
         self.last_sent.insert(tp.clone(), row.position);
         let tail = self.tails.entry(tp).or_insert((row.position, 0));
         *tail = (row.position, tail.1 + 1);
@@ -426,11 +487,14 @@ impl Publisher<'_> {
             let sent = Sent {
                 position: row.position,
                 chain: None,
-                group_end: false,
+                closes: Closes::Nothing,
             };
-            let _ = pending.send(Pending { sent, fut });
+            let _ = pending.send(Pending {
+                sent,
+                fut: Some(fut),
+            });
         }
         self.backoff.reset();
-        Ok(())
+        Ok(true)
     }
 }

@@ -56,7 +56,14 @@ fn positions_are_never_reused_after_pruning() {
     app.execute_batch("INSERT INTO t VALUES (1, 'a'); INSERT INTO t VALUES (2, 'b');")
         .unwrap();
     assert_eq!(cap.head().unwrap(), P(2));
-    cap.prune(P(2), &HashMap::new(), None).unwrap();
+    cap.prune(
+        &crate::ack::Acked {
+            position: P(2),
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap();
     assert_eq!(
         cap.backlog().unwrap(),
         1,

@@ -1,4 +1,3 @@
-use std::collections::HashMap;
 use std::path::Path;
 
 use barista_schemas::checksum::{from_wire, RowHasher};
@@ -105,7 +104,13 @@ impl Rig {
     fn ack(&mut self) {
         let sums = self.sums.acknowledged(self.read);
         self.capture
-            .prune(self.read, &HashMap::new(), Some(&sums))
+            .prune(
+                &crate::ack::Acked {
+                    position: self.read,
+                    ..Default::default()
+                },
+                Some(&sums),
+            )
             .unwrap();
     }
 }

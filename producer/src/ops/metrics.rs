@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicU64;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 /// The producer's Prometheus metrics.
@@ -23,6 +24,8 @@ pub struct Metrics {
     pub acked_position: Gauge,
     /// The newest position in the leader's changelog.
     pub leader_position: Gauge,
+    /// Positions per commit group handed to Kafka (last - first + 1).
+    pub group_positions: Histogram,
     /// Re-sends from the oldest unacknowledged position after a failed delivery.
     pub resends: Counter,
     /// Kafka errors.
@@ -48,6 +51,7 @@ impl Metrics {
             published_position: Gauge::default(),
             acked_position: Gauge::default(),
             leader_position: Gauge::default(),
+            group_positions: Histogram::new(exponential_buckets(1.0, 4.0, 12)),
             resends: Counter::default(),
             broker_errors: Counter::default(),
             registry_errors: Counter::default(),
@@ -83,6 +87,11 @@ impl Metrics {
             "leader_position",
             "Newest position in the leader's changelog",
             m.leader_position.clone(),
+        );
+        registry.register(
+            "group_positions",
+            "Positions per commit group handed to Kafka (how large leader transactions, or what merged between two polls, get)",
+            m.group_positions.clone(),
         );
         registry.register(
             "resends",
