@@ -9,7 +9,8 @@
 use std::collections::HashMap;
 
 use barista_schemas::Position;
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::types::FromSql;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{sums, Capture, CaptureError};
 use crate::ack::{Acked, OpenGroup, TopicPartition};
@@ -17,20 +18,7 @@ use crate::ack::{Acked, OpenGroup, TopicPartition};
 impl Capture {
     /// Every change up to this position is acknowledged by Kafka.
     pub fn acked(&self) -> Result<Position, CaptureError> {
-        let v: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT value FROM _barista_state WHERE key = 'acked'",
-                [],
-                |r| r.get(0),
-            )
-            .or_else(|e| {
-                if e == rusqlite::Error::QueryReturnedNoRows {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            })?;
+        let v: Option<i64> = state_value(&self.conn, "acked")?;
         Ok(Position(v.unwrap_or(0)))
     }
 
@@ -39,20 +27,7 @@ impl Capture {
     /// ignored: the producer then starts the group's rest as a group of its own, which is
     /// safe but not one group on followers.
     pub(crate) fn open_group(&self) -> Result<Option<OpenGroup>, CaptureError> {
-        let v: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT value FROM _barista_state WHERE key = 'group'",
-                [],
-                |r| r.get(0),
-            )
-            .or_else(|e| {
-                if e == rusqlite::Error::QueryReturnedNoRows {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            })?;
+        let v: Option<String> = state_value(&self.conn, "group")?;
         Ok(v.and_then(|v| match serde_json::from_str(&v) {
             Ok(g) => Some(g),
             Err(e) => {
@@ -88,19 +63,7 @@ impl Capture {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let recorded: Option<i64> = tx
-            .query_row(
-                "SELECT value FROM _barista_state WHERE key = 'acked'",
-                [],
-                |r| r.get(0),
-            )
-            .or_else(|e| {
-                if e == rusqlite::Error::QueryReturnedNoRows {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            })?;
+        let recorded: Option<i64> = state_value(&tx, "acked")?;
         if recorded.is_some_and(|r| r > position.0) {
             return Ok(0);
         }
@@ -156,4 +119,14 @@ impl Capture {
         .iter()
         .any(|v| *v != now))
     }
+}
+
+/// The value stored in `_barista_state` under `key`, if any.
+fn state_value<T: FromSql>(conn: &Connection, key: &str) -> rusqlite::Result<Option<T>> {
+    conn.query_row(
+        "SELECT value FROM _barista_state WHERE key = ?1",
+        [key],
+        |r| r.get(0),
+    )
+    .optional()
 }
