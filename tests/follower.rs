@@ -560,9 +560,11 @@ async fn metrics_scraped_over_http_match_the_replica() {
     producer.stop().await.unwrap();
 }
 
-/// A snapshot of 20,000 rows is one commit group. The follower, allowed to
-/// hold 2,000 changes, streams it into an open replica transaction; a reader
-/// polling the replica file meanwhile sees no row or every row, never part.
+/// A bulk load of 20,000 rows in one leader transaction is one commit group
+/// (a table's snapshot no longer is: it comes in chunks of its own). The
+/// follower, allowed to hold 2,000 changes, streams it into an open replica
+/// transaction; a reader polling the replica file meanwhile sees no row or
+/// every row, never part.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_large_commit_group_is_streamed_and_never_half_visible() {
     const ROWS: i64 = 20_000;
@@ -570,21 +572,12 @@ async fn a_large_commit_group_is_streamed_and_never_half_visible() {
     let dir = tempfile::tempdir().unwrap();
     let leader = dir.path().join("leader.db");
     {
-        let mut c = rusqlite::Connection::open(&leader).unwrap();
+        let c = rusqlite::Connection::open(&leader).unwrap();
         c.pragma_update(None, "journal_mode", "WAL").unwrap();
         c.execute_batch(
             "CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT NOT NULL, coffee TEXT)",
         )
         .unwrap();
-        let tx = c.transaction().unwrap();
-        for id in 1..=ROWS {
-            tx.execute(
-                "INSERT INTO customers VALUES (?1, ?2, 'flat white')",
-                rusqlite::params![id, format!("customer {id}")],
-            )
-            .unwrap();
-        }
-        tx.commit().unwrap();
     }
     let cluster = MockCluster::new(3).unwrap();
     let brokers = cluster.bootstrap_servers();
@@ -598,6 +591,32 @@ async fn a_large_commit_group_is_streamed_and_never_half_visible() {
     let mut fc = follower_config(&replica, &unique("f"), &brokers, registry.url(), &prefix);
     fc.batch_max = 2000;
     let follower = RunningFollower::start(fc);
+    let l = leader.clone();
+    wait_until(Duration::from_secs(30), move || {
+        let n: i64 = rusqlite::Connection::open(&l)
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND name LIKE '_barista_%'",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap_or(0);
+        (n >= 3).then_some(()).ok_or(format!("{n} capture triggers"))
+    })
+    .await;
+    {
+        let mut c = rusqlite::Connection::open(&leader).unwrap();
+        let tx = c.transaction().unwrap();
+        for id in 1..=ROWS {
+            tx.execute(
+                "INSERT INTO customers VALUES (?1, ?2, 'flat white')",
+                rusqlite::params![id, format!("customer {id}")],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
 
     // Watch the replica file the way any SQLite client would.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -752,7 +771,10 @@ async fn a_follower_restarted_mid_group_on_resent_copies_applies_each_change_onc
     let run = |k: i32| {
         let leader = dir.path().join(format!("leader-{k}.db"));
         std::fs::copy(&original, &leader).unwrap();
-        let args = crate::crash::producer_args(&leader, &brokers, registry.url(), &prefix);
+        let mut args = crate::crash::producer_args(&leader, &brokers, registry.url(), &prefix);
+        // The table's snapshot in one chunk: one leader write transaction, so one commit group
+        // (by default a snapshot goes out in chunks of 1,000 rows, each its own group).
+        args.extend(["--snapshot-chunk-rows".into(), ROWS.to_string()]);
         let log = dir.path().join(format!("producer-{k}.log"));
         (leader, Proc::start("producer", args, &log))
     };
@@ -787,8 +809,17 @@ async fn a_follower_restarted_mid_group_on_resent_copies_applies_each_change_onc
     })
     .await;
     let g = follower.status().group.unwrap();
-    assert_eq!((g.first.0, g.last.0), (1, ROWS), "the group's span: {g:?}");
-    assert_eq!(replica_position(&replica), 0, "nothing of it visible yet");
+    // Position 1 is the snapshot's start marker, its own group; the rows are 2 ..= ROWS + 1.
+    assert_eq!(
+        (g.first.0, g.last.0),
+        (2, ROWS + 1),
+        "the group's span: {g:?}"
+    );
+    assert_eq!(
+        replica_position(&replica),
+        g.first.0 - 1,
+        "nothing of the group visible yet"
+    );
     follower.stop().await.unwrap();
 
     // The last producer run publishes all of it.

@@ -17,4 +17,5 @@ mod pipeline;
 mod producer_ops;
 mod reads;
 mod seed;
+mod snapshots;
 mod topology;

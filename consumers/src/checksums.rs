@@ -141,6 +141,7 @@ pub struct Sums {
 
 /// Where [`Sums::take_out`] left a change: its table and key.
 #[derive(Debug, Clone, Copy)]
+#[must_use = "hand the slot to put_in or removed, or the memo keeps the row's old hash"]
 pub struct Slot {
     table: usize,
     key: KeyHash,

@@ -69,6 +69,7 @@ fn batch(changes: Vec<DecodedChange>, leader: Vec<LeaderSum>) -> Batch {
         position: Some((last, 0)),
         drops: vec![],
         checksums: leader,
+        snapshots: vec![],
     }
 }
 

@@ -382,15 +382,25 @@ impl Follower {
             position: Some((position, ts)),
             drops: plan.drops,
             checksums: self.leader_sums(plan.checksums)?,
+            snapshots: plan.snapshots,
         };
-        let (offsets, diverged) = self
+        let marks = !batch.snapshots.is_empty();
+        let (offsets, diverged, snapshots) = self
             .on_replica(move |replica| {
-                replica
-                    .apply(&batch)
-                    .map(|()| (batch.offsets, replica.divergence().cloned()))
+                replica.apply(&batch)?;
+                let snapshots = match marks {
+                    true => Some(crate::table_snapshots::running(replica.connection())?),
+                    false => None,
+                };
+                Ok::<_, rusqlite::Error>((batch.offsets, replica.divergence().cloned(), snapshots))
             })
             .await?
             .context("applying to the replica")?;
+        if let Some(s) = snapshots {
+            if let Ok(mut shown) = self.shared.snapshots.lock() {
+                *shown = s;
+            }
+        }
         // Published only after the replica commit: a read woken by it opens a
         // snapshot that holds the new position.
         self.shared.state.send_modify(|s| s.applied(position, ts));

@@ -182,6 +182,11 @@ pub(super) fn publish_status(
         held_by: crate::held::held_by(shared, chains)?,
         diverged: verdict.diverged.clone(),
         unverified: verdict.unverified.iter().cloned().collect(),
+        snapshots: shared
+            .snapshots
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default(),
     };
     *shared.status()? = status;
     Ok(())

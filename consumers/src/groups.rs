@@ -70,6 +70,8 @@ pub struct ApplyPlan {
     /// The leader's checksums of the tables these groups changed: per
     /// table, the last group's (a table dropped after it has none).
     pub checksums: Vec<LeaderSum>,
+    /// Table snapshots started or ended in these groups, in position order.
+    pub snapshots: Vec<barista_schemas::TableSnapshot>,
 }
 
 /// What to do next.
@@ -215,6 +217,7 @@ impl CommitGroups {
         let mut count = 0usize;
         let mut drops = Vec::new();
         let mut checksums: Vec<LeaderSum> = Vec::new();
+        let mut snapshots = Vec::new();
         loop {
             let current = target.map_or(position, |t| t.0);
             let Some(c) = self.next_group(current) else {
@@ -232,6 +235,7 @@ impl CommitGroups {
             count = pending;
             target = Some((last, c.ts_ms));
             drops.extend(c.dropped.iter().map(|d| (d.position, d.table.clone())));
+            snapshots.extend(c.snapshots.iter().cloned());
             // Last wins: a later group's sum, or its drop, replaces an earlier one.
             checksums.retain(|l| {
                 !c.dropped.iter().any(|d| d.table == l.table)
@@ -282,6 +286,7 @@ impl CommitGroups {
                 offsets,
                 drops,
                 checksums,
+                snapshots,
             }),
             fresh_ts_ms: None,
         }

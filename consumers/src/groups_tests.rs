@@ -33,6 +33,7 @@ fn group(first: i64, last: i64, ts_ms: i64, tails: &[(&str, i32, i64)]) -> Commi
             .collect(),
         dropped: vec![],
         checksums: vec![],
+        snapshots: vec![],
     }
 }
 

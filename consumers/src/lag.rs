@@ -243,6 +243,8 @@ pub struct Status {
     /// Tables not compared with the leader's checksums because an operator
     /// skipped a change of them (`_barista_skipped`).
     pub unverified: Vec<String>,
+    /// Tables whose snapshot runs: reads of them answer 503 `snapshotting` until it ends.
+    pub snapshots: Vec<crate::table_snapshots::ReplicaSnapshot>,
 }
 
 /// Seconds behind, on the leader's clock ([`leader_now_ms`]): how long ago the

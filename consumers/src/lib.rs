@@ -40,6 +40,8 @@ pub mod serve;
 pub mod dead_letters_cli;
 /// `GET /snapshot`: a consistent, hashed copy of the replica for new followers.
 pub mod snapshot;
+/// Incremental snapshots of leader tables, as a follower applies them.
+pub mod table_snapshots;
 /// `--seed-from`: a new (or re-seeded) replica downloaded from a snapshot.
 pub mod seed;
 /// `consumer verify`: a replica's checksums recomputed, or compared with a peer.

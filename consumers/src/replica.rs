@@ -17,6 +17,8 @@ use crate::checksums::{Divergence, LeaderSum, Sums};
 
 use barista_schemas::snapshot::REPLICA_SQL;
 
+use crate::table_snapshots as snapshots;
+
 /// The statements of the apply transaction: rows with their checksums, and
 /// progress.
 #[path = "replica_write.rs"]
@@ -51,6 +53,8 @@ pub struct Batch {
     pub drops: Vec<(Position, String)>,
     /// The leader's checksums to compare with the replica's at commit.
     pub checksums: Vec<LeaderSum>,
+    /// Table snapshots that start or end in these groups (see [`crate::table_snapshots`]).
+    pub snapshots: Vec<barista_schemas::TableSnapshot>,
 }
 
 /// A change an operator skipped: a row of `_barista_skipped`.
@@ -114,6 +118,7 @@ impl Replica {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(REPLICA_SQL)?;
+        conn.execute_batch(crate::table_snapshots::SQL)?;
         if !checksums {
             conn.execute_batch("DELETE FROM _barista_checksums")?;
         }
@@ -316,7 +321,8 @@ impl Replica {
         }
         let sqls = self.reconcile_all(&batch.changes)?;
         self.begin()?;
-        let r = write_changes(&self.conn, &mut self.sums, &batch.changes, &sqls);
+        let r = snapshots::take_in(&self.conn, &batch.snapshots, &batch.changes)
+            .and_then(|()| write_changes(&self.conn, &mut self.sums, &batch.changes, &sqls));
         self.commit(r, batch)
     }
 
@@ -325,6 +331,9 @@ impl Replica {
     fn commit(&mut self, written: rusqlite::Result<()>, batch: &Batch) -> rusqlite::Result<()> {
         let position = batch.position.map_or(Position::ZERO, |p| p.0);
         let r = written
+            .and_then(|()| {
+                snapshots::finish(&self.conn, &mut self.sums, &batch.snapshots, position)
+            })
             .and_then(|()| write_progress(&self.conn, batch))
             .and_then(|()| self.sums.settle(&self.conn, &batch.checksums, position))
             .and_then(|d| self.conn.execute_batch("COMMIT").map(|()| d));
@@ -351,7 +360,7 @@ impl Replica {
     fn apply_with_drops(&mut self, batch: &Batch) -> rusqlite::Result<()> {
         self.begin()?;
         let mut rest = &batch.changes[..];
-        let mut r = Ok(());
+        let mut r = snapshots::take_in(&self.conn, &batch.snapshots, &batch.changes);
         for (at, table) in &batch.drops {
             let n = rest.partition_point(|c| c.source.position < *at);
             r = self.write_reconciled(&rest[..n]).and_then(|()| {
@@ -359,6 +368,7 @@ impl Replica {
                 self.known.clear();
                 self.conn
                     .execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(table)))?;
+                snapshots::dropped(&self.conn, table)?;
                 self.sums.dropped(&self.conn, table)
             });
             if r.is_err() {
@@ -384,7 +394,9 @@ impl Replica {
     pub fn apply_partial(&mut self, changes: &[DecodedChange]) -> rusqlite::Result<()> {
         let sqls = self.reconcile_all(changes)?;
         self.begin()?;
-        write_changes(&self.conn, &mut self.sums, changes, &sqls).inspect_err(|_| self.rollback())
+        snapshots::take_in(&self.conn, &[], changes)
+            .and_then(|()| write_changes(&self.conn, &mut self.sums, changes, &sqls))
+            .inspect_err(|_| self.rollback())
     }
 
     /// True while a partially applied group is uncommitted.

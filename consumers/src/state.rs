@@ -128,6 +128,8 @@ pub struct Shared {
     pub board: crate::held::Board,
     /// What the table checksums say: diverged, and tables not compared.
     pub verdict: Mutex<crate::checksums::Verdict>,
+    /// Tables whose snapshot runs, as of the last apply.
+    pub snapshots: Mutex<Vec<crate::table_snapshots::ReplicaSnapshot>>,
 }
 
 impl Shared {
@@ -145,6 +147,7 @@ impl Shared {
             replica: config.replica.clone(),
             board: crate::held::Board::default(),
             verdict: Mutex::default(),
+            snapshots: Mutex::default(),
         })
     }
 
@@ -178,6 +181,7 @@ mod tests {
             partitions: vec![],
             dropped: vec![],
             checksums: vec![],
+            snapshots: vec![],
         }
     }
 

@@ -13,7 +13,9 @@ use std::time::Duration;
 use barista_schemas::{Op, Position, SqlValue, TableSchemas, TableShape};
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
-use crate::triggers::{self, OP_DELETE, OP_DROP, OP_INSERT, OP_UPDATE};
+use crate::triggers::{
+    self, OP_DELETE, OP_DROP, OP_INSERT, OP_SNAPSHOT_END, OP_SNAPSHOT_START, OP_UPDATE,
+};
 
 mod adopt;
 mod drift;
@@ -43,8 +45,8 @@ pub enum CaptureError {
          the table now has {now:?}. Values written to the changed columns since then were not captured. \
          Run schema changes through `producer migrate`. To resume, check that the new schema is compatible \
          (`barista-schemas check --leader …`), then restart the producer with --repair-triggers: it re-creates \
-         the triggers and re-publishes the table's rows as a snapshot (op = r) in the same transaction, so the \
-         values written meanwhile still reach Kafka"
+         the triggers and re-publishes the table's rows as an incremental snapshot (op = r), so the values \
+         written meanwhile still reach Kafka and followers delete the keys the leader lost"
     )]
     Drift {
         /// The table.
@@ -60,7 +62,7 @@ pub enum CaptureError {
     #[error(
         "the capture triggers of table {table:?} are missing (was it dropped, or rebuilt with \
          CREATE/INSERT/DROP/RENAME?). Changes to it since then were not captured. Restart the producer \
-         with --repair-triggers to re-create them and re-publish the table's rows as a snapshot (op = r)"
+         with --repair-triggers to re-create them and re-publish the table's rows as an incremental snapshot (op = r)"
     )]
     TriggersMissing {
         /// The table.
@@ -127,7 +129,7 @@ fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
 /// Whether captured table `id` is still there as captured: a table named `name` exists and
 /// barista's triggers for `id` are on it. False after a DROP, a RENAME away, a drop and create
 /// under the same name, or a rebuild.
-fn still_captured(conn: &Connection, id: i64, name: &str) -> rusqlite::Result<bool> {
+pub(crate) fn still_captured(conn: &Connection, id: i64, name: &str) -> rusqlite::Result<bool> {
     let exists: bool = conn.query_row(
         "SELECT count(*) > 0 FROM pragma_table_list WHERE schema = 'main' AND type = 'table' AND name = ?1",
         [name],
@@ -185,6 +187,7 @@ impl Capture {
     ) -> Result<Self, CaptureError> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(SCHEMA_SQL)?;
+        tx.execute_batch(crate::snapshot::SQL)?;
         // The changelog's readers name a0 and a1 (markers) even when no table is captured yet.
         triggers::widen_changelog(&tx, 0)?;
         let (names, skipped) = adopt::tables_at_start(&tx, tables)?;
@@ -236,11 +239,12 @@ impl Capture {
                             let old = shape.restricted_to(&was);
                             triggers::record_schema_change(&tx, id, &old, &shape)?;
                         }
-                        // The rows as they are now, after the marker and in the same
-                        // transaction as the new triggers: whatever was written to the new
-                        // columns while the triggers were blind reaches Kafka this way.
-                        let n = triggers::snapshot(&tx, id, name, &columns)?;
-                        tracing::info!(table = %name, rows = n, "snapshot re-published after repair");
+                        // The rows as they are now, after the marker and after the new
+                        // triggers, in chunks (see crate::snapshot): whatever was written while
+                        // the triggers were blind reaches Kafka this way, and at its end
+                        // followers delete the keys the leader no longer has.
+                        let snap = crate::snapshot::begin(&tx, id)?;
+                        tracing::info!(table = %name, snapshot = snap, "repair snapshot started");
                     }
                     id
                 }
@@ -250,9 +254,10 @@ impl Capture {
                         params![name, triggers::columns_json(&columns)],
                     )?;
                     let id = tx.last_insert_rowid();
-                    sums::store_new_table(&tx, name)?;
-                    let n = triggers::snapshot(&tx, id, name, &columns)?;
-                    tracing::info!(table = %name, rows = n, "snapshot taken");
+                    match crate::snapshot::first(&tx, id, name, &columns)? {
+                        Some(rows) => tracing::info!(table = %name, rows, "snapshot taken"),
+                        None => tracing::info!(table = %name, "incremental snapshot started"),
+                    }
                     id
                 }
             };
@@ -282,6 +287,16 @@ impl Capture {
             drops_version: schema_version,
             marks: Vec::new(),
         })
+    }
+
+    /// The leader connection (reads).
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The leader connection, for the snapshot module's short transactions.
+    pub(crate) fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 
     /// The captured tables by id.
@@ -342,6 +357,17 @@ impl Capture {
             scanned = Some(position);
             let table_id: i64 = r.get(1)?;
             let op_code: i64 = r.get(2)?;
+            if op_code == OP_SNAPSHOT_START || op_code == OP_SNAPSHOT_END {
+                // Not a change: the table's content is being (re)copied; see crate::snapshot.
+                if tables.contains_key(&table_id) {
+                    marks.push(if op_code == OP_SNAPSHOT_START {
+                        Mark::SnapshotStart(position, table_id)
+                    } else {
+                        Mark::SnapshotEnd(position, table_id)
+                    });
+                }
+                continue;
+            }
             if op_code == OP_DROP {
                 // Not a change: see [`Capture::drops_between`].
                 marks.push(Mark::Drop(position, table_id));

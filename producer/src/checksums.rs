@@ -37,12 +37,10 @@ struct TableSum {
     schemas: Arc<TableSchemas>,
     /// Hashes rows of that shape.
     hasher: Arc<RowHasher>,
-    /// `None` while it cannot be known (see [`SumAt::Unknown`]); such a table is left out of
-    /// commit records and is not stored.
+    /// `None` while it cannot be known (see [`SumAt::Unknown`]), or while a snapshot of the
+    /// table runs (followers hold part of it); such a table is left out of commit records and
+    /// is not stored.
     sum: Option<u64>,
-    /// Position of the last snapshot read (op r) applied: a snapshot read that does not
-    /// directly follow one starts a new snapshot, which replaces the table's content.
-    last_read: Option<Position>,
 }
 
 /// The hasher of rows in `schemas`' shape, as followers derive it: from the value schema.
@@ -59,7 +57,6 @@ impl TableSum {
             hasher: hasher(&schemas)?,
             schemas,
             sum,
-            last_read: None,
         })
     }
 }
@@ -96,6 +93,8 @@ impl Checksums {
             };
             let mut t = TableSum::new(schemas, None)?;
             t.sum = match stored.get(&*t.name) {
+                // Mid-snapshot, followers hold part of the table: no sum to compare yet.
+                _ if crate::snapshot::unsettled_after(capture.conn(), id, acked.0)? => None,
                 Some(sum) => Some(*sum),
                 None => {
                     let sum = recomputed(capture, id, acked, &t)?;
@@ -178,9 +177,6 @@ impl Checksums {
         self.groups.clear();
         self.touched.clear();
         self.live = self.base.clone();
-        for t in self.live.values_mut() {
-            t.last_read = None;
-        }
     }
 
     /// The sums of every table now, as of the last position read (for tests and status).
@@ -226,11 +222,19 @@ impl Checksums {
                     self.touch(id, false);
                 }
             }
-            Mark::Shape(at, id) => {
+            Mark::Shape(at, id) | Mark::SnapshotEnd(at, id) => {
                 let Some(schemas) = capture.schemas_after(id, at) else {
                     return Ok(());
                 };
                 self.reshape(capture, id, at, schemas)?;
+            }
+            Mark::SnapshotStart(at, id) => {
+                let Some(schemas) = capture.schemas_after(id, at) else {
+                    return Ok(());
+                };
+                tracing::debug!(table = %schemas.shape.name, position = %at, "snapshot started: checksum unknown until it ends");
+                self.live.insert(id, TableSum::new(schemas, None)?);
+                self.touch(id, false);
             }
         }
         Ok(())
@@ -262,12 +266,9 @@ impl Checksums {
                 true
             }
             Some(_) => false,
-            // A table captured while running: it starts at 0 and its snapshot adds up.
-            None => {
-                self.live
-                    .insert(id, TableSum::new(row.schemas.clone(), Some(0))?);
-                true
-            }
+            // Not known here (its snapshot's start marker comes first, so this is unusual):
+            // taken from the leader.
+            None => false,
         };
         if !fits {
             // Another shape without a marker read before it: never mix two shapes' hashes.
@@ -279,15 +280,11 @@ impl Checksums {
             return Ok(());
         };
         let h = |image: &Option<Vec<_>>| image.as_deref().map(|r| t.hasher.hash(r));
-        let (before, after) = (h(&row.before), h(&row.after));
         if row.op == Op::Read {
-            // A snapshot (a newly captured table's, or a re-snapshot after
-            // --repair-triggers) is the table's whole content at its position.
-            if t.last_read.is_none_or(|p| p.0 + 1 != row.position.0) {
-                t.sum = Some(0);
-            }
-            t.last_read = Some(row.position);
+            // A snapshot read copies a row the table has: the table did not change.
+            return Ok(());
         }
+        let (before, after) = (h(&row.before), h(&row.after));
         t.sum = t.sum.map(|s| apply(s, before, after));
         Ok(())
     }
@@ -296,7 +293,10 @@ impl Checksums {
 /// A marker's position.
 fn mark_position(m: &Mark) -> Position {
     match m {
-        Mark::Shape(p, _) | Mark::Drop(p, _) => *p,
+        Mark::Shape(p, _)
+        | Mark::Drop(p, _)
+        | Mark::SnapshotStart(p, _)
+        | Mark::SnapshotEnd(p, _) => *p,
     }
 }
 

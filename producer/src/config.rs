@@ -41,6 +41,8 @@ pub struct ProducerConfig {
     pub repair_triggers: bool,
     /// Changelog rows read per chunk.
     pub chunk_size: usize,
+    /// Incremental snapshots: rows per chunk, and how far ahead of Kafka they may run.
+    pub snapshot: crate::snapshot::Pacing,
     /// Create the leader file when it does not exist. Off: a missing leader is an error
     /// (a mistyped path must not start capture on a new, empty database).
     pub create_leader: bool,
@@ -79,6 +81,7 @@ impl ProducerConfig {
             kafka_options: Vec::new(),
             repair_triggers: false,
             chunk_size: 5000,
+            snapshot: crate::snapshot::Pacing::default(),
             create_leader: false,
             http_listen: None,
             ready_grace: Duration::from_secs(30),

@@ -34,6 +34,9 @@ pub mod migrate;
 /// Tokens: the position a write transaction commits at, for read-your-writes.
 pub mod token;
 
+/// Incremental, resumable, on-demand table snapshots.
+pub mod snapshot;
+
 pub use ack::TopicPartition;
 pub use config::ProducerConfig;
 pub use pipeline::{run, run_on};

@@ -94,9 +94,20 @@ struct Args {
     /// A follower whose unapplied history is deleted halts; re-seed it from a snapshot.
     #[arg(long, env = "BARISTA_RETENTION_MS", allow_negative_numbers = true)]
     retention_ms: Option<i64>,
-    /// Re-create the triggers of tables whose columns changed behind barista's back.
+    /// Re-create the triggers of tables whose columns changed, or whose triggers were dropped,
+    /// behind barista's back, and re-snapshot those tables (followers end equal to the leader,
+    /// keys it no longer has deleted).
     #[arg(long, env = "BARISTA_REPAIR_TRIGGERS")]
     repair_triggers: bool,
+    /// Rows per snapshot chunk: each chunk is one short leader write transaction, so this
+    /// bounds how long an application's write may wait for a snapshot (about 1 ms per 1000
+    /// narrow rows).
+    #[arg(long, env = "BARISTA_SNAPSHOT_CHUNK_ROWS", default_value_t = barista_producer::snapshot::DEFAULT_CHUNK_ROWS)]
+    snapshot_chunk_rows: usize,
+    /// After each snapshot chunk, pause this many times as long as it held the leader's write
+    /// lock (at least 1 ms): higher is gentler on the application's writes, and slower.
+    #[arg(long, env = "BARISTA_SNAPSHOT_PAUSE_FACTOR", default_value_t = barista_producer::snapshot::DEFAULT_PAUSE_FACTOR)]
+    snapshot_pause_factor: u32,
     /// Address for /metrics (Prometheus), /status (JSON) and /ready. Use 0.0.0.0:8089 in a
     /// container; port 0 picks a free port (the log line "producer HTTP listening" names it).
     #[arg(long, env = "BARISTA_HTTP_LISTEN", default_value = "127.0.0.1:8089")]
@@ -138,6 +149,15 @@ impl Args {
             c.retention_ms = Some(ms);
         }
         c.repair_triggers = self.repair_triggers;
+        if self.snapshot_chunk_rows == 0 {
+            return Err("--snapshot-chunk-rows must be at least 1".into());
+        }
+        c.snapshot.chunk_rows = self.snapshot_chunk_rows;
+        c.snapshot.pause_factor = self.snapshot_pause_factor;
+        c.snapshot.max_unacked = c
+            .snapshot
+            .max_unacked
+            .max(4 * self.snapshot_chunk_rows as i64);
         c.create_leader = self.create_leader;
         c.http_listen = Some(self.http_listen);
         c.ready_grace = Duration::from_millis(self.ready_grace_ms);
@@ -175,12 +195,85 @@ customers: MISMATCH leader-file=… stored=… position=…   a row changed with
 customers: not verified (why)                          e.g. no stored checksum yet\n\n\
 Safe while the producer runs: it only reads. A MISMATCH means the leader's rows are not what was\n\
 published (a write made with the triggers dropped, a restored file): followers hold other rows.\n\
-To re-publish the table: stop the producer, drop its three _barista_<id>_* triggers, start it\n\
-with --repair-triggers; it re-creates them and publishes the table's rows again as a snapshot\n\
-(op = r). Rows the leader lost that way stay on followers: check the writer first.\n\n\
+To re-publish the table while the producer runs: `producer snapshot --table T` (or stop it, drop\n\
+its three _barista_<id>_* triggers and start it with --repair-triggers). Its rows are published\n\
+again as an incremental snapshot (op = r); when it ends, followers also delete the rows the\n\
+leader lost. Check the writer first.\n\n\
 Exit status: 0 no mismatch, 1 a mismatch (or the file could not be read), 2 bad usage (no such\n\
 file, or not a leader barista captured).")]
     Verify(VerifyArgs),
+    /// Re-snapshot captured tables while the producer runs: followers end equal to the leader.
+    #[command(after_help = "Example:\n  \
+        producer snapshot --leader shop.db --table customers\n\n\
+Queues the request as a row of _barista_signals in the leader (any SQL client can do the same:\n  \
+INSERT INTO _barista_signals(type, data) VALUES ('snapshot', 'customers');)\n\
+and returns. The running producer (or the next one started) copies the table's rows into the\n\
+changelog in chunks, each in one short write transaction: the application never waits for\n\
+more than one chunk. Changes keep flowing meanwhile. When the snapshot ends, every follower\n\
+equals the leader for that table, including the deletion of rows the leader no longer has\n\
+(written behind the triggers' back). While it runs, followers answer 503 `snapshotting` for the\n\
+table; the producer's /status shows its progress under `snapshots`.")]
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SnapshotArgs {
+    /// Leader SQLite database file (the producer must have captured it).
+    #[arg(long, env = "BARISTA_LEADER", default_value = "leader.db")]
+    leader: PathBuf,
+    /// A captured table to re-snapshot (repeatable, or comma-separated).
+    #[arg(long = "table", required = true, value_delimiter = ',')]
+    tables: Vec<String>,
+}
+
+fn snapshot(args: SnapshotArgs) -> ExitCode {
+    let file = args.leader.display().to_string();
+    if !args.leader.is_file() {
+        eprintln!("producer snapshot: no such file: {file}");
+        return ExitCode::from(2);
+    }
+    let conn = match rusqlite::Connection::open_with_flags(
+        &args.leader,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("producer snapshot: opening {file}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _ = conn.busy_timeout(Duration::from_secs(10));
+    let captured: Result<Vec<String>, _> = conn
+        .prepare("SELECT name FROM _barista_tables")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect());
+    let Ok(captured) = captured else {
+        eprintln!(
+            "producer snapshot: {file} is not a leader barista captured (no _barista_tables)"
+        );
+        return ExitCode::from(2);
+    };
+    let unknown: Vec<&String> = args
+        .tables
+        .iter()
+        .filter(|t| !captured.contains(t))
+        .collect();
+    if !unknown.is_empty() {
+        eprintln!("producer snapshot: not captured: {unknown:?} (captured: {captured:?})");
+        return ExitCode::from(2);
+    }
+    match barista_producer::snapshot::request(&conn, &args.tables) {
+        Ok(id) => {
+            println!(
+                "snapshot of {} requested (signal {id}); the producer's /status shows its progress",
+                args.tables.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("producer snapshot: {file}: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -313,6 +406,7 @@ fn main() -> ExitCode {
     match args.command.take() {
         Some(Command::Migrate(m)) => return migrate(m),
         Some(Command::Verify(v)) => return verify(v),
+        Some(Command::Snapshot(s)) => return snapshot(s),
         None => {}
     }
     logs::init_tracing();

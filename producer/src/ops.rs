@@ -155,6 +155,8 @@ pub struct Status {
     pub tables: Vec<TableStatus>,
     /// Tables that are not captured, with the reason.
     pub skipped: Vec<SkippedTable>,
+    /// Table snapshots in progress: rows copied so far, of about `total`.
+    pub snapshots: Vec<crate::snapshot::Progress>,
     /// `/ready`'s answer.
     pub readiness: Readiness,
 }
@@ -184,6 +186,8 @@ pub struct Ops {
     /// Capture installed and the topics exist.
     started: AtomicBool,
     details: Mutex<Details>,
+    /// Incremental snapshots in progress, and their metrics.
+    pub snapshots: crate::snapshot::Board,
     /// Held while `/snapshot` serves a copy of the leader: one at a time.
     snapshot_busy: std::sync::Arc<tokio::sync::Semaphore>,
 }
@@ -191,8 +195,12 @@ pub struct Ops {
 impl Ops {
     /// Empty state for the producer configured by `config`.
     pub fn new(config: &ProducerConfig) -> Ops {
+        let mut metrics = Metrics::new();
+        let snapshots = crate::snapshot::Board::default();
+        snapshots.register(&mut metrics.registry);
         Ops {
-            metrics: Metrics::new(),
+            metrics,
+            snapshots,
             leader: config.leader.clone(),
             db_name: config.db_name.clone(),
             ready_grace: config.ready_grace,
@@ -353,6 +361,7 @@ impl Ops {
                     reason: r.clone(),
                 })
                 .collect(),
+            snapshots: self.snapshots.running(),
             readiness,
         })
     }

@@ -199,6 +199,7 @@ async fn publish_installed(
         ops: ops.clone(),
         checksums: config.checksums,
         sums: None,
+        snapshots: crate::snapshot::Driver::new(config.snapshot),
         boundaries: Default::default(),
     };
     let acked_open = tail.open.clone();

@@ -236,6 +236,7 @@ impl Publisher<'_> {
                 drops,
                 done,
                 checksums,
+                snapshots,
                 ..
             } => {
                 if self.begun.is_none() && self.resumed != Some(first) {
@@ -297,6 +298,7 @@ impl Publisher<'_> {
                     let mut commit = self.commit(first, last, ts_ms, partitions);
                     commit.dropped = std::mem::take(&mut self.drops);
                     commit.checksums = checksums;
+                    commit.snapshots = snapshots;
                     let pos = last.to_string();
                     let fut = self
                         .send_commit(&commit, &[(HEADER_POSITION, &pos)])
@@ -333,6 +335,7 @@ impl Publisher<'_> {
             partitions,
             dropped: Vec::new(),
             checksums: Vec::new(),
+            snapshots: Vec::new(),
         }
     }
 

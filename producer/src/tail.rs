@@ -70,6 +70,8 @@ pub(crate) enum CaptureMsg {
         done: bool,
         /// On the last chunk: the checksum of every table the group changed, at `last`.
         checksums: Vec<TableChecksum>,
+        /// On the last chunk: the snapshots that started or ended in the group.
+        snapshots: Vec<barista_schemas::TableSnapshot>,
     },
     /// Tables captured while running (their snapshot rows follow in the
     /// next group): the publisher creates their topics before it sends them.
@@ -141,6 +143,8 @@ pub(crate) struct Tail {
     pub checksums: bool,
     /// The table checksums, as of the last position read.
     pub sums: Option<Checksums>,
+    /// Incremental snapshots: signals, pacing (see [`crate::snapshot`]).
+    pub snapshots: crate::snapshot::Driver,
     /// Transaction boundaries read between chunks and not yet pruned past: position → the
     /// leader clock just before it was read. Groups end at them.
     pub boundaries: BTreeMap<Position, i64>,
@@ -312,6 +316,10 @@ impl Tail {
             }
             seen.sent_at = Instant::now();
         }
+        if self.snapshot_tick()? {
+            // This connection's own commit does not move data_version: read the head.
+            seen.data_version = i64::MIN;
+        }
         Ok(Flow::Continue)
     }
 
@@ -343,13 +351,16 @@ impl Tail {
 
     /// Hands over the group `(first - 1, head]` from `next_from` on (the group's start, or
     /// its last acknowledged chunk) in chunks of at most `chunk` rows; the first chunk
-    /// carries the whole group's drops.
+    /// carries the whole group's drops, the last its snapshot marks.
     fn send_group(&mut self, first: Position, head: Position, ts_ms: i64) -> anyhow::Result<Flow> {
         let mut from = self.next_from;
         let mut drops = self
             .capture
             .drops_between(Position(first.0 - 1), head)
             .context("reading the changelog")?;
+        let mut snapshots =
+            crate::snapshot::marks_between(self.capture.conn(), first.0 - 1, head.0)
+                .context("reading the changelog")?;
         loop {
             let (rows, scanned) = self
                 .capture
@@ -376,6 +387,11 @@ impl Tail {
                 drops: std::mem::take(&mut drops),
                 done,
                 checksums,
+                snapshots: if done {
+                    std::mem::take(&mut snapshots)
+                } else {
+                    Vec::new()
+                },
             };
             match self.hand_over(chunk, head)? {
                 Flow::Continue => {}

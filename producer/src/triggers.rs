@@ -24,6 +24,13 @@ pub const OP_SCHEMA_CHANGE: i64 = 5;
 /// Changelog op: the table was dropped, or renamed away, on the leader (`a0` holds the name
 /// it had). Followers drop their copy at this position.
 pub const OP_DROP: i64 = 6;
+/// Changelog op: an incremental snapshot of the table starts here (`a0` = the snapshot id, the
+/// marker's own position). Its chunks follow as [`OP_SNAPSHOT`] rows, each in its own short
+/// leader transaction (see `crate::snapshot`).
+pub const OP_SNAPSHOT_START: i64 = 7;
+/// Changelog op: the incremental snapshot `a0` of the table ended here: every row the table
+/// had was copied after the start marker.
+pub const OP_SNAPSHOT_END: i64 = 8;
 
 /// An SQL identifier in double quotes.
 pub(crate) fn quote(ident: &str) -> String {
@@ -137,8 +144,10 @@ pub(crate) fn widen_changelog(conn: &Connection, width: usize) -> rusqlite::Resu
     Ok(())
 }
 
-/// Appends every row of `table` to the changelog as a snapshot read ([`OP_SNAPSHOT`]).
-pub(crate) fn snapshot(
+/// Appends every row of `table` to the changelog as a snapshot read ([`OP_SNAPSHOT`]), in
+/// one statement: how a small table's first snapshot is taken (see `crate::snapshot::first`),
+/// and the capture bench's baseline for the old blocking snapshot of any table.
+pub fn snapshot(
     conn: &Connection,
     id: i64,
     table: &str,

@@ -18,6 +18,19 @@ pub enum ReadError {
     /// replica, a leader without capture installed).
     #[error("not ready: {0}")]
     Unavailable(String),
+    /// A follower's table whose snapshot has not ended: it holds only part of the leader's
+    /// table (or a part not yet repaired). Retry later, another follower, or the leader.
+    #[error(
+        "table {table:?} is being snapshotted: {rows} rows copied so far, since position {since}"
+    )]
+    Snapshotting {
+        /// The table.
+        table: String,
+        /// Snapshot rows applied so far.
+        rows: i64,
+        /// Where the snapshot started.
+        since: i64,
+    },
     /// SQLite failed while reading.
     #[error("reading: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -30,8 +43,23 @@ impl ReadError {
             ReadError::UnknownTable(_) => (StatusCode::NOT_FOUND, "unknown_table"),
             ReadError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ReadError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ReadError::Snapshotting { .. } => (StatusCode::SERVICE_UNAVAILABLE, "snapshotting"),
             ReadError::Sqlite(_) => (StatusCode::INTERNAL_SERVER_ERROR, "sqlite"),
         };
+        if let ReadError::Snapshotting { table, rows, since } = &self {
+            return (
+                code,
+                Json(json!({
+                    "error": kind,
+                    "detail": self.to_string(),
+                    "table": table,
+                    "snapshot_rows": rows,
+                    "snapshot_started_position": since,
+                    "hint": "retry later, another follower, or read the leader",
+                })),
+            )
+                .into_response();
+        }
         (
             code,
             Json(json!({ "error": kind, "detail": self.to_string() })),

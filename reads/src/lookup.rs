@@ -46,6 +46,7 @@ fn table_info(conn: &Connection, table: &str) -> Result<(Vec<String>, Vec<String
     if lower.starts_with("_barista_") || lower.starts_with("sqlite_") {
         return Err(ReadError::UnknownTable(table.to_owned()));
     }
+    snapshotting(conn, table)?;
     let cols: Vec<(String, i64)> = conn
         .prepare_cached("SELECT name, pk FROM pragma_table_info(?1) ORDER BY cid")?
         .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -63,6 +64,30 @@ fn table_info(conn: &Connection, table: &str) -> Result<(Vec<String>, Vec<String
         cols.into_iter().map(|(n, _)| n).collect(),
         pk.into_iter().map(|(_, n)| n).collect(),
     ))
+}
+
+/// A follower's table whose incremental snapshot has not ended (the consumer's
+/// `table_snapshots` state, read in the caller's transaction) is refused. Files without that
+/// state (a leader, an older replica) have none.
+fn snapshotting(conn: &Connection, table: &str) -> Result<(), ReadError> {
+    let state = conn
+        .prepare_cached(
+            "SELECT rows, started_position FROM _barista_replica_snapshots WHERE tbl = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row([table], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        });
+    match state {
+        Ok(Some((rows, since))) => Err(ReadError::Snapshotting {
+            table: table.to_owned(),
+            rows,
+            since,
+        }),
+        Ok(None) => Ok(()),
+        Err(e) if e.to_string().contains("no such table") => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn position(conn: &Connection, position_sql: &str) -> Result<(Position, i64), ReadError> {

@@ -33,6 +33,19 @@ pub struct DroppedTable {
     pub position: Position,
 }
 
+/// An incremental snapshot that started or ended inside a commit group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSnapshot {
+    /// The leader table.
+    pub table: String,
+    /// The snapshot: the position of its start marker.
+    pub id: i64,
+    /// Where in the group it started or ended.
+    pub position: Position,
+    /// False: it started there; true: it ended there.
+    pub done: bool,
+}
+
 /// A commit group, or a heartbeat when `first_position > last_position`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Commit {
@@ -58,6 +71,10 @@ pub struct Commit {
     /// records and heartbeats.
     #[serde(default)]
     pub checksums: Vec<TableChecksum>,
+    /// Incremental snapshots that started or ended in this group, in position order
+    /// (absent in records written before v4).
+    #[serde(default)]
+    pub snapshots: Vec<TableSnapshot>,
 }
 
 impl Commit {
@@ -121,6 +138,12 @@ mod tests {
             checksums: vec![TableChecksum {
                 table: "t".into(),
                 sum: -42,
+            }],
+            snapshots: vec![TableSnapshot {
+                table: "t".into(),
+                id: 9,
+                position: Position(11),
+                done: true,
             }],
         };
         let bytes = apache_avro::to_avro_datum(&schema, c.to_avro().unwrap()).unwrap();

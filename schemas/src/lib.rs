@@ -25,7 +25,7 @@ pub mod table;
 pub mod value;
 
 pub use avro_schema::{key_schema_json, value_schema_json, TableSchemas};
-pub use commit::{Commit, DroppedTable, PartitionTail};
+pub use commit::{Commit, DroppedTable, PartitionTail, TableSnapshot};
 pub use envelope::{ChangeEvent, Op, Source};
 pub use table::{Affinity, Column, TableShape};
 pub use value::SqlValue;

@@ -240,6 +240,7 @@ fn batch_of(changes: Vec<DecodedChange>, next_offset: i64) -> Batch {
         position: Some(last),
         drops: Vec::new(),
         checksums: Vec::new(),
+        snapshots: Vec::new(),
     }
 }
 

@@ -1,10 +1,9 @@
 //! Tables that appear while the producer runs: when `PRAGMA schema_version`
 //! moves, a table created since is captured like the ones found at start
-//! (bookkeeping row, a snapshot of its rows as `op = r`, triggers) in ONE
-//! leader write transaction, so no write to it is lost or doubled across the
-//! snapshot/stream boundary. The tail adopts BEFORE it reads the head, so a
-//! leader transaction that created a table and wrote to others reaches the
-//! followers in one commit group with the new table's snapshot.
+//! (bookkeeping row, triggers, the start marker of its snapshot) in ONE
+//! leader write transaction; its existing rows follow in chunks
+//! ([`crate::snapshot`]), ordered against its changes by position, so no write
+//! is lost or doubled across the snapshot/stream boundary.
 //!
 //! Also the one place that decides whether a table is captured at all, at start and later:
 //! not in `--tables`, no primary key, or otherwise not capturable means skipped, warned about
@@ -161,9 +160,16 @@ impl Capture {
                 params![name, triggers::columns_json(&columns)],
             )?;
             let id = tx.last_insert_rowid();
-            let rows = triggers::snapshot(&tx, id, &name, &columns)?;
             triggers::replace(&tx, id, &name, &columns)?;
-            tracing::info!(table = %name, rows, "new table captured: snapshot taken");
+            // A small table's rows right here; a larger one's follow in chunks.
+            match crate::snapshot::first(&tx, id, &name, &columns)? {
+                Some(rows) => {
+                    tracing::info!(table = %name, rows, "new table captured: snapshot taken")
+                }
+                None => {
+                    tracing::info!(table = %name, "new table captured: incremental snapshot started")
+                }
+            }
             added.push(CapturedTable {
                 id,
                 schemas: Arc::new(TableSchemas::derive(shape)?),

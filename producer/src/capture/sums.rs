@@ -23,6 +23,10 @@ pub(crate) enum Mark {
     Shape(Position, i64),
     /// The table was dropped (or renamed away) here.
     Drop(Position, i64),
+    /// A snapshot of the table starts here: its sum is unknown until the snapshot ends.
+    SnapshotStart(Position, i64),
+    /// A snapshot of the table ended here: the table's sum is recomputed as of here.
+    SnapshotEnd(Position, i64),
 }
 
 impl Capture {
@@ -82,21 +86,5 @@ pub(super) fn store(
     for (table, sum) in sums {
         stmt.execute(params![table, to_wire(*sum), acked.0])?;
     }
-    Ok(())
-}
-
-/// A table captured for the first time: its checksum is 0 until its snapshot, which follows
-/// the acknowledged position. Stored as of the prune point (the acknowledged position, or the
-/// start of the commit group it lies inside), where the producer loads the sums: it starts
-/// from it instead of recomputing it from the rows (a scan of the table and of its snapshot).
-pub(super) fn store_new_table(conn: &Connection, table: &str) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT INTO _barista_checksums(tbl, sum, position) \
-         VALUES (?1, 0, coalesce( \
-             (SELECT json_extract(value, '$.first') - 1 FROM _barista_state WHERE key = 'group'), \
-             (SELECT value FROM _barista_state WHERE key = 'acked'), 0)) \
-         ON CONFLICT(tbl) DO UPDATE SET sum = 0, position = excluded.position",
-        [table],
-    )?;
     Ok(())
 }

@@ -11,7 +11,7 @@ use barista_schemas::{Position, SqlValue, TableShape};
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::capture::{CaptureError, OP_SCHEMA_CHANGE};
-use crate::triggers::{self, quote, OP_DELETE, OP_DROP, OP_INSERT, OP_SNAPSHOT, OP_UPDATE};
+use crate::triggers::{self, quote, OP_DELETE, OP_DROP, OP_INSERT, OP_UPDATE};
 
 /// A recomputed checksum, or why there is none.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub enum SumAt {
 
 /// Table `id` (shaped `shape` just after `position`) as of `position`: the sum of `hasher`
 /// over its rows now, minus (h(after) − h(before)) of each change of it after `position`
-/// (a snapshot read counts as an insert). Run it inside one read transaction.
+/// (a snapshot read changes nothing: it copies a row the table has). Run it inside one read transaction.
 ///
 /// Unknown when the rows now are not in `shape`, or the changes after `position` are not all
 /// in it: a schema change or a drop of the table after `position`, other columns now, or
@@ -88,7 +88,7 @@ pub fn sum_at(
     let slots = |side: &str| (0..width).map(|i| format!("{side}{i}")).collect::<Vec<_>>();
     let mut stmt = conn.prepare(&format!(
         "SELECT op, {}, {} FROM _barista_changelog WHERE tbl = ?1 AND position > ?2 \
-         AND op IN ({OP_INSERT}, {OP_UPDATE}, {OP_DELETE}, {OP_SNAPSHOT})",
+         AND op IN ({OP_INSERT}, {OP_UPDATE}, {OP_DELETE})",
         slots("a").join(", "),
         slots("b").join(", ")
     ))?;

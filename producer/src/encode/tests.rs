@@ -66,6 +66,12 @@ async fn every_message_encodes_as_the_converter_encoded_the_first() {
             table: "t".into(),
             sum: i64::MIN,
         }],
+        snapshots: vec![barista_schemas::TableSnapshot {
+            table: "t".into(),
+            id: 12,
+            position: Position(12),
+            done: false,
+        }],
     };
     let fake = serve(vec![(200, r#"{"id": 258}"#)]).await;
     let mut enc = encoder(&fake.url);
@@ -232,5 +238,6 @@ fn heartbeat() -> Commit {
         partitions: vec![],
         dropped: vec![],
         checksums: vec![],
+        snapshots: vec![],
     }
 }

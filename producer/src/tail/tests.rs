@@ -52,6 +52,7 @@ fn rig_with(chunk: usize, heartbeat: Duration, cap: usize) -> Rig {
             ))),
             checksums: true,
             sums: None,
+            snapshots: crate::snapshot::Driver::default(),
             boundaries: Default::default(),
         },
         seen: Seen {
