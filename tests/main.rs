@@ -18,4 +18,5 @@ mod producer_ops;
 mod reads;
 mod seed;
 mod snapshots;
+mod takeover;
 mod topology;

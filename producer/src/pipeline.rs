@@ -204,8 +204,23 @@ async fn publish_installed(
                 }
             }
         };
-        if let Some(f) = view.fenced(epoch) {
-            return Err(f.into());
+        if view.epoch > epoch {
+            // Name the takeover even when it lies further back than the tail just read.
+            let view = match view.takeover_after(epoch) {
+                Some(_) => view,
+                None => fence::read(
+                    &config.brokers,
+                    &config.kafka_options,
+                    &commits,
+                    &mut reader,
+                    None,
+                )
+                .await
+                .map_or(view, |(all, _)| all),
+            };
+            if let Some(f) = view.fenced(epoch) {
+                return Err(f.into());
+            }
         }
         let (rx, watcher) = fence::watch(
             &config.brokers,
