@@ -19,4 +19,5 @@ mod reads;
 mod seed;
 mod snapshots;
 mod takeover;
+mod takeover_reads;
 mod topology;
