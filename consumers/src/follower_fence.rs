@@ -22,13 +22,28 @@ impl Follower {
         let Some(new) = fence.advanced_by(c) else {
             return Ok(true);
         };
-        let streaming = self.replica.as_ref().is_some_and(|r| r.is_open());
-        anyhow::ensure!(
-            !streaming || self.groups.progress(self.shared.state().position).is_none_or(|g| g.last < new.takeover),
-            "epoch {} took over at position {} while this follower streamed a larger group of the replaced leader past it; restart the follower",
-            new.epoch,
-            new.takeover
-        );
+        let streaming = self.replica.as_ref().is_some_and(|r| r.is_open())
+            && self
+                .groups
+                .progress(self.shared.state().position)
+                .is_some_and(|g| g.last >= new.takeover);
+        if streaming {
+            // The group streamed into the open replica transaction is the replaced leader's,
+            // past the takeover: rolled back, and the fence stored, so the restart this asks
+            // for ignores it.
+            self.on_replica(move |r| {
+                r.abandon_partial();
+                new.store(r.connection())
+            })
+            .await?
+            .context("storing the new leader epoch in the replica")?;
+            anyhow::bail!(
+                "epoch {} took over at position {} while this follower streamed a larger group of the replaced leader past it: \
+                 that group was rolled back; restart the follower (it then ignores the group)",
+                new.epoch,
+                new.takeover
+            );
+        }
         // Stored before anything else changes: a restart that reads the replaced leader's
         // messages again still ignores them.
         self.on_replica(move |r| new.store(r.connection()))
