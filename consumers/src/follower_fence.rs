@@ -22,6 +22,14 @@ impl Follower {
         let Some(new) = fence.advanced_by(c) else {
             return Ok(true);
         };
+        let at = self.shared.state().position;
+        anyhow::ensure!(
+            at < new.takeover,
+            "epoch {} took over at position {}, but this replica already applied changes of the replaced leader up to position {at} \
+             (a group it finished before it was fenced): the replica differs from the new leader's history; re-seed it from the new leader or a follower",
+            new.epoch,
+            new.takeover
+        );
         let streaming = self.replica.as_ref().is_some_and(|r| r.is_open())
             && self
                 .groups

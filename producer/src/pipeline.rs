@@ -237,6 +237,7 @@ async fn publish_installed(
         commits_end = fence_end,
         "epoch checked: no newer leader in the commits topic"
     );
+    ops.metrics.epoch.set(epoch);
     let drain_to = config
         .drain
         .then(|| crate::takeover::head(capture.conn()))
