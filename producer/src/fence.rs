@@ -40,6 +40,8 @@ pub struct EpochView {
     pub committed: Position,
     /// Records read.
     pub records: u64,
+    /// The commit records (no begin records, no heartbeats) of the highest epoch read.
+    pub groups: Vec<Commit>,
 }
 
 impl EpochView {
@@ -49,12 +51,14 @@ impl EpochView {
         if c.epoch > self.epoch {
             self.epoch = c.epoch;
             self.committed = Position::ZERO;
+            self.groups.clear();
         }
         if let Some(at) = c.takeover() {
             self.takeovers.entry(c.epoch).or_insert(at);
         }
         if c.epoch == self.epoch && !begin && !c.is_heartbeat() {
             self.committed = self.committed.max(c.last_position);
+            self.groups.push(c.clone());
         }
     }
 
@@ -186,6 +190,56 @@ pub async fn read(
             return Ok((view, high));
         }
     }
+}
+
+/// The leader positions (header `barista.position`) of the messages in each partition of
+/// `from`, read from the offset given there (the low watermark when `None`) up to the
+/// partition's end as of now.
+pub async fn positions_in(
+    brokers: &str,
+    options: &[(String, String)],
+    from: &HashMap<(String, i32), Option<i64>>,
+) -> anyhow::Result<std::collections::HashSet<(String, i32, i64)>> {
+    let consumer = consumer(brokers, options)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for ((topic, partition), offset) in from {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, *partition, Duration::from_secs(10))
+            .with_context(|| format!("reading the offsets of {topic}/{partition}"))?;
+        let start = offset.unwrap_or(low).max(low);
+        if start < high {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(start))?;
+            ends.insert((topic.clone(), *partition), high);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    if ends.is_empty() {
+        return Ok(seen);
+    }
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + READ_TIMEOUT;
+    while !ends.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = tokio::time::timeout(left, consumer.recv())
+            .await
+            .context("reading the data partitions took over a minute")??;
+        let tp = (m.topic().to_owned(), m.partition());
+        let position = m.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == barista_schemas::contract::HEADER_POSITION)
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.parse::<i64>().ok())
+        });
+        if let Some(p) = position {
+            seen.insert((tp.0.clone(), tp.1, p));
+        }
+        if ends.get(&tp).is_some_and(|end| m.offset() + 1 >= *end) {
+            ends.remove(&tp);
+        }
+    }
+    Ok(seen)
 }
 
 /// Watches the commits topic from `from` on, in a task: the first record of an epoch above

@@ -49,13 +49,60 @@ pub async fn promote(config: &ProducerConfig) -> anyhow::Result<Option<Promotion
     .await
     .with_context(|| format!("reading {commits} before promoting"))?;
     if position < view.committed {
-        anyhow::bail!(
-            "refusing to promote {file}: its position is {position}, but Kafka holds commit groups of epoch {} up to position {}. \
-             Start its consumer again until it has applied them (its /status shows position_lag 0), \
-             or promote the follower that is furthest ahead",
-            view.epoch,
-            view.committed
-        );
+        // Commit records past the replica. A group is whole in Kafka only if every partition
+        // it names holds its tail there (a producer killed mid-send may leave a commit record
+        // whose events never arrived: no follower applies such a group). A whole group means
+        // Kafka acknowledged changes this replica lacks: refused.
+        let later: Vec<&barista_schemas::Commit> = view
+            .groups
+            .iter()
+            .filter(|c| c.last_position > position)
+            .collect();
+        let stored: HashMap<(String, i32), i64> = conn
+            .prepare("SELECT topic, partition, next_offset FROM _barista_offsets")?
+            .query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        let from: HashMap<(String, i32), Option<i64>> = later
+            .iter()
+            .flat_map(|c| c.partitions.iter())
+            .map(|t| {
+                let tp = (t.topic.clone(), t.partition);
+                let at = stored.get(&tp).copied();
+                (tp, at)
+            })
+            .collect();
+        let held = fence::positions_in(&config.brokers, &config.kafka_options, &from)
+            .await
+            .context("reading the data partitions past the replica")?;
+        // Followers apply groups in position order: only the whole ones in a row from the
+        // replica's position could have been applied anywhere.
+        let mut ordered = later.clone();
+        ordered.sort_by_key(|c| c.first_position);
+        let mut reach = position;
+        for c in ordered {
+            if c.first_position > reach.next() || c.last_position <= reach {
+                continue;
+            }
+            let whole = c
+                .partitions
+                .iter()
+                .all(|t| held.contains(&(t.topic.clone(), t.partition, t.last_position.0)));
+            if !whole {
+                break;
+            }
+            reach = c.last_position;
+        }
+        let whole = (reach > position).then_some(reach);
+        if let Some(whole) = whole {
+            anyhow::bail!(
+                "refusing to promote {file}: its position is {position}, but Kafka holds whole commit groups of epoch {} up to position {whole}. \
+                 Start its consumer again until it has applied them (its /status shows position_lag 0), \
+                 or promote the follower that is furthest ahead",
+                view.epoch
+            );
+        }
+        tracing::warn!(position = %position, commit_records_up_to = %view.committed,
+            "Kafka holds commit records past this replica whose groups are not whole (their producer stopped mid-send): no follower applied them; they are left behind");
     }
     let mut shapes = HashMap::new();
     for table in TableShape::list_tables(&conn)? {
