@@ -85,13 +85,18 @@ impl Tail {
             self.snapshots.resume_at = Some(now + FULL_LOOK);
             return Ok(false);
         }
-        let step = crate::snapshot::step(self.capture.conn_mut(), pacing.chunk_rows)
-            .context("copying a snapshot chunk")?;
+        let step = crate::snapshot::step(&mut self.capture, pacing.chunk_rows)
+            .context("reading a snapshot chunk")?;
         let Some(step) = step else {
             self.snapshots.resume_at = Some(now + IDLE_LOOK);
             return Ok(false);
         };
-        // A writer that waited for this chunk gets the lock before the next one.
+        if step.waiting {
+            // The end marker waits for Kafka to take the last chunks.
+            self.snapshots.resume_at = Some(now + FULL_LOOK);
+            return Ok(false);
+        }
+        // Writers get the lock between two watermarks.
         let pause = (step.held * pacing.pause_factor).max(Duration::from_millis(1));
         self.snapshots.resume_at = Some(Instant::now() + pause);
         self.ops.snapshots.progress(&step.progress);
