@@ -37,6 +37,9 @@ pub enum CaptureError {
     /// SQLite failed (busy beyond the timeout, I/O, corrupt file…).
     #[error("leader database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// Syncing the leader's WAL file failed.
+    #[error("leader database file: {0}")]
+    Io(#[from] std::io::Error),
     /// A table cannot be captured, or its schema no longer matches.
     #[error(transparent)]
     Contract(#[from] barista_schemas::ContractError),
@@ -387,6 +390,7 @@ impl Capture {
                     Some(chunk) => {
                         let first = position.0 - chunk.rows.len() as i64;
                         for (i, row) in chunk.rows.iter().enumerate() {
+                            let Some(row) = row else { continue };
                             let at = Position(first + i as i64);
                             let Some(schemas) = schemas_at(tables, history, table_id, at) else {
                                 break;

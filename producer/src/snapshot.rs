@@ -35,7 +35,7 @@ pub use driver::{Board, Driver, Pacing, DEFAULT_PAUSE_FACTOR};
 pub(crate) const SQL: &str = include_str!("sql/snapshots.sql");
 
 /// Default rows per chunk (read without the write lock; see `snapshot-bench`).
-pub const DEFAULT_CHUNK_ROWS: usize = 1000;
+pub const DEFAULT_CHUNK_ROWS: usize = 10_000;
 
 /// A newly captured table of at most this many rows is copied inside the capturing
 /// transaction instead ([`first`]).
@@ -275,6 +275,8 @@ pub struct Step {
     pub progress: Progress,
     /// How long it held the leader's write lock (the high watermark, or the end marker).
     pub held: Duration,
+    /// How long it took in all (the chunk's read, its watermark, the WAL sync).
+    pub took: Duration,
     /// Nothing done: the last chunks are not in Kafka yet (the end marker waits for them),
     /// or DDL came between a chunk's read and its watermark (it is read again).
     pub waiting: bool,

@@ -40,9 +40,9 @@ pub(crate) struct Chunk {
     pub tbl: i64,
     /// The snapshot it belongs to.
     id: i64,
-    /// Its rows in key order (keys changed in the window removed): positions
-    /// `high - rows.len() ..= high - 1`.
-    pub rows: Vec<Vec<SqlValue>>,
+    /// Its rows in key order at positions `high - rows.len() ..= high - 1`; `None` where a
+    /// change in the window touched the key (that position stays unused).
+    pub rows: Vec<Option<Vec<SqlValue>>>,
     /// The last key it read: the snapshot's progress once it is in Kafka.
     last_key: Vec<SqlValue>,
     /// Rows it read (window keys included).
@@ -168,6 +168,7 @@ fn schema_version(c: &Connection) -> rusqlite::Result<i64> {
 /// (see the module docs); or, once every row was read and every chunk is in Kafka, writes
 /// the end marker. `None`: no snapshot in progress.
 pub fn step(cap: &mut Capture, chunk_rows: usize) -> Result<Option<Step>, CaptureError> {
+    let started = Instant::now();
     let chunk_rows = chunk_rows.max(1);
     let (conn, pending) = cap.snapshot_parts();
     let next: Option<(i64, i64, String, i64, Option<i64>, i64)> = conn
@@ -209,11 +210,12 @@ pub fn step(cap: &mut Capture, chunk_rows: usize) -> Result<Option<Step>, Captur
             exhausted: false,
         },
     };
-    let step = if cursor.exhausted {
+    let mut step = if cursor.exhausted {
         finish(conn, pending, &cursor)?
     } else {
         read(conn, pending, &mut cursor, chunk_rows)?
     };
+    step.took = started.elapsed();
     if !step.progress.done {
         pending.cursor = Some(cursor);
     }
@@ -253,6 +255,7 @@ fn read(
             progress: cursor.progress(true),
             held: Duration::ZERO,
             waiting: false,
+            took: Duration::ZERO,
         });
     };
     if r.rows.is_empty() {
@@ -264,79 +267,63 @@ fn read(
         (between.0)();
     }
     let pk = r.shape.pk_indexes();
+    // The watermark's commit must not fsync under the write lock (that fsync, about 1 ms, was
+    // most of what the old chunks held the lock for): synchronous=NORMAL for it alone, and
+    // the WAL synced right after, before the tail can publish the chunk.
+    let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |row| row.get(0))?;
+    conn.pragma_update(None, "synchronous", 1)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let locked = Instant::now();
     if schema_version(&tx)? != r.version {
         // DDL since the read: the rows may be in another shape, or the table gone. Read again.
         drop(tx);
+        conn.pragma_update(None, "synchronous", synchronous)?;
         return Ok(Step {
             progress: cursor.progress(false),
             held: locked.elapsed(),
             waiting: true,
+            took: Duration::ZERO,
         });
     }
-    // The window (seen, now]: every key a change of this table touched, before or after.
-    let slot = |side: &str| -> Vec<String> { pk.iter().map(|i| format!("{side}{i}")).collect() };
-    let mut changed = HashSet::new();
-    {
-        let mut stmt = tx.prepare_cached(&format!(
-            "SELECT op, {}, {} FROM _barista_changelog WHERE position > ?1 AND tbl = ?2 \
-             AND op IN ({OP_INSERT}, {OP_UPDATE}, {OP_DELETE})",
-            slot("a").join(", "),
-            slot("b").join(", ")
-        ))?;
-        let mut rows = stmt.query(params![r.seen, cursor.tbl])?;
-        while let Some(row) = rows.next()? {
-            let op: i64 = row.get(0)?;
-            let key = |from: usize| -> rusqlite::Result<String> {
-                let k: Vec<SqlValue> = (from..from + pk.len())
-                    .map(|c| row.get_ref(c).map(SqlValue::from))
-                    .collect::<Result<_, _>>()?;
-                Ok(key_of(&k))
-            };
-            if op != OP_DELETE {
-                changed.insert(key(1)?);
-            }
-            if op != OP_INSERT {
-                changed.insert(key(1 + pk.len())?);
-            }
-        }
-    }
-    // In key order (pk_indexes is), as `_barista_snapshot_keys` stores it.
-    let last_row = &r.rows[r.rows.len() - 1];
-    let last_key: Vec<SqlValue> = pk.iter().map(|&i| last_row[i].clone()).collect();
+    // Positions base+1 ..= base+read are the chunk's, in key order; the marker takes the next.
     let read = r.rows.len();
-    let rows: Vec<Vec<SqlValue>> = if changed.is_empty() {
-        r.rows
-    } else {
-        r.rows
-            .into_iter()
-            .filter(|row| {
-                let k: Vec<SqlValue> = pk.iter().map(|&i| row[i].clone()).collect();
-                !changed.contains(&key_of(&k))
-            })
-            .collect()
-    };
     let base: i64 = tx.query_row(
         "SELECT max(coalesce((SELECT max(position) FROM _barista_changelog), 0), \
                     coalesce((SELECT value FROM _barista_state WHERE key = 'acked'), 0))",
         [],
         |row| row.get(0),
     )?;
-    let high = base + rows.len() as i64 + 1;
+    let high = base + read as i64 + 1;
     tx.execute(
         "INSERT INTO _barista_changelog(position, tbl, op, a0, a1) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            high,
-            cursor.tbl,
-            OP_SNAPSHOT_CHUNK,
-            cursor.id,
-            rows.len() as i64
-        ],
+        params![high, cursor.tbl, OP_SNAPSHOT_CHUNK, cursor.id, read as i64],
     )?;
     tx.commit()?;
     let held = locked.elapsed();
-    tracing::debug!(table = %cursor.name, snapshot = cursor.id, high, read, kept = rows.len(), "snapshot chunk read");
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    if synchronous > 1 {
+        sync_wal(conn)?;
+    }
+    // In key order (pk_indexes is), as `_barista_snapshot_keys` stores it.
+    let last_row = &r.rows[read - 1];
+    let last_key: Vec<SqlValue> = pk.iter().map(|&i| last_row[i].clone()).collect();
+    // The window (seen, high): its changes are committed now, and were read by nobody's
+    // lock. A row whose key one of them touched (before or after) is left out: the change
+    // carries the row itself, and its position stays unused.
+    let changed = window_keys(conn, cursor.tbl, r.seen, high, &pk)?;
+    let rows: Vec<Option<Vec<SqlValue>>> = r
+        .rows
+        .into_iter()
+        .map(|row| {
+            if changed.is_empty() {
+                return Some(row);
+            }
+            let k: Vec<SqlValue> = pk.iter().map(|&i| row[i].clone()).collect();
+            (!changed.contains(&key_of(&k))).then_some(row)
+        })
+        .collect();
+    let kept = rows.iter().filter(|r| r.is_some()).count();
+    tracing::debug!(table = %cursor.name, snapshot = cursor.id, high, read, kept, "snapshot chunk read");
     pending.chunks.insert(
         high,
         Chunk {
@@ -358,7 +345,59 @@ fn read(
         progress: cursor.progress(false),
         held,
         waiting: false,
+        took: Duration::ZERO,
     })
+}
+
+/// The keys (as [`key_of`]) of table `tbl` that a change with `seen < position < high`
+/// touched, before or after. `pk`: the key's column indexes.
+fn window_keys(
+    conn: &Connection,
+    tbl: i64,
+    seen: i64,
+    high: i64,
+    pk: &[usize],
+) -> rusqlite::Result<HashSet<String>> {
+    let slot = |side: &str| -> Vec<String> { pk.iter().map(|i| format!("{side}{i}")).collect() };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT op, {}, {} FROM _barista_changelog WHERE position > ?1 AND position < ?2 \
+         AND tbl = ?3 AND op IN ({OP_INSERT}, {OP_UPDATE}, {OP_DELETE})",
+        slot("a").join(", "),
+        slot("b").join(", ")
+    ))?;
+    let mut rows = stmt.query(params![seen, high, tbl])?;
+    let mut changed = HashSet::new();
+    while let Some(row) = rows.next()? {
+        let op: i64 = row.get(0)?;
+        let key = |from: usize| -> rusqlite::Result<String> {
+            let k: Vec<SqlValue> = (from..from + pk.len())
+                .map(|c| row.get_ref(c).map(SqlValue::from))
+                .collect::<Result<_, _>>()?;
+            Ok(key_of(&k))
+        };
+        if op != OP_DELETE {
+            changed.insert(key(1)?);
+        }
+        if op != OP_INSERT {
+            changed.insert(key(1 + pk.len())?);
+        }
+    }
+    Ok(changed)
+}
+
+/// Makes what this connection committed durable, as synchronous=FULL would have at commit
+/// but without holding the write lock: an fsync of the WAL file (SQLite keeps no lock on
+/// it, so opening and closing another descriptor of it is harmless).
+fn sync_wal(conn: &Connection) -> Result<(), CaptureError> {
+    let Some(db) = conn.path().filter(|p| !p.is_empty()) else {
+        return Ok(());
+    };
+    match std::fs::File::open(format!("{db}-wal")) {
+        Ok(wal) => Ok(wal.sync_data()?),
+        // No WAL left: a checkpoint moved everything into the database file, synced.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Step 1: one read transaction. `None` when the table is no longer the one captured.
@@ -432,6 +471,7 @@ fn finish(conn: &mut Connection, pending: &Pending, cursor: &Cursor) -> Result<S
             progress: cursor.progress(false),
             held: Duration::ZERO,
             waiting: true,
+            took: Duration::ZERO,
         });
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -455,5 +495,6 @@ fn finish(conn: &mut Connection, pending: &Pending, cursor: &Cursor) -> Result<S
         progress: cursor.progress(true),
         held: locked.elapsed(),
         waiting: false,
+        took: Duration::ZERO,
     })
 }

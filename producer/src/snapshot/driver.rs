@@ -23,8 +23,8 @@ pub struct Pacing {
     /// No chunk while more than this many changelog positions wait for Kafka: a snapshot
     /// never fills the changelog faster than the broker takes it.
     pub max_unacked: i64,
-    /// After each chunk, pause this many times as long as the chunk held the write lock (at
-    /// least 1 ms): the lock is the snapshot's at most 1/(1+factor) of the time.
+    /// After each chunk, pause this many times as long as the chunk took (its read and its
+    /// watermark; at least 1 ms): the snapshot has at most 1/(1+factor) of the time.
     pub pause_factor: u32,
 }
 
@@ -96,8 +96,9 @@ impl Tail {
             self.snapshots.resume_at = Some(now + FULL_LOOK);
             return Ok(false);
         }
-        // Writers get the lock between two watermarks.
-        let pause = (step.held * pacing.pause_factor).max(Duration::from_millis(1));
+        // The snapshot's share of the leader's time (CPU, I/O, the WAL its reads pin) is at
+        // most 1/(1+factor).
+        let pause = (step.took * pacing.pause_factor).max(Duration::from_millis(1));
         self.snapshots.resume_at = Some(Instant::now() + pause);
         self.ops.snapshots.progress(&step.progress);
         Ok(true)
