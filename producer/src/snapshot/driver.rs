@@ -18,7 +18,7 @@ use crate::tail::Tail;
 /// How fast snapshots go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pacing {
-    /// Rows per chunk (one leader write transaction each).
+    /// Rows per chunk (read in one read transaction; one tiny watermark write each).
     pub chunk_rows: usize,
     /// No chunk while more than this many changelog positions wait for Kafka: a snapshot
     /// never fills the changelog faster than the broker takes it.
