@@ -1,5 +1,5 @@
 //! The capture thread's side of incremental snapshots: between two polls, act on signals and
-//! copy the next chunk, paced so the leader's writers and the publisher keep up; and the
+//! read the next chunk, paced so the leader's writers and the publisher keep up; and the
 //! per-table progress `/status` and `/metrics` show.
 
 use std::collections::BTreeMap;
