@@ -351,7 +351,7 @@ fn a_dropped_table_is_forgotten_and_a_repair_snapshot_replaces_the_sum() {
         read,
         seen: Vec::new(),
     };
-    crate::snapshot::run_all(r.capture.conn_mut(), 2).unwrap();
+    crate::snapshot::run_all(&mut r.capture, 2).unwrap();
     assert_eq!(r.group(), []);
     r.app
         .execute_batch("UPDATE t SET v = 'after' WHERE id = 1")
