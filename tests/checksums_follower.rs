@@ -260,6 +260,15 @@ struct Writer {
     written: AtomicU64,
 }
 
+/// Tells the writer to stop when dropped.
+struct StopOnDrop(Arc<Writer>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::SeqCst);
+    }
+}
+
 /// More rows than the producer's chunk: a group announced by a begin record
 /// and streamed into an open replica transaction by a follower with a small
 /// `batch_max`.
@@ -279,7 +288,8 @@ fn value(rng: &mut impl Rng) -> rusqlite::types::Value {
 }
 
 /// Random inserts, updates and deletes by column name (so they survive the
-/// migrations) until told to stop.
+/// migrations), with `INSERT OR REPLACE`, `UPDATE OR REPLACE`, `INSERT OR IGNORE` and
+/// upserts among them, until told to stop.
 fn write_until_stopped(leader: &Path, w: &Writer, pace: Duration) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(61);
     let mut conn = Connection::open(leader).unwrap();
@@ -349,6 +359,41 @@ fn write_until_stopped(leader: &Path, w: &Writer, pace: Duration) {
                     tx.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id])
                         .unwrap();
                     live[t].remove(&id);
+                }
+                // REPLACE conflict resolution deletes rows without firing delete triggers:
+                // the row with the key, or the row a key change lands on.
+                (0, true, false) if rng.random_bool(0.15) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO customers(id, name, coffee) VALUES (?1, ?2, ?3)",
+                        params![id, format!("r{id}"), a],
+                    )
+                    .unwrap();
+                }
+                (0, true, false) if rng.random_bool(0.1) => {
+                    let to = rng.random_range(1..3_000i64);
+                    if to != id {
+                        tx.execute(
+                            "UPDATE OR REPLACE customers SET id = ?2 WHERE id = ?1",
+                            params![id, to],
+                        )
+                        .unwrap();
+                        live[0].remove(&id);
+                        live[0].insert(to);
+                    }
+                }
+                // Conflicts that delete nothing.
+                (0, true, false) if rng.random_bool(0.1) => {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO customers(id, name, coffee) VALUES (?1, 'ignored', ?2)",
+                        params![id, a],
+                    )
+                    .unwrap();
+                    tx.execute(
+                        "INSERT INTO customers(id, name, coffee) VALUES (?1, 'upsert', ?2) \
+                         ON CONFLICT(id) DO UPDATE SET coffee = excluded.coffee",
+                        params![id, b],
+                    )
+                    .unwrap();
                 }
                 (0, true, false) => {
                     tx.execute(
@@ -434,6 +479,9 @@ async fn big_group(w: &Writer, leader: &Path, follower: &RunningFollower) {
     let head = leader_position(leader);
     wait_until(Duration::from_secs(600), || {
         let st = follower.status();
+        if st.diverged.is_some() || st.halted.is_some() {
+            panic!("diverged or halted while catching up: {st:?}");
+        }
         (st.applied_position.0 >= head)
             .then_some(())
             .ok_or(format!("catching up to {head}: {st:?}"))
@@ -495,6 +543,8 @@ async fn no_false_alarm_through_duplicates_a_producer_sigkill_a_broker_outage_mi
     let (l, w2) = (s.leader.clone(), w.clone());
     let writer =
         tokio::task::spawn_blocking(move || write_until_stopped(&l, &w2, Duration::from_millis(1)));
+    // A failed assertion stops the writer too (the runtime waits for it before the test ends).
+    let _stop = StopOnDrop(w.clone());
     // Any divergence at any time fails the test, with when and where.
     let watch = {
         let (a, b) = (plain.shared.clone(), streamed.shared.clone());

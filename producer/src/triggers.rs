@@ -9,6 +9,9 @@
 use barista_schemas::TableShape;
 use rusqlite::{params, Connection};
 
+mod keys;
+use keys::Keys;
+
 /// `_barista_changelog.op` of an insert (a0.. = the new row).
 pub const OP_INSERT: i64 = 1;
 /// `_barista_changelog.op` of an update (b0.. = the row before, a0.. = after).
@@ -37,9 +40,15 @@ pub(crate) fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-/// The names of table `id`'s three triggers (insert, update, delete).
+/// The names of table `id`'s three logging triggers (insert, update, delete).
 fn names(id: i64) -> [String; 3] {
     ["ins", "upd", "del"].map(|what| format!("_barista_{id}_{what}"))
+}
+
+/// The names of table `id`'s two BEFORE triggers (insert, update), which copy the rows a
+/// `REPLACE` could delete (see [`keys`]).
+fn before_names(id: i64) -> [String; 2] {
+    ["bins", "bupd"].map(|what| format!("_barista_{id}_{what}"))
 }
 
 /// `a0, a1, …` or `b0, b1, …` for `width` columns.
@@ -59,40 +68,81 @@ fn refs(row: &str, columns: &[String]) -> String {
         .join(", ")
 }
 
-/// The triggers of table `id`: only column references, no functions, so their cost is one
-/// extra row insert per change and nothing in them can fail on an unusual value.
-pub(crate) fn create_sql(id: i64, table: &str, columns: &[String]) -> String {
+/// The triggers of table `id`: only column references and comparisons, no functions, so
+/// nothing in them can fail on an unusual value. Their cost is one changelog row per change,
+/// plus, per insert and update, a lookup of the rows it could replace (see [`keys`]).
+pub(crate) fn create_sql(id: i64, table: &str, columns: &[String], keys: &Keys) -> String {
     let t = quote(table);
     let [ins, upd, del] = names(id);
+    let [bins, bupd] = before_names(id);
     let (a, b) = (slots("a", columns.len()), slots("b", columns.len()));
     let (new, old) = (refs("NEW", columns), refs("OLD", columns));
+    let all = refs(&t, columns);
+    let conflict = keys.conflict(&t, columns);
+    let not_self = format!("NOT ({})", keys.same(&t, "OLD", columns));
+    // The rows a write is about to replace, copied with the kind of write (1 insert, 2 update).
+    let copy = |kind: u8, when: &str, extra: &str| {
+        format!(
+            "WHEN {when}EXISTS (SELECT 1 FROM {t} WHERE ({conflict}){extra}) BEGIN \
+               DELETE FROM _barista_replaced WHERE tbl = {id}; \
+               INSERT INTO _barista_replaced(tbl, kind, {b}) \
+                 SELECT {id}, {kind}, {all} FROM {t} WHERE ({conflict}){extra}; END"
+        )
+    };
+    // A copy was replaced if its row is gone, or the new row took its key.
+    let log_replaced = |kind: u8, extra: &str| {
+        format!(
+            "INSERT INTO _barista_changelog(tbl, op, {b}) SELECT {id}, {OP_DELETE}, {b} \
+               FROM _barista_replaced r WHERE r.tbl = {id} AND r.kind = {kind}{extra} \
+                 AND (({}) OR NOT EXISTS (SELECT 1 FROM {t} WHERE {})) ORDER BY r.rowid; \
+             DELETE FROM _barista_replaced WHERE tbl = {id};",
+            keys.same("r", "NEW", columns),
+            keys.same(&t, "r", columns)
+        )
+    };
     format!(
-        "CREATE TRIGGER \"{ins}\" AFTER INSERT ON {t} BEGIN \
+        "CREATE TRIGGER \"{bins}\" BEFORE INSERT ON {t} {};\n\
+         CREATE TRIGGER \"{bupd}\" BEFORE UPDATE ON {t} {};\n\
+         CREATE TRIGGER \"{ins}\" AFTER INSERT ON {t} BEGIN {} \
            INSERT INTO _barista_changelog(tbl, op, {a}) VALUES ({id}, {OP_INSERT}, {new}); END;\n\
-         CREATE TRIGGER \"{upd}\" AFTER UPDATE ON {t} BEGIN \
+         CREATE TRIGGER \"{upd}\" AFTER UPDATE ON {t} BEGIN {} \
            INSERT INTO _barista_changelog(tbl, op, {b}, {a}) VALUES ({id}, {OP_UPDATE}, {old}, {new}); END;\n\
          CREATE TRIGGER \"{del}\" AFTER DELETE ON {t} BEGIN \
-           INSERT INTO _barista_changelog(tbl, op, {b}) VALUES ({id}, {OP_DELETE}, {old}); END;"
+           DELETE FROM _barista_replaced WHERE tbl = {id} AND {}; \
+           INSERT INTO _barista_changelog(tbl, op, {b}) VALUES ({id}, {OP_DELETE}, {old}); END;",
+        copy(1, "", ""),
+        copy(
+            2,
+            &format!("({}) AND ", keys.changed(columns)),
+            &format!(" AND {not_self}")
+        ),
+        log_replaced(1, ""),
+        log_replaced(2, &format!(" AND NOT ({})", keys.same("r", "OLD", columns))),
+        keys.same("_barista_replaced", "OLD", columns),
     )
 }
 
 /// Drops table `id`'s triggers, if they exist.
 pub(crate) fn drop_sql(id: i64) -> String {
     names(id)
+        .into_iter()
+        .chain(before_names(id))
         .map(|n| format!("DROP TRIGGER IF EXISTS \"{n}\";"))
+        .collect::<Vec<_>>()
         .join(" ")
 }
 
-/// Replaces table `id`'s triggers with ones made for `columns`. The changelog must already be
-/// wide enough (see [`widen_changelog`]).
+/// Replaces table `id`'s triggers with ones made for `columns` and the table's keys as they
+/// are now. The changelog must already be wide enough (see [`widen_changelog`]).
 pub(crate) fn replace(
     conn: &Connection,
     id: i64,
     table: &str,
     columns: &[String],
 ) -> rusqlite::Result<()> {
+    let keys = Keys::read(conn, table, columns)?;
     conn.execute_batch(&drop_sql(id))?;
-    conn.execute_batch(&create_sql(id, table, columns))
+    conn.execute_batch(&create_sql(id, table, columns, &keys))
 }
 
 /// Whether all three of table `id`'s triggers exist.
@@ -125,12 +175,16 @@ pub(crate) fn columns_json(columns: &[String]) -> String {
     serde_json::to_string(columns).unwrap_or_default()
 }
 
-/// Makes the changelog wide enough for `width` columns.
+/// Makes the changelog, and `_barista_replaced`, wide enough for `width` columns.
 pub(crate) fn widen_changelog(conn: &Connection, width: usize) -> rusqlite::Result<()> {
     // Schema-change markers keep two shapes in a0 and a1.
     let width = width.max(2);
     let have: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('_barista_changelog')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let copies: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('_barista_replaced')")?
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for i in 0..width {
@@ -139,6 +193,10 @@ pub(crate) fn widen_changelog(conn: &Connection, width: usize) -> rusqlite::Resu
             if !have.contains(&col) {
                 conn.execute_batch(&format!("ALTER TABLE _barista_changelog ADD COLUMN {col}"))?;
             }
+        }
+        let col = format!("b{i}");
+        if !copies.contains(&col) {
+            conn.execute_batch(&format!("ALTER TABLE _barista_replaced ADD COLUMN {col}"))?;
         }
     }
     Ok(())

@@ -10,6 +10,8 @@ use super::*;
 use crate::capture::open_leader;
 use crate::triggers;
 
+mod replace;
+
 /// A sum recomputed from scratch: every row of `table` as the leader holds it now, hashed
 /// in the shape derived from its columns now.
 fn recomputed(conn: &Connection, table: &str) -> u64 {
@@ -46,6 +48,8 @@ struct Rig {
     capture: Capture,
     sums: Checksums,
     read: P,
+    /// Every change read so far, in order: what followers are sent.
+    seen: Vec<crate::capture::ChangeRow>,
 }
 
 impl Rig {
@@ -68,6 +72,7 @@ impl Rig {
             capture,
             sums,
             read,
+            seen: Vec::new(),
         }
     }
 
@@ -80,6 +85,7 @@ impl Rig {
             let (rows, scanned) = self.capture.read(from, head, 2).unwrap();
             let marks = self.capture.take_marks();
             self.sums.apply(&self.capture, &rows, &marks).unwrap();
+            self.seen.extend(rows);
             from = scanned.unwrap_or(head);
             if scanned.is_none_or(|s| s >= head) {
                 break;
@@ -343,6 +349,7 @@ fn a_dropped_table_is_forgotten_and_a_repair_snapshot_replaces_the_sum() {
         capture,
         sums,
         read,
+        seen: Vec::new(),
     };
     crate::snapshot::run_all(r.capture.conn_mut(), 2).unwrap();
     assert_eq!(r.group(), []);

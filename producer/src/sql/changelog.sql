@@ -11,6 +11,14 @@ CREATE TABLE IF NOT EXISTS _barista_changelog (
     op       INTEGER NOT NULL    -- 1 insert, 2 update, 3 delete, 4 snapshot read
 );
 
+-- Rows an insert or update is about to replace (REPLACE conflict resolution deletes them
+-- without firing delete triggers): copied by the table's BEFORE triggers, logged as deletes
+-- and emptied by its AFTER triggers (producer/src/triggers/keys.rs). b<i> as in the changelog.
+CREATE TABLE IF NOT EXISTS _barista_replaced (
+    tbl  INTEGER NOT NULL,       -- _barista_tables.id
+    kind INTEGER NOT NULL        -- the write that copied it: 1 insert, 2 update
+);
+
 -- Captured tables and the column list their triggers were made for.
 CREATE TABLE IF NOT EXISTS _barista_tables (
     id      INTEGER PRIMARY KEY,

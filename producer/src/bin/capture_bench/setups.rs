@@ -28,9 +28,11 @@ const JSON_SQL: &str =
         json_object('id', OLD.id, 'name', OLD.name, 'coffee', OLD.coffee, 'visits', OLD.visits,
                     'updated_at', OLD.updated_at)); END;";
 
-/// Experiment: barista's changelog and triggers written out by hand (same
-/// interleaved a0, b0, a1, b1… columns as `widen_changelog` makes), to check
-/// that the variants below are compared with the right thing.
+/// Experiment: barista's changelog and its three AFTER triggers written out by hand (same
+/// interleaved a0, b0, a1, b1… columns as `widen_changelog` makes), as they were before
+/// `REPLACE` capture (the BEFORE triggers and `_barista_replaced`): barista against this is
+/// what capturing `REPLACE` costs. This bench's upserts of existing keys are its worst case:
+/// the BEFORE INSERT trigger copies the row the upsert then updates.
 const X_REPLICA_SQL: &str = "CREATE TABLE cl(position INTEGER PRIMARY KEY, tbl INTEGER NOT NULL, op INTEGER NOT NULL,
       a0, b0, a1, b1, a2, b2, a3, b3, a4, b4);
     CREATE TRIGGER x_ins AFTER INSERT ON customers BEGIN INSERT INTO cl(tbl, op, a0, a1, a2, a3, a4)
