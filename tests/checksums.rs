@@ -216,7 +216,7 @@ async fn sums_continue_exactly_after_sigkill_and_verify_finds_a_hand_edit() {
     let conn = Connection::open(&leader).unwrap();
     let (name, sql): (String, String) = conn
         .query_row(
-            "SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'everything' AND name LIKE '%_upd'",
+            "SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'everything' AND name GLOB '_barista_*_upd'",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )

@@ -12,6 +12,7 @@
 //! group's end; `BARISTA_CRASH_LOOP_CHANGES` overrides the size); the full-size variant
 //! (1,000,000 changes, the default chunks of 5,000) is `--ignored`.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -226,12 +227,13 @@ async fn crash_loop(changes: i64, chunk: usize) {
                 f.assert_running();
                 let at = replica_position(r);
                 (at >= end).then_some(()).ok_or(format!(
-                "{}: the replica is at {at} of {end}, {:.0?} after the last kill; the producer \
-                 stored {}",
-                r.display(),
-                last_fault.elapsed(),
-                stored_acked(&leader)
-            ))
+                    "both followers must equal the leader within 2 minutes of the last kill \
+                     (issue 18): {} is at position {at} of {end} {:.0?} after it, and the \
+                     producer has acknowledged {} of {end}",
+                    r.display(),
+                    last_fault.elapsed(),
+                    stored_acked(&leader)
+                ))
             },
         )
         .await;
@@ -284,12 +286,37 @@ async fn a_producer_killed_ten_times_in_a_backlog_makes_progress_between_kills()
 }
 
 /// In a debug build the producer publishes about 4,000 changes/s on a shared machine: the
-/// rest of the backlog alone takes longer than the two minutes the followers get. Run it
-/// against release binaries: `cargo build --release -p barista-producer -p barista-consumer
-/// --bins`, then `BARISTA_BIN_DIR=$CARGO_TARGET_DIR/release cargo test -p barista-tests --test
-/// main -- --ignored crash_loop`.
+/// rest of the backlog alone takes longer than the two minutes the followers get. It runs
+/// against release binaries only, named by `BARISTA_BIN_DIR`: `cargo build --release -p
+/// barista-producer -p barista-consumer --bins`, then `BARISTA_BIN_DIR=$CARGO_TARGET_DIR/release
+/// cargo test -p barista-tests --test main -- --ignored --exact crash_loop::<this test>`.
+/// `.ci/run` does exactly that, as its own step after the workspace's tests (alone, so that
+/// nothing else competes for the two cores during its two minutes). Ignored in a plain
+/// `cargo test`, which builds no release binaries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "full size (1,000,000 changes): several minutes; run with --ignored against release binaries"]
+#[ignore = "1,000,000 changes, needs release binaries in BARISTA_BIN_DIR; .ci/run runs it as its own step"]
 async fn a_producer_killed_ten_times_in_a_million_change_backlog_makes_progress() {
+    if !release_binaries() {
+        return;
+    }
     crash_loop(1_000_000, 5_000).await;
+}
+
+/// True when `BARISTA_BIN_DIR` names the binaries to run (release builds, as its caller
+/// promises: debug ones cannot meet the two minutes). Without it the test skips and says so,
+/// except in CI (`CI` set), where a missing build is a failure, not a silent pass.
+fn release_binaries() -> bool {
+    if std::env::var_os("BARISTA_BIN_DIR").is_some() {
+        return true;
+    }
+    let why = "the 1,000,000-change crash loop runs only against release binaries: \
+               cargo build --release -p barista-producer -p barista-consumer --bins, then set \
+               BARISTA_BIN_DIR=$CARGO_TARGET_DIR/release";
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{why} (.ci/run builds them; in CI this test must not be skipped)"
+    );
+    // Straight to stderr: libtest captures `eprintln!` of a passing test, and a skip must show.
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
+    false
 }

@@ -14,7 +14,8 @@ use barista_schemas::{Op, Position, SqlValue, TableSchemas, TableShape};
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
 use crate::triggers::{
-    self, OP_DELETE, OP_DROP, OP_INSERT, OP_SNAPSHOT_END, OP_SNAPSHOT_START, OP_UPDATE,
+    self, OP_DELETE, OP_DROP, OP_INSERT, OP_SNAPSHOT_CHUNK, OP_SNAPSHOT_END, OP_SNAPSHOT_START,
+    OP_UPDATE,
 };
 
 mod adopt;
@@ -36,6 +37,9 @@ pub enum CaptureError {
     /// SQLite failed (busy beyond the timeout, I/O, corrupt file…).
     #[error("leader database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// Syncing the leader's WAL file failed.
+    #[error("leader database file: {0}")]
+    Io(#[from] std::io::Error),
     /// A table cannot be captured, or its schema no longer matches.
     #[error(transparent)]
     Contract(#[from] barista_schemas::ContractError),
@@ -170,6 +174,8 @@ pub struct Capture {
     drops_version: i64,
     /// Schema-change and drop markers [`Capture::read`] scanned, for the table checksums.
     marks: Vec<Mark>,
+    /// Snapshot chunks read and not pruned yet (their rows are not in the changelog).
+    chunks: crate::snapshot::chunk::Pending,
 }
 
 impl Capture {
@@ -286,6 +292,7 @@ impl Capture {
             dropped: HashSet::new(),
             drops_version: schema_version,
             marks: Vec::new(),
+            chunks: Default::default(),
         })
     }
 
@@ -297,6 +304,13 @@ impl Capture {
     /// The leader connection, for the snapshot module's short transactions.
     pub(crate) fn conn_mut(&mut self) -> &mut Connection {
         &mut self.conn
+    }
+
+    /// The leader connection and the snapshot chunks not pruned yet.
+    pub(crate) fn snapshot_parts(
+        &mut self,
+    ) -> (&mut Connection, &mut crate::snapshot::chunk::Pending) {
+        (&mut self.conn, &mut self.chunks)
     }
 
     /// The captured tables by id.
@@ -338,11 +352,12 @@ impl Capture {
     ) -> Result<(Vec<ChangeRow>, Option<Position>), CaptureError> {
         // Disjoint borrows: the statement borrows the connection while markers update the
         // table schemas and their history.
-        let (conn, tables, history, marks) = (
+        let (conn, tables, history, marks, chunks) = (
             &self.conn,
             &mut self.tables,
             &mut self.history,
             &mut self.marks,
+            &self.chunks,
         );
         let mut stmt = conn.prepare_cached(
             "SELECT * FROM _barista_changelog WHERE position > ?1 AND position <= ?2 ORDER BY position LIMIT ?3",
@@ -370,6 +385,34 @@ impl Capture {
             }
             if op_code == crate::takeover::OP_TAKEOVER {
                 // Not a change: the position a promoted replica was at (crate::takeover).
+                continue;
+            }
+            if op_code == OP_SNAPSHOT_CHUNK {
+                // A snapshot chunk's high watermark: its rows, held in memory, take the
+                // positions it reserved just below it (see crate::snapshot::chunk).
+                match chunks.at(position.0).filter(|c| c.tbl == table_id) {
+                    Some(chunk) => {
+                        let first = position.0 - chunk.rows.len() as i64;
+                        for (i, row) in chunk.rows.iter().enumerate() {
+                            let Some(row) = row else { continue };
+                            let at = Position(first + i as i64);
+                            let Some(schemas) = schemas_at(tables, history, table_id, at) else {
+                                break;
+                            };
+                            out.push(ChangeRow {
+                                position: at,
+                                table_id,
+                                op: Op::Read,
+                                before: None,
+                                after: Some(row.clone()),
+                                schemas,
+                            });
+                        }
+                    }
+                    None => {
+                        tracing::debug!(position = %position, table_id, "a snapshot chunk read by an earlier run: skipped (it is read again)")
+                    }
+                }
                 continue;
             }
             if op_code == OP_DROP {

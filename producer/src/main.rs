@@ -102,13 +102,13 @@ struct Args {
     /// keys it no longer has deleted).
     #[arg(long, env = "BARISTA_REPAIR_TRIGGERS")]
     repair_triggers: bool,
-    /// Rows per snapshot chunk: each chunk is one short leader write transaction, so this
-    /// bounds how long an application's write may wait for a snapshot (about 1 ms per 1000
-    /// narrow rows).
+    /// Rows per snapshot chunk: each is read in a read transaction (no writer waits for it)
+    /// and held in the producer's memory until Kafka has it; the leader gets one tiny
+    /// watermark write per chunk, so larger chunks mean fewer of them.
     #[arg(long, env = "BARISTA_SNAPSHOT_CHUNK_ROWS", default_value_t = barista_producer::snapshot::DEFAULT_CHUNK_ROWS)]
     snapshot_chunk_rows: usize,
-    /// After each snapshot chunk, pause this many times as long as it held the leader's write
-    /// lock (at least 1 ms): higher is gentler on the application's writes, and slower.
+    /// After each snapshot chunk, pause this many times as long as it took (its read and its
+    /// watermark; at least 1 ms): higher is gentler on the application, and slower.
     #[arg(long, env = "BARISTA_SNAPSHOT_PAUSE_FACTOR", default_value_t = barista_producer::snapshot::DEFAULT_PAUSE_FACTOR)]
     snapshot_pause_factor: u32,
     /// Address for /metrics (Prometheus), /status (JSON) and /ready. Use 0.0.0.0:8089 in a

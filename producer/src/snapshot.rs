@@ -1,47 +1,45 @@
-//! Incremental snapshots: a table's existing rows are copied into the changelog in chunks, in
-//! primary-key order, each chunk in its own short leader write transaction
-//! (`INSERT INTO _barista_changelog … SELECT … WHERE key > last ORDER BY key LIMIT n`).
+//! Incremental snapshots: a table's existing rows reach Kafka in chunks, in primary-key order,
+//! by Netflix's DBLog watermark algorithm (see [`chunk`]): each chunk is read in a read
+//! transaction, which in WAL mode no writer waits for, and only a tiny high-watermark row is
+//! written to the leader; the rows themselves never enter the changelog. The tail publishes
+//! them at positions the watermark reserved, minus the keys changed between the read and the
+//! watermark, so followers applying in position order end equal to the leader.
 //!
-//! Why that is enough to merge a chunk with the changes made meanwhile: the chunk is read and
-//! appended under the leader's one write lock, so it is exactly the rows of its key range as of
-//! its own changelog positions. Every change committed before it has a lower position, every
-//! change after it a higher one. A follower applies the changelog in position order (snapshot
-//! rows as upserts), so whatever order writes and chunks interleave in, each key ends as the
-//! leader has it. This is DBLog's low/high watermark window reduced to zero width: the write
-//! lock is the watermark. The price is that a writer may wait for one chunk (a few
-//! milliseconds at the default size), never for the table.
-//!
-//! Progress (`_barista_snapshots`, `_barista_snapshot_keys`) is written in the chunk's own
-//! transaction: a producer killed at any moment resumes after the last committed chunk, and
-//! nothing is copied twice or skipped. A start marker ([`OP_SNAPSHOT_START`]) and an end
+//! Progress (`_barista_snapshots`, `_barista_snapshot_keys`) is recorded once Kafka has a
+//! chunk (in the prune transaction): a producer killed at any moment reads again the chunks
+//! Kafka did not have, and skips nothing. A start marker ([`OP_SNAPSHOT_START`]) and an end
 //! marker ([`OP_SNAPSHOT_END`]) bound each snapshot in the changelog; followers use them to
 //! answer `snapshotting` meanwhile and to delete, at the end, rows the leader no longer has.
 //!
-//! Reads: captured tables, `_barista_signals`. Writes: `_barista_changelog` (snapshot rows and
-//! markers), `_barista_snapshots`, `_barista_snapshot_keys`, `_barista_signals` (processed).
+//! Reads: captured tables, `_barista_signals`. Writes: `_barista_changelog` (markers),
+//! `_barista_snapshots`, `_barista_snapshot_keys`, `_barista_signals` (processed).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use barista_schemas::{SqlValue, TableShape};
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
-use crate::capture::CaptureError;
-use crate::triggers::{quote, OP_SNAPSHOT, OP_SNAPSHOT_END, OP_SNAPSHOT_START};
+use crate::capture::{Capture, CaptureError};
+use crate::triggers::{quote, OP_SNAPSHOT_END, OP_SNAPSHOT_START};
 
+pub(crate) mod chunk;
 mod driver;
 #[cfg(test)]
 mod tests;
 
+pub use chunk::step;
 pub use driver::{Board, Driver, Pacing, DEFAULT_PAUSE_FACTOR};
 
 /// The bookkeeping tables (see `sql/snapshots.sql`).
 pub(crate) const SQL: &str = include_str!("sql/snapshots.sql");
 
-/// Default rows per chunk: about 1 ms of the write lock for a narrow table (`snapshot-bench`),
-/// well under the 10 ms a writer may wait.
-pub const DEFAULT_CHUNK_ROWS: usize = 1000;
+/// Default rows per chunk (read without the write lock; see `snapshot-bench`).
+pub const DEFAULT_CHUNK_ROWS: usize = 10_000;
+
+/// A newly captured table of at most this many rows is copied inside the capturing
+/// transaction instead ([`first`]).
+const INLINE_ROWS: usize = 1000;
 
 /// One snapshot's progress, for `/status` and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -82,7 +80,7 @@ pub fn begin(conn: &Connection, tbl: i64) -> rusqlite::Result<i64> {
 }
 
 /// The snapshot of a table captured for the first time, inside the caller's write transaction
-/// (the one installing its triggers): a table of at most [`DEFAULT_CHUNK_ROWS`] rows is copied
+/// (the one installing its triggers): a table of at most [`INLINE_ROWS`] rows is copied
 /// right there, as one chunk without markers (followers get the table whole, in the commit
 /// group that created it, and have nothing to delete); a larger one gets an incremental
 /// snapshot ([`begin`]). Returns the rows copied inline, or `None` when it went incremental.
@@ -94,9 +92,9 @@ pub(crate) fn first(
 ) -> rusqlite::Result<Option<usize>> {
     let small: bool = conn.query_row(
         &format!(
-            "SELECT count(*) <= {DEFAULT_CHUNK_ROWS} FROM (SELECT 1 FROM {} LIMIT {})",
+            "SELECT count(*) <= {INLINE_ROWS} FROM (SELECT 1 FROM {} LIMIT {})",
             quote(table),
-            DEFAULT_CHUNK_ROWS + 1
+            INLINE_ROWS + 1
         ),
         [],
         |r| r.get(0),
@@ -273,165 +271,36 @@ pub fn request(conn: &Connection, tables: &[String]) -> rusqlite::Result<i64> {
 /// What one [`step`] did.
 #[derive(Debug, Clone)]
 pub struct Step {
-    /// The snapshot's progress after the chunk.
+    /// The snapshot's progress after it (rows read so far, Kafka's or not).
     pub progress: Progress,
-    /// How long the write transaction held the lock (from BEGIN IMMEDIATE acquired to COMMIT).
+    /// How long it held the leader's write lock (the high watermark, or the end marker).
     pub held: Duration,
+    /// How long it took in all (the chunk's read, its watermark, the WAL sync).
+    pub took: Duration,
+    /// Nothing done: the last chunks are not in Kafka yet (the end marker waits for them),
+    /// or DDL came between a chunk's read and its watermark (it is read again).
+    pub waiting: bool,
 }
 
-/// Copies the next chunk of the oldest snapshot in progress: at most `chunk_rows` rows after
-/// its last key, in key order, in ONE short write transaction that also records progress; a
-/// chunk shorter than `chunk_rows` is the last one and writes the end marker. `None`: no
-/// snapshot in progress.
-pub fn step(conn: &mut Connection, chunk_rows: usize) -> Result<Option<Step>, CaptureError> {
-    let chunk_rows = chunk_rows.max(1);
-    let next: Option<(i64, i64, Option<i64>, String)> = conn
-        .prepare_cached(
-            "SELECT s.tbl, s.id, s.total, t.name FROM _barista_snapshots s \
-             JOIN _barista_tables t ON t.id = s.tbl ORDER BY s.id LIMIT 1",
-        )?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .optional()?;
-    let Some((tbl, id, total, name)) = next else {
-        return Ok(None);
-    };
-    // Counted once, in a read transaction of its own: no write lock for the scan.
-    let counted = match total {
-        Some(_) => None,
-        None => conn
-            .query_row(&format!("SELECT count(*) FROM {}", quote(&name)), [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .ok(),
-    };
-    // The table's shape is read before the lock, and trusted inside it only if no DDL
-    // committed in between (`PRAGMA schema_version`): the lock is held for the copy alone.
-    let version = |c: &Connection| -> rusqlite::Result<i64> {
-        c.query_row("PRAGMA schema_version", [], |r| r.get(0))
-    };
-    let early = (
-        version(conn)?,
-        crate::capture::still_captured(conn, tbl, &name)?,
-        TableShape::read(conn, &name).ok(),
-    );
+/// Every chunk read so far is in Kafka (tests, and tools that own the leader): records their
+/// progress, keeping their rows for a later [`Capture::read`].
+pub fn acknowledge_all(cap: &mut Capture) -> Result<(), CaptureError> {
+    let (conn, pending) = cap.snapshot_parts();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let locked = Instant::now();
-    let (captured, shape) = match early {
-        (v, captured, Some(shape)) if v == version(&tx)? => (captured, Some(shape)),
-        _ => (crate::capture::still_captured(&tx, tbl, &name)?, None),
-    };
-    if !captured {
-        // Dropped or rebuilt: capture handles that as a drop; this snapshot has nothing left.
-        tx.execute("DELETE FROM _barista_snapshots WHERE tbl = ?1", [tbl])?;
-        tx.execute("DELETE FROM _barista_snapshot_keys WHERE tbl = ?1", [tbl])?;
-        tx.commit()?;
-        tracing::warn!(table = %name, snapshot = id, "table gone during its snapshot: abandoned");
-        return Ok(Some(Step {
-            progress: Progress {
-                table: name,
-                id,
-                rows: 0,
-                total,
-                chunks: 0,
-                done: true,
-            },
-            held: locked.elapsed(),
-        }));
-    }
-    let shape = match shape {
-        Some(shape) => shape,
-        None => TableShape::read(&tx, &name)?,
-    };
-    let pk = shape.pk_indexes();
-    let cols: Vec<String> = shape.columns.iter().map(|c| quote(&c.name)).collect();
-    let slots: Vec<String> = (0..cols.len()).map(|i| format!("a{i}")).collect();
-    let key: Vec<&str> = pk.iter().map(|&i| cols[i].as_str()).collect();
-    let last: Vec<SqlValue> = tx
-        .prepare_cached("SELECT value FROM _barista_snapshot_keys WHERE tbl = ?1 ORDER BY i")?
-        .query_map([tbl], |r| r.get_ref(0).map(SqlValue::from))?
-        .collect::<Result<_, _>>()?;
-    let after = if last.len() == key.len() {
-        let marks: Vec<String> = (1..=key.len()).map(|i| format!("?{i}")).collect();
-        format!("WHERE ({}) > ({})", key.join(", "), marks.join(", "))
-    } else {
-        String::new()
-    };
-    let copied = tx.execute(
-        &format!(
-            "INSERT INTO _barista_changelog(tbl, op, {}) SELECT {tbl}, {OP_SNAPSHOT}, {} FROM {} {after} \
-             ORDER BY {} LIMIT {chunk_rows}",
-            slots.join(", "),
-            cols.join(", "),
-            quote(&name),
-            key.join(", "),
-        ),
-        params_from_iter(last.iter()),
-    )?;
-    if copied > 0 {
-        // The chunk was inserted in key order: its last row holds the last key.
-        let at = tx.last_insert_rowid();
-        let pk_slots: Vec<&str> = pk.iter().map(|&i| slots[i].as_str()).collect();
-        let last_key: Vec<SqlValue> = tx.query_row(
-            &format!(
-                "SELECT {} FROM _barista_changelog WHERE position = ?1",
-                pk_slots.join(", ")
-            ),
-            [at],
-            |r| {
-                (0..pk.len())
-                    .map(|i| r.get_ref(i).map(SqlValue::from))
-                    .collect()
-            },
-        )?;
-        tx.execute("DELETE FROM _barista_snapshot_keys WHERE tbl = ?1", [tbl])?;
-        let mut put = tx.prepare_cached(
-            "INSERT INTO _barista_snapshot_keys(tbl, i, value) VALUES (?1, ?2, ?3)",
-        )?;
-        for (i, v) in last_key.iter().enumerate() {
-            put.execute(params![tbl, i as i64, v])?;
-        }
-    }
-    let (rows, total, chunks): (i64, Option<i64>, i64) = tx.query_row(
-        "UPDATE _barista_snapshots SET rows = rows + ?2, total = coalesce(total, ?3), chunks = chunks + 1 \
-         WHERE tbl = ?1 RETURNING rows, total, chunks",
-        params![tbl, copied as i64, counted],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
-    let done = copied < chunk_rows;
-    if done {
-        tx.execute(
-            "INSERT INTO _barista_changelog(tbl, op, a0) VALUES (?1, ?2, ?3)",
-            params![tbl, OP_SNAPSHOT_END, id],
-        )?;
-        tx.execute("DELETE FROM _barista_snapshots WHERE tbl = ?1", [tbl])?;
-        tx.execute("DELETE FROM _barista_snapshot_keys WHERE tbl = ?1", [tbl])?;
-    }
+    pending.acknowledge(&tx, barista_schemas::Position(i64::MAX), false)?;
     tx.commit()?;
-    let held = locked.elapsed();
-    if done {
-        tracing::info!(table = %name, snapshot = id, rows, chunks, "snapshot done");
-    }
-    Ok(Some(Step {
-        progress: Progress {
-            table: name,
-            id,
-            rows,
-            total,
-            chunks,
-            done,
-        },
-        held,
-    }))
+    Ok(())
 }
 
-/// Every snapshot in progress, run to its end without pausing (tests, and tools that own the
-/// leader). Returns the final progress per table.
+/// Every snapshot in progress, run to its end without pausing, each chunk taken as in Kafka
+/// at once (tests, and tools that own the leader). Returns the final progress per table.
 pub fn run_all(
-    conn: &mut Connection,
+    cap: &mut Capture,
     chunk_rows: usize,
 ) -> Result<BTreeMap<String, Progress>, CaptureError> {
     let mut out = BTreeMap::new();
-    while let Some(step) = step(conn, chunk_rows)? {
+    while let Some(step) = step(cap, chunk_rows)? {
+        acknowledge_all(cap)?;
         out.insert(step.progress.table.clone(), step.progress);
     }
     Ok(out)

@@ -28,12 +28,19 @@ pub const OP_SCHEMA_CHANGE: i64 = 5;
 /// it had). Followers drop their copy at this position.
 pub const OP_DROP: i64 = 6;
 /// Changelog op: an incremental snapshot of the table starts here (`a0` = the snapshot id, the
-/// marker's own position). Its chunks follow as [`OP_SNAPSHOT`] rows, each in its own short
-/// leader transaction (see `crate::snapshot`).
+/// marker's own position). Its chunks follow as [`OP_SNAPSHOT_CHUNK`] high watermarks (see
+/// `crate::snapshot`).
 pub const OP_SNAPSHOT_START: i64 = 7;
 /// Changelog op: the incremental snapshot `a0` of the table ended here: every row the table
 /// had was copied after the start marker.
 pub const OP_SNAPSHOT_END: i64 = 8;
+/// Changelog op: the high watermark of one chunk of incremental snapshot `a0`, holding `a1`
+/// rows. The rows are not in the changelog: the producer that read them holds them in memory
+/// and publishes them at the `a1` positions just below the marker's own, which this marker
+/// reserved (nothing else is ever given them). A producer that restarted no longer has them
+/// and skips the marker; its snapshot progress, recorded only once Kafka has a chunk, makes
+/// it read the chunk again.
+pub const OP_SNAPSHOT_CHUNK: i64 = 9;
 
 /// An SQL identifier in double quotes.
 pub(crate) fn quote(ident: &str) -> String {

@@ -98,6 +98,9 @@ impl Capture {
         if let Some(sums) = sums {
             sums::store(&tx, prune_point, sums)?;
         }
+        // Snapshot chunks Kafka has (and followers will never be sent again): their
+        // progress, and their rows out of memory.
+        self.chunks.acknowledge(&tx, prune_point, true)?;
         let n = tx.execute(
             "DELETE FROM _barista_changelog WHERE position <= ?1 \
              AND position < (SELECT max(position) FROM _barista_changelog)",

@@ -12,13 +12,9 @@ use crate::triggers;
 
 mod replace;
 
-/// A sum recomputed from scratch: every row of `table` as the leader holds it now, hashed
-/// in the shape derived from its columns now.
-fn recomputed(conn: &Connection, table: &str) -> u64 {
-    let schemas = TableSchemas::derive(TableShape::read(conn, table).unwrap()).unwrap();
-    let hasher = RowHasher::new(&RowShape::from_value_schema(&schemas.value_json).unwrap());
-    let cols: Vec<String> = schemas
-        .shape
+/// Every row of `table` as the leader holds it now, in its columns' declared order.
+fn rows_of(conn: &Connection, shape: &TableShape) -> Vec<Vec<SqlValue>> {
+    let cols: Vec<String> = shape
         .columns
         .iter()
         .map(|c| triggers::quote(&c.name))
@@ -27,18 +23,27 @@ fn recomputed(conn: &Connection, table: &str) -> u64 {
         .prepare(&format!(
             "SELECT {} FROM {}",
             cols.join(", "),
-            triggers::quote(table)
+            triggers::quote(&shape.name)
         ))
         .unwrap();
-    let mut rows = stmt.query([]).unwrap();
-    let mut sum = 0u64;
-    while let Some(r) = rows.next().unwrap() {
-        let row: Vec<SqlValue> = (0..cols.len())
-            .map(|i| SqlValue::from(r.get_ref(i).unwrap()))
-            .collect();
-        sum = sum.wrapping_add(hasher.hash(&row));
-    }
-    sum
+    let rows = stmt
+        .query_map([], |r| {
+            (0..cols.len())
+                .map(|i| Ok(SqlValue::from(r.get_ref(i)?)))
+                .collect()
+        })
+        .unwrap();
+    rows.collect::<Result<_, _>>().unwrap()
+}
+
+/// A sum recomputed from scratch: every row of `table` as the leader holds it now, hashed
+/// in the shape derived from its columns now.
+fn recomputed(conn: &Connection, table: &str) -> u64 {
+    let schemas = TableSchemas::derive(TableShape::read(conn, table).unwrap()).unwrap();
+    let hasher = RowHasher::new(&RowShape::from_value_schema(&schemas.value_json).unwrap());
+    rows_of(conn, &schemas.shape)
+        .iter()
+        .fold(0u64, |sum, row| sum.wrapping_add(hasher.hash(row)))
 }
 
 /// A capture on a leader file and the checksums kept from what it reads.
@@ -351,7 +356,7 @@ fn a_dropped_table_is_forgotten_and_a_repair_snapshot_replaces_the_sum() {
         read,
         seen: Vec::new(),
     };
-    crate::snapshot::run_all(r.capture.conn_mut(), 2).unwrap();
+    crate::snapshot::run_all(&mut r.capture, 2).unwrap();
     assert_eq!(r.group(), []);
     r.app
         .execute_batch("UPDATE t SET v = 'after' WHERE id = 1")

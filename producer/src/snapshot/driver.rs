@@ -1,5 +1,5 @@
 //! The capture thread's side of incremental snapshots: between two polls, act on signals and
-//! copy the next chunk, paced so the leader's writers and the publisher keep up; and the
+//! read the next chunk, paced so the leader's writers and the publisher keep up; and the
 //! per-table progress `/status` and `/metrics` show.
 
 use std::collections::BTreeMap;
@@ -18,13 +18,13 @@ use crate::tail::Tail;
 /// How fast snapshots go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pacing {
-    /// Rows per chunk (one leader write transaction each).
+    /// Rows per chunk (read in one read transaction; one tiny watermark write each).
     pub chunk_rows: usize,
     /// No chunk while more than this many changelog positions wait for Kafka: a snapshot
     /// never fills the changelog faster than the broker takes it.
     pub max_unacked: i64,
-    /// After each chunk, pause this many times as long as the chunk held the write lock (at
-    /// least 1 ms): the lock is the snapshot's at most 1/(1+factor) of the time.
+    /// After each chunk, pause this many times as long as the chunk took (its read and its
+    /// watermark; at least 1 ms): the snapshot has at most 1/(1+factor) of the time.
     pub pause_factor: u32,
 }
 
@@ -85,14 +85,20 @@ impl Tail {
             self.snapshots.resume_at = Some(now + FULL_LOOK);
             return Ok(false);
         }
-        let step = crate::snapshot::step(self.capture.conn_mut(), pacing.chunk_rows)
-            .context("copying a snapshot chunk")?;
+        let step = crate::snapshot::step(&mut self.capture, pacing.chunk_rows)
+            .context("reading a snapshot chunk")?;
         let Some(step) = step else {
             self.snapshots.resume_at = Some(now + IDLE_LOOK);
             return Ok(false);
         };
-        // A writer that waited for this chunk gets the lock before the next one.
-        let pause = (step.held * pacing.pause_factor).max(Duration::from_millis(1));
+        if step.waiting {
+            // The end marker waits for Kafka to take the last chunks.
+            self.snapshots.resume_at = Some(now + FULL_LOOK);
+            return Ok(false);
+        }
+        // The snapshot's share of the leader's time (CPU, I/O, the WAL its reads pin) is at
+        // most 1/(1+factor).
+        let pause = (step.took * pacing.pause_factor).max(Duration::from_millis(1));
         self.snapshots.resume_at = Some(Instant::now() + pause);
         self.ops.snapshots.progress(&step.progress);
         Ok(true)

@@ -90,6 +90,9 @@ fn writer(path: std::path::PathBuf, seed: u64, stop: Arc<AtomicBool>, writes: Ar
         };
         let _ = conn.execute_batch(&sql);
         writes.fetch_add(1, Ordering::Relaxed);
+        // An application's pace, not a tight loop: SQLite's busy handler is not fair, and a
+        // writer that never lets go would starve the snapshot's watermark for seconds.
+        std::thread::sleep(std::time::Duration::from_micros(100));
     }
 }
 
@@ -112,20 +115,57 @@ fn concurrent_updates_and_deletes_in_the_chunk_being_read_leave_replicas_equal_o
             let (path, stop, writes) = (path.clone(), stop.clone(), writes.clone());
             std::thread::spawn(move || writer(path, seed, stop, writes))
         };
+        // And writes in every chunk's window, between its read and its watermark, to the
+        // rows it read: these are the keys the watermark must take out of the chunk.
+        let window = Arc::new(AtomicI64::new(0));
+        cap.snapshot_parts().1.between = Some(super::chunk::Between(Box::new({
+            let (conn, window) = (open_leader(&path).unwrap(), window.clone());
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed + 1000);
+            move || {
+                let cursor: i64 = conn
+                    .query_row(
+                        "SELECT coalesce((SELECT value FROM _barista_snapshot_keys WHERE i = 0), 0)",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                for _ in 0..rng.random_range(0..4) {
+                    let id = cursor + rng.random_range(1..40);
+                    let sql = match rng.random_range(0..4) {
+                        0 => format!("UPDATE t SET v = v || 'w', n = n + 1 WHERE id = {id}"),
+                        1 => format!("DELETE FROM t WHERE id = {id}"),
+                        2 => format!("INSERT OR IGNORE INTO t VALUES ({id}, 'back', 0, x'02')"),
+                        _ => format!("UPDATE OR IGNORE t SET id = {} WHERE id = {id}", id + 1000),
+                    };
+                    if conn.execute_batch(&sql).is_ok() {
+                        window.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })));
+        // The writer is writing before the first chunk is read.
+        while writes.load(Ordering::Relaxed) == 0 {
+            std::thread::yield_now();
+        }
         let mut replica = Rows::new();
         let mut at = Position(0);
         let mut chunks = 0;
         loop {
-            let step = super::step(cap.conn_mut(), 37 + seed as usize)
+            let step = super::step(&mut cap, 37 + seed as usize)
                 .unwrap()
                 .expect("a snapshot in progress");
             chunks += 1;
             at = follow(&mut cap, &mut replica, at, 1);
+            // Kafka took it: progress recorded (the writer aims at the next chunk).
+            super::acknowledge_all(&mut cap).unwrap();
             if step.progress.done {
                 break;
             }
-            // Give the writer the lock between chunks, as the driver's pacing does.
-            std::thread::sleep(std::time::Duration::from_micros(300));
+            // The writer commits between any two chunks.
+            let before = writes.load(Ordering::Relaxed);
+            while writes.load(Ordering::Relaxed) == before {
+                std::thread::yield_now();
+            }
         }
         // Writes after the snapshot are streamed as usual.
         std::thread::sleep(std::time::Duration::from_millis(5));
@@ -138,6 +178,10 @@ fn concurrent_updates_and_deletes_in_the_chunk_being_read_leave_replicas_equal_o
             "seed {seed}: the writer barely ran"
         );
         assert!(chunks > 10, "seed {seed}: {chunks} chunks");
+        assert!(
+            window.load(Ordering::Relaxed) > 10,
+            "seed {seed}: few writes in the windows"
+        );
         assert_eq!(replica, leader_rows(&app, "t", 1), "seed {seed}");
     }
 }
@@ -158,14 +202,20 @@ fn a_composite_text_key_is_copied_in_key_order_and_resumes_after_its_last_key() 
     super::request(cap.conn(), &["k".to_owned()]).unwrap();
     assert_eq!(super::take_signals(cap.conn_mut()).unwrap(), ["k"]);
     // A chunk of 2, then a "restart": a new Capture resumes from the stored key.
-    let first = super::step(cap.conn_mut(), 2).unwrap().unwrap();
+    let first = super::step(&mut cap, 2).unwrap().unwrap();
     assert_eq!((first.progress.rows, first.progress.done), (2, false));
+    let mut replica = Rows::new();
+    let at = follow(&mut cap, &mut replica, Position(0), 2);
+    super::acknowledge_all(&mut cap).unwrap();
+    // A second chunk read but never in Kafka: the restarted producer reads it again.
+    let second = super::step(&mut cap, 2).unwrap().unwrap();
+    assert_eq!(second.progress.rows, 4);
     drop(cap);
     let mut cap = Capture::install(open_leader(&path).unwrap(), &[], false).unwrap();
-    let done = super::run_all(cap.conn_mut(), 2).unwrap();
+    let done = super::run_all(&mut cap, 2).unwrap();
     assert_eq!(done["k"].rows, 7);
-    let mut replica = Rows::new();
-    follow(&mut cap, &mut replica, Position(0), 2);
+    // The lost chunk's watermark publishes nothing; its rows come with the chunk read again.
+    follow(&mut cap, &mut replica, at, 2);
     assert_eq!(replica, leader_rows(&app, "k", 2));
 }
 
@@ -177,7 +227,7 @@ fn a_signal_row_starts_a_snapshot_and_records_what_was_done() {
     app.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'a');")
         .unwrap();
     let mut cap = Capture::install(open_leader(&path).unwrap(), &[], false).unwrap();
-    super::run_all(cap.conn_mut(), 10).unwrap();
+    super::run_all(&mut cap, 10).unwrap();
     app.execute_batch(
         "INSERT INTO _barista_signals(type, data) VALUES ('snapshot', 't');
          INSERT INTO _barista_signals(type, data) VALUES ('snapshot', '{\"data-collections\": [\"main.nope\"]}');",
@@ -195,6 +245,6 @@ fn a_signal_row_starts_a_snapshot_and_records_what_was_done() {
     assert_eq!(results[1].0, "nope: not captured");
     assert!(results.iter().all(|r| r.1));
     assert!(super::take_signals(cap.conn_mut()).unwrap().is_empty());
-    let done = super::run_all(cap.conn_mut(), 10).unwrap();
+    let done = super::run_all(&mut cap, 10).unwrap();
     assert_eq!(done["t"].rows, 1);
 }

@@ -119,11 +119,7 @@ impl Keys {
         if let Some(rowid) = self.rowid {
             any.push(format!("{t}.{rowid} = NEW.{rowid}"));
         }
-        if any.is_empty() {
-            "0".into()
-        } else {
-            any.join(" OR ")
-        }
+        joined(any, " OR ")
     }
 
     /// The row being updated changes a column of a key or unique constraint (or its rowid):
@@ -142,11 +138,7 @@ impl Keys {
         if let Some(rowid) = self.rowid {
             any.push(format!("NEW.{rowid} IS NOT OLD.{rowid}"));
         }
-        if any.is_empty() {
-            "0".into()
-        } else {
-            any.join(" OR ")
-        }
+        joined(any, " OR ")
     }
 
     /// `a` and `b` hold the same key: `a` and `b` are row references (`t`, `NEW`, `OLD`),
@@ -162,11 +154,16 @@ impl Keys {
             .iter()
             .map(|&i| format!("{} IS {}", col(a, i), col(b, i)))
             .collect();
-        if all.is_empty() {
-            "0".into()
-        } else {
-            all.join(" AND ")
-        }
+        joined(all, " AND ")
+    }
+}
+
+/// `terms` joined by `op`; false (`0`) when there are none.
+fn joined(terms: Vec<String>, op: &str) -> String {
+    if terms.is_empty() {
+        "0".into()
+    } else {
+        terms.join(op)
     }
 }
 

@@ -47,29 +47,13 @@ fn replica(rig: &Rig) -> BTreeMap<String, BTreeMap<String, Vec<SqlValue>>> {
 /// Every row of `table` on the leader, by key, as [`replica`] holds them.
 fn leader(rig: &Rig, table: &str) -> BTreeMap<String, Vec<SqlValue>> {
     let shape = TableShape::read(&rig.app, table).unwrap();
-    let cols: Vec<String> = shape
-        .column_names()
-        .iter()
-        .map(|c| triggers::quote(c))
-        .collect();
-    let mut stmt = rig
-        .app
-        .prepare(&format!(
-            "SELECT {} FROM {}",
-            cols.join(", "),
-            triggers::quote(table)
-        ))
-        .unwrap();
-    let mut rows = stmt.query([]).unwrap();
-    let mut out = BTreeMap::new();
-    while let Some(r) = rows.next().unwrap() {
-        let row: Vec<SqlValue> = (0..cols.len())
-            .map(|i| SqlValue::from(r.get_ref(i).unwrap()))
-            .collect();
-        let k: Vec<&SqlValue> = shape.pk_indexes().iter().map(|&i| &row[i]).collect();
-        out.insert(format!("{k:?}"), row);
-    }
-    out
+    rows_of(&rig.app, &shape)
+        .into_iter()
+        .map(|row| {
+            let k: Vec<&SqlValue> = shape.pk_indexes().iter().map(|&i| &row[i]).collect();
+            (format!("{k:?}"), row)
+        })
+        .collect()
 }
 
 /// Runs `sql` on the leader, reads the group it made, and checks both what followers end
