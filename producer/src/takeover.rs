@@ -21,8 +21,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::triggers::{self, quote, OP_DELETE, OP_INSERT, OP_SNAPSHOT, OP_UPDATE};
 
 /// Changelog op of the takeover marker: not a change; it holds the position the promoted
-/// replica was at, so that numbering continues after it.
-pub const OP_TAKEOVER: i64 = 9;
+/// replica was at, so that numbering continues after it. Kept beside the other op codes.
+pub use crate::triggers::OP_TAKEOVER;
 
 /// The replica's bookkeeping, replaced by the leader's at promotion.
 const REPLICA_TABLES: &[&str] = &[
