@@ -18,4 +18,6 @@ mod producer_ops;
 mod reads;
 mod seed;
 mod snapshots;
+mod takeover;
+mod takeover_reads;
 mod topology;

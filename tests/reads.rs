@@ -23,9 +23,9 @@ fn wall_ms() -> i64 {
         .as_millis() as i64
 }
 
-const CUSTOMERS: i64 = 6;
+pub(crate) const CUSTOMERS: i64 = 6;
 
-fn coffee_shop(leader: &Path) {
+pub(crate) fn coffee_shop(leader: &Path) {
     barista_shop::create_schema(leader).unwrap();
     let c = Connection::open(leader).unwrap();
     for id in 1..=CUSTOMERS {
@@ -42,7 +42,7 @@ fn coffee_shop(leader: &Path) {
 
 /// One operation of the history.
 #[derive(Debug, Clone)]
-enum Event {
+pub(crate) enum Event {
     /// An order by `client`: `key`'s version (visits) became `version`.
     Write {
         client: usize,
@@ -62,16 +62,16 @@ enum Event {
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
-struct Violations {
+pub(crate) struct Violations {
     /// A client read a version older than its own last write to the key.
-    read_your_writes: usize,
+    pub(crate) read_your_writes: usize,
     /// A client read a version older than one it had read before.
-    monotonic: usize,
+    pub(crate) monotonic: usize,
 }
 
 /// Checks each client's history in its own order (a client's operations are
 /// sequential, so its order is real-time order).
-fn check(history: &[Event]) -> Violations {
+pub(crate) fn check(history: &[Event]) -> Violations {
     let mut v = Violations::default();
     let mut wrote: HashMap<(usize, i64), i64> = HashMap::new();
     let mut seen: HashMap<(usize, i64), i64> = HashMap::new();

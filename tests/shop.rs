@@ -24,6 +24,8 @@ pub struct Shop {
     pub shop_url: Option<String>,
     pub shop_stop: CancellationToken,
     pub http: reqwest::Client,
+    /// The topic prefix.
+    pub prefix: String,
 }
 
 impl Shop {
@@ -87,6 +89,7 @@ impl Shop {
             shop_url,
             shop_stop,
             http: reqwest::Client::new(),
+            prefix,
         };
         s.caught_up().await;
         s

@@ -124,6 +124,8 @@ pub struct Session {
     followers_served: AtomicU64,
     leader_served: AtomicU64,
     retries: AtomicU64,
+    /// The leader service now: [`SessionConfig::leader`] until [`Session::follow_leader`].
+    leader: Mutex<String>,
 }
 
 enum Attempt {
@@ -140,7 +142,6 @@ impl Session {
             .build()?;
         let n = config.followers.len();
         Ok(Session {
-            config,
             http,
             token: AtomicI64::new(0),
             next: AtomicUsize::new(0),
@@ -148,6 +149,8 @@ impl Session {
             followers_served: AtomicU64::new(0),
             leader_served: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            leader: Mutex::new(config.leader.clone()),
+            config,
         })
     }
 
@@ -170,10 +173,28 @@ impl Session {
         }
     }
 
+    /// After a takeover (`producer --promote`): writes, and reads of last resort, go to the
+    /// leader service at `url` from now on. The session keeps its token: positions continue
+    /// across a takeover, so every read still waits for what this session wrote or saw.
+    pub fn follow_leader(&self, url: impl Into<String>) {
+        *self
+            .leader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = url.into();
+    }
+
+    /// The leader service's base URL now.
+    pub fn leader(&self) -> String {
+        self.leader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// POSTs `body` to the leader service at `path` and remembers the
     /// `token` of its answer.
     pub async fn write(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        let url = join(&self.config.leader, path, &[])?;
+        let url = join(&self.leader(), path, &[])?;
         let resp = self.http.post(url).json(body).send().await?;
         let status = resp.status();
         let v: Value = resp.json().await?;
@@ -297,8 +318,8 @@ impl Session {
         timeout_ms: u64,
     ) -> Result<Attempt, ClientError> {
         let base = match server {
-            Server::Follower(i) => &self.config.followers[i],
-            Server::Leader => &self.config.leader,
+            Server::Follower(i) => self.config.followers[i].clone(),
+            Server::Leader => self.leader(),
         };
         let mut q: Vec<(String, String)> = query.to_vec();
         if let Some(m) = min {
@@ -308,7 +329,7 @@ impl Session {
         if let Some(s) = self.config.max_staleness_ms {
             q.push(("max_staleness_ms".into(), s.to_string()));
         }
-        let url = join(base, path, &q)?;
+        let url = join(&base, path, &q)?;
         let resp = match self.http.get(url).send().await {
             Ok(r) => r,
             Err(e) if server != Server::Leader => {

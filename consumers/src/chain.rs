@@ -148,8 +148,17 @@ impl PartitionChain {
         now: Instant,
     ) -> Offer {
         let p = change.source.position;
-        if self.is_applied(p, floor) || self.buffered.contains_key(&p) {
+        if self.is_applied(p, floor) {
             return Offer::Duplicate;
+        }
+        match self.buffered.get(&p) {
+            // The same position from a newer leader epoch: a promoted follower's change
+            // replaces what the replaced leader sent there (read before the takeover record).
+            Some((_, held)) if held.source.epoch < change.source.epoch => {
+                self.contiguous = self.applied;
+            }
+            Some(_) => return Offer::Duplicate,
+            None => {}
         }
         self.buffered.insert(p, (offset, change));
         Offer::Buffered {
@@ -189,6 +198,21 @@ impl PartitionChain {
             .partition(|b| b.position <= c);
         self.blocked = held;
         released
+    }
+
+    /// A newer leader epoch took over (see [`crate::fence`]): drops the buffered changes of a
+    /// replaced leader at or past the takeover position and follows the chain again without
+    /// them. Returns how many were dropped.
+    pub fn fence(&mut self, fence: crate::fence::Fence, now: Instant) -> usize {
+        let before = self.buffered.len();
+        self.buffered
+            .retain(|p, (_, c)| fence.admits(c.source.epoch, *p));
+        let dropped = before - self.buffered.len();
+        if dropped > 0 {
+            self.contiguous = self.applied;
+            self.advance(now);
+        }
+        dropped
     }
 
     /// A message claiming `position` went to the dead-letter topic. Unless
@@ -314,6 +338,7 @@ pub(crate) mod fixture {
                 prev_position: prev.map(Position),
                 snapshot: false,
                 ts_ms: 0,
+                epoch: 0,
             },
             ts_ms: 0,
         }

@@ -278,3 +278,41 @@ fn a_stale_watermark_sample_never_shows_the_chain_ahead_of_its_partition() {
     c.saw_high_watermark(20);
     assert_eq!(c.offset_lag(), 5);
 }
+
+fn change_of(epoch: i64, pos: i64, prev: Option<i64>) -> DecodedChange {
+    let mut ch = change(pos, prev);
+    ch.source.epoch = epoch;
+    ch
+}
+
+/// The replaced leader sent 11 and 12 past its last whole group (10); the promoted follower
+/// numbers its own changes from 11 too. Whichever arrives first, the new epoch's are applied.
+#[test]
+fn a_newer_epochs_change_replaces_a_replaced_leaders_at_the_same_position() {
+    let now = Instant::now();
+    let mut c = PartitionChain::new(0, P(10));
+    for (o, p, prev) in [(0, 11, 10), (1, 12, 11)] {
+        c.offer(o, change_of(0, p, Some(prev)), P(10), now);
+    }
+    assert_eq!(c.contiguous(), P(12));
+    // A new-epoch change read before the takeover record: it replaces the old one.
+    assert!(matches!(
+        c.offer(2, change_of(1, 11, Some(10)), P(10), now),
+        Offer::Buffered { .. }
+    ));
+    // The same position again from the old epoch is a duplicate, not a replacement.
+    assert_eq!(
+        c.offer(3, change_of(0, 11, Some(10)), P(10), now),
+        Offer::Duplicate
+    );
+    // The takeover record: the old epoch's 12 is dropped, the chain reaches only 11.
+    let fence = crate::fence::Fence {
+        epoch: 1,
+        takeover: P(11),
+    };
+    assert_eq!(c.fence(fence, now), 1);
+    assert_eq!(c.contiguous(), P(11));
+    let taken = c.take_through(P(12));
+    assert_eq!(positions(&taken), vec![11]);
+    assert_eq!(taken[0].source.epoch, 1);
+}

@@ -52,6 +52,7 @@ fn change(
             prev_position: None,
             snapshot: false,
             ts_ms: 0,
+            epoch: 0,
         },
         ts_ms: 0,
     }

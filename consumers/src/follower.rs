@@ -42,6 +42,9 @@ mod admin;
 /// Status, and what the checksums say: the comparison's scope, the stop.
 #[path = "follower_checks.rs"]
 mod checks;
+/// Takeovers: a newer leader epoch's record, the replaced leader's messages.
+#[path = "follower_fence.rs"]
+mod fencing;
 use checks::publish_status;
 
 struct Follower {
@@ -73,10 +76,9 @@ pub async fn open(config: &FollowerConfig, shared: &Shared) -> anyhow::Result<Re
         .await?
         .with_context(|| format!("opening replica {}", config.replica.display()))?;
     let progress = replica.progress()?;
-    shared.state.send_replace(FollowerState::resumed(
-        progress.position,
-        progress.leader_ts_ms,
-    ));
+    let mut state = FollowerState::resumed(progress.position, progress.leader_ts_ms);
+    state.fence = crate::fence::Fence::load(replica.connection())?;
+    shared.state.send_replace(state);
     // Tables an operator skipped a change of are `unverified` from the first
     // status on, not only once Kafka is reached.
     checks::unverified_at_start(shared, config, &replica)?;
@@ -241,6 +243,9 @@ impl Follower {
             };
             match with_registry_retry(&self.decoder, |d| d.commit(payload), shutdown).await {
                 Ok(Some(c)) => {
+                    if !self.admit_commit(&c).await? {
+                        return Ok(());
+                    }
                     let unheld = self.groups.unheld(&c, &self.chains);
                     if !unheld.is_empty() {
                         self.hold(unheld)?;
@@ -284,6 +289,11 @@ impl Follower {
             return Ok(());
         }
         let decoded = with_registry_retry(&self.decoder, |d| d.change(payload), shutdown).await;
+        if let Ok(Some(change)) = &decoded {
+            if !self.admit_change(change) {
+                return Ok(());
+            }
+        }
         let chain = self.chains.get_mut(&tp).context("partition vanished")?;
         match decoded {
             Ok(Some(change)) => match chain.offer(offset, change, floor, Instant::now()) {

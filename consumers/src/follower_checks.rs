@@ -187,6 +187,9 @@ pub(super) fn publish_status(
             .lock()
             .map(|s| s.clone())
             .unwrap_or_default(),
+        epoch: st.fence.epoch,
+        takeover_position: (st.fence.epoch > 0).then_some(st.fence.takeover),
+        fenced: m.fenced.get(),
     };
     *shared.status()? = status;
     Ok(())

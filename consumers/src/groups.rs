@@ -171,6 +171,18 @@ impl CommitGroups {
         }
     }
 
+    /// A newer leader epoch took over: drops the queued records and begin records of a
+    /// replaced leader at or past the takeover position. Returns how many were dropped.
+    pub fn fence(&mut self, fence: crate::fence::Fence) -> usize {
+        let before = self.queue.len() + self.begun.len();
+        self.queue
+            .retain(|(_, c)| fence.admits(c.epoch, c.last_position));
+        // Begin records of the new epoch come after its epoch-change record: every one
+        // known now is older.
+        self.begun.retain(|_, (_, last, _)| *last < fence.takeover);
+        before - self.queue.len() - self.begun.len()
+    }
+
     /// The partitions `c` names that this follower follows but does not
     /// hold: the group cannot complete until it holds them.
     pub fn unheld(&self, c: &Commit, chains: &Chains) -> Vec<TopicPartition> {

@@ -34,6 +34,7 @@ fn group(first: i64, last: i64, ts_ms: i64, tails: &[(&str, i32, i64)]) -> Commi
         dropped: vec![],
         checksums: vec![],
         snapshots: vec![],
+        epoch: 0,
     }
 }
 

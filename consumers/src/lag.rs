@@ -57,6 +57,9 @@ pub struct Metrics {
     pub streamed: Counter,
     /// 1 when a table's checksum differed from the leader's (applying stopped).
     pub diverged: Gauge,
+    /// Changes and commit records of a replaced leader (an older epoch) at or past the
+    /// takeover position: ignored, never applied.
+    pub fenced: Counter,
 }
 
 impl Metrics {
@@ -76,6 +79,7 @@ impl Metrics {
             held_messages: Gauge::default(),
             streamed: Counter::default(),
             diverged: Gauge::default(),
+            fenced: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -103,6 +107,11 @@ impl Metrics {
             "changes_applied",
             "Changes applied to the replica",
             m.changes_applied.clone(),
+        );
+        registry.register(
+            "fenced",
+            "Changes and commit records of a replaced leader (older epoch) past the takeover position, ignored",
+            m.fenced.clone(),
         );
         registry.register(
             "duplicates",
@@ -245,6 +254,13 @@ pub struct Status {
     pub unverified: Vec<String>,
     /// Tables whose snapshot runs: reads of them answer 503 `snapshotting` until it ends.
     pub snapshots: Vec<crate::table_snapshots::ReplicaSnapshot>,
+    /// The leader epoch the follower follows (0 before any takeover).
+    pub epoch: i64,
+    /// Where that epoch took over (`null` before any takeover).
+    pub takeover_position: Option<Position>,
+    /// Changes and commit records of a replaced leader (an older epoch) at or past the
+    /// takeover position, ignored since start: writes the old leader made after it lost.
+    pub fenced: u64,
 }
 
 /// Seconds behind, on the leader's clock ([`leader_now_ms`]): how long ago the

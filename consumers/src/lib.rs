@@ -14,6 +14,8 @@ pub mod kafka;
 pub mod decode;
 /// Per partition, pure: duplicate, gap, blocked; the restart offset.
 pub mod chain;
+/// Leader epochs: a replaced leader's changes past the takeover are ignored.
+pub mod fence;
 /// Commit groups, pure: completeness → the plan of one replica transaction.
 pub mod groups;
 /// The replica file and the apply transaction.

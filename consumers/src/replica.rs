@@ -399,6 +399,11 @@ impl Replica {
             .inspect_err(|_| self.rollback())
     }
 
+    /// Rolls back a partially applied group (a replaced leader's, see `crate::fence`).
+    pub fn abandon_partial(&mut self) {
+        self.rollback();
+    }
+
     /// True while a partially applied group is uncommitted.
     pub fn is_open(&self) -> bool {
         self.open

@@ -30,6 +30,8 @@ pub struct FollowerState {
     /// The position for which a record of the group that takes the leader
     /// past it was heard (its leader time is already in `leader_ts_ms`).
     passed: Option<Position>,
+    /// The newest leader epoch known, and where it took over.
+    pub fence: crate::fence::Fence,
 }
 
 impl FollowerState {
@@ -41,6 +43,7 @@ impl FollowerState {
             leader_position: position,
             clock: None,
             passed: None,
+            fence: Default::default(),
         }
     }
 
@@ -182,6 +185,7 @@ mod tests {
             dropped: vec![],
             checksums: vec![],
             snapshots: vec![],
+            epoch: 0,
         }
     }
 

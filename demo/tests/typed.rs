@@ -85,6 +85,7 @@ async fn encode(
             prev_position: None,
             snapshot: true,
             ts_ms: 0,
+            epoch: 0,
         },
         before: None,
         after: Some(row),

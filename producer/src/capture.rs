@@ -29,7 +29,7 @@ mod tests;
 
 use history::{load_history, schemas_at, SchemaHistory};
 
-const SCHEMA_SQL: &str = include_str!("sql/changelog.sql");
+pub(crate) const SCHEMA_SQL: &str = include_str!("sql/changelog.sql");
 
 /// Errors of the capture stage.
 #[derive(Debug, thiserror::Error)]
@@ -381,6 +381,10 @@ impl Capture {
                         Mark::SnapshotEnd(position, table_id)
                     });
                 }
+                continue;
+            }
+            if op_code == crate::takeover::OP_TAKEOVER {
+                // Not a change: the position a promoted replica was at (crate::takeover).
                 continue;
             }
             if op_code == OP_SNAPSHOT_CHUNK {

@@ -56,6 +56,11 @@ pub struct ProducerConfig {
     /// Keep a checksum per captured table, carry it in commit records and store it with the
     /// acknowledged position (see [`crate::checksums`]). Off only to measure its cost.
     pub checksums: bool,
+    /// Turn the follower replica at `leader` into the leader of the next epoch before
+    /// publishing (`--promote`, see [`crate::promote`]).
+    pub promote: bool,
+    /// Publish everything committed, wait until Kafka acknowledged it, then stop (`--drain`).
+    pub drain: bool,
 }
 
 impl ProducerConfig {
@@ -87,6 +92,8 @@ impl ProducerConfig {
             ready_grace: Duration::from_secs(30),
             backlog_interval: Duration::from_secs(1),
             checksums: true,
+            promote: false,
+            drain: false,
         }
     }
 

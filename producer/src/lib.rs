@@ -31,6 +31,12 @@ pub mod pipeline;
 pub mod ops;
 /// Schema changes: DDL, compatibility check and new triggers in one transaction.
 pub mod migrate;
+/// Takeover on the file: the epoch, promoting a replica, what a replaced leader never published.
+pub mod takeover;
+/// Fencing: the epochs in the commits topic; a producer of an older epoch stops.
+pub mod fence;
+/// Promote and the fenced report: a takeover's Kafka and registry side.
+pub mod promote;
 /// Tokens: the position a write transaction commits at, for read-your-writes.
 pub mod token;
 

@@ -36,7 +36,10 @@ curl localhost:8089/status    JSON: state, positions, backlog, last errors, capt
 curl localhost:8089/ready     200 while publishing or idle; 503 once changes have waited for Kafka\n                                \
 longer than --ready-grace-ms with nothing acknowledged (the body says why)\n\n\
 Schema changes go through `producer migrate` (see `producer migrate --help`).\n\
-Table checksums: `producer verify --leader shop.db` compares them with the leader's rows.",
+Table checksums: `producer verify --leader shop.db` compares them with the leader's rows.\n\n\
+Takeover: `producer --drain` (planned: publish all, exit 0), `producer --leader replica.db --promote`\n\
+(a stopped follower becomes the next epoch's leader), `producer --fenced-report` (on the old leader).\n\
+Exit codes: 0 stopped (or drained), 1 failure, 2 bad configuration, 3 fenced: a newer epoch took over.",
     args_conflicts_with_subcommands = true
 )]
 struct Args {
@@ -120,6 +123,21 @@ struct Args {
     /// measure what it costs: followers then have nothing to compare with).
     #[arg(long, env = "BARISTA_CHECKSUMS", default_value_t = true, action = clap::ArgAction::Set, hide = true)]
     checksums: bool,
+    /// Take over as leader: --leader names a follower's replica whose consumer is stopped. It
+    /// becomes the leader of the next epoch (triggers installed, positions continuing after the
+    /// replica's), an epoch-change record is published, then it runs as the producer. Refused
+    /// while Kafka holds commit groups the replica has not applied. See "Taking over" in README.
+    #[arg(long, env = "BARISTA_PROMOTE", conflicts_with_all = ["fenced_report", "create_leader"])]
+    promote: bool,
+    /// Publish everything committed so far, wait until Kafka acknowledged it, and exit 0: the
+    /// step before promoting a follower in a planned switchover (stop the writers first).
+    #[arg(long, env = "BARISTA_DRAIN")]
+    drain: bool,
+    /// On a replaced (fenced) leader: print how many changes it committed at or after the
+    /// takeover position, and their positions, then exit. They were never published as part
+    /// of the new leader's history and are never merged into it. Changes nothing.
+    #[arg(long, conflicts_with_all = ["drain", "create_leader"])]
+    fenced_report: bool,
 }
 
 impl Args {
@@ -162,6 +180,8 @@ impl Args {
         c.http_listen = Some(self.http_listen);
         c.ready_grace = Duration::from_millis(self.ready_grace_ms);
         c.checksums = self.checksums;
+        c.promote = self.promote;
+        c.drain = self.drain;
         if let Some(why) = c.missing_leader() {
             return Err(why);
         }
@@ -401,6 +421,27 @@ fn migrate(args: MigrateArgs) -> ExitCode {
     }
 }
 
+/// `--fenced-report`: prints what a replaced leader committed that was never published.
+fn report(config: ProducerConfig) -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("producer --fenced-report: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(barista_producer::promote::fenced_report(&config)) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("producer --fenced-report: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let mut args = Args::parse();
     match args.command.take() {
@@ -410,10 +451,14 @@ fn main() -> ExitCode {
         None => {}
     }
     logs::init_tracing();
+    let fenced_report = args.fenced_report;
     let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => return exit::bad_configuration("producer", e),
     };
+    if fenced_report {
+        return report(config);
+    }
     run_until_signal("producer", |shutdown| {
         barista_producer::run(config, shutdown)
     })

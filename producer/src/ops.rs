@@ -129,6 +129,8 @@ pub struct Status {
     pub published_position: i64,
     /// Every change up to here is acknowledged by Kafka.
     pub acked_position: i64,
+    /// The leader's epoch (0 until the first takeover; see README "Taking over").
+    pub epoch: i64,
     /// The newest position in the leader's changelog.
     pub leader_position: i64,
     /// Changelog rows beyond the acknowledged position.
@@ -342,6 +344,7 @@ impl Ops {
             db_name: self.db_name.clone(),
             published_position: m.published_position.get(),
             acked_position: m.acked_position.get(),
+            epoch: m.epoch.get(),
             leader_position: m.leader_position.get(),
             backlog_rows: m.backlog_rows.get(),
             backlog_bytes: m.backlog_bytes.get(),

@@ -19,12 +19,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use barista_runtime::{lock, Backoff};
 use barista_schemas::contract::{commits_topic, table_topic, value_subject};
+use barista_schemas::Position;
 use tokio::sync::mpsc;
 
 use crate::ack::{Acked, Acks};
 use crate::capture::{open_leader, Capture};
 use crate::config::ProducerConfig;
 use crate::encode::Encoder;
+use crate::fence::{self, CommitReader};
 use crate::kafka::{KafkaContext, KafkaSettings};
 use crate::ops::{self, Ops};
 use crate::publish::{AckerStop, Publisher, Window, ACKS};
@@ -105,6 +107,9 @@ async fn publish(
         crate::migrate::check_repair(&config.leader, &config.registry_url, &config.topic_prefix)
             .await?;
     }
+    if config.promote {
+        crate::promote::promote(&config).await?;
+    }
     let capture = install(&config).await?;
     ops.skipped_by_capture(capture.skipped().clone());
     let acked = Acked {
@@ -170,6 +175,73 @@ async fn publish_installed(
             }
         }
     };
+    // Fencing: nothing is published while the commits topic holds a newer epoch than ours,
+    // and the watch stops the run as soon as one appears.
+    let epoch = crate::takeover::epoch(capture.conn())?;
+    let pending_takeover = crate::takeover::pending_takeover(capture.conn())?;
+    let (fence_end, mut fenced_rx, watcher) = {
+        let mut backoff = Backoff::new();
+        let mut reader = CommitReader::new(Registry::new(&config.registry_url, REGISTRY_TIMEOUT)?);
+        let (view, end) = loop {
+            match fence::read(
+                &config.brokers,
+                &config.kafka_options,
+                &commits,
+                &mut reader,
+                Some(fence::TAIL_RECORDS),
+            )
+            .await
+            {
+                Ok(v) => break v,
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    tracing::warn!(error = %e, retry_in = ?backoff.peek(), "reading the commits topic's epochs failed, retrying");
+                    ops.broker_error(e);
+                    tokio::select! {
+                        _ = &mut shutdown => return Ok(()),
+                        _ = backoff.wait() => {}
+                    }
+                }
+            }
+        };
+        if view.epoch > epoch {
+            // Name the takeover even when it lies further back than the tail just read.
+            let view = match view.takeover_after(epoch) {
+                Some(_) => view,
+                None => fence::read(
+                    &config.brokers,
+                    &config.kafka_options,
+                    &commits,
+                    &mut reader,
+                    None,
+                )
+                .await
+                .map_or(view, |(all, _)| all),
+            };
+            if let Some(f) = view.fenced(epoch) {
+                return Err(f.into());
+            }
+        }
+        let (rx, watcher) = fence::watch(
+            &config.brokers,
+            &config.kafka_options,
+            &commits,
+            reader,
+            epoch,
+            end,
+        )?;
+        (end, rx, watcher)
+    };
+    tracing::info!(
+        epoch,
+        commits_end = fence_end,
+        "epoch checked: no newer leader in the commits topic"
+    );
+    ops.metrics.epoch.set(epoch);
+    let drain_to = config
+        .drain
+        .then(|| crate::takeover::head(capture.conn()))
+        .transpose()?;
     let mut outs: HashMap<i64, TableOut> = HashMap::new();
     let mut ids: Vec<&i64> = capture.tables().keys().collect();
     ids.sort(); // the table captured first keeps a contested topic
@@ -207,6 +279,7 @@ async fn publish_installed(
 
     let mut publisher = Publisher {
         db_name: config.db_name.clone(),
+        epoch,
         kafka: &kafka,
         encoder: Encoder::new(
             Registry::new(&config.registry_url, REGISTRY_TIMEOUT)?,
@@ -236,12 +309,31 @@ async fn publish_installed(
         window: Window::new(WINDOW_CHUNKS * config.chunk_size),
     };
     publisher.resume(acked_open.as_ref());
+    if let Some(at) = pending_takeover {
+        // The epoch-change record goes out before anything of the new epoch: followers learn
+        // the takeover position from it before they see a change numbered past it.
+        let record = publisher.commit(at, Position(at.0 - 1), now_ms(), Vec::new());
+        let delivery = publisher.send_commit(&record, &[]).await?;
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => anyhow::bail!("publishing the epoch-change record: {e}"),
+            Err(_) => anyhow::bail!("publishing the epoch-change record: the producer went away"),
+        }
+        let leader = config.leader.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            Ok(crate::takeover::takeover_published(&open_leader(&leader)?)?)
+        })
+        .await??;
+        tracing::info!(epoch, takeover = %at, "epoch-change record published");
+    }
     let acks = publisher.acks.clone();
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel::<AckerStop>();
     let (mut pending_tx, mut acker) = publisher.spawn_acker(stop_tx.clone());
     let mut progress = tokio::time::interval(Duration::from_secs(10));
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
+    let mut drain_tick = tokio::time::interval(Duration::from_millis(50));
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let result: anyhow::Result<()> = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
@@ -258,6 +350,17 @@ async fn publish_installed(
                 }
                 // An older generation's failure: already rewound past it.
                 AckerStop::Failed { .. } => {}
+            },
+            Some(f) = fenced_rx.recv() => break Err(f.into()),
+            _ = drain_tick.tick(), if drain_to.is_some() => match lock(&acks, ACKS) {
+                Ok(a) => {
+                    let a = a.acked();
+                    if drain_to.is_some_and(|h| a.position >= h) && a.open.is_none() {
+                        tracing::info!(acked = %a.position, "drained: every change committed before --drain started is acknowledged by Kafka");
+                        break Ok(());
+                    }
+                }
+                Err(e) => break Err(e.into()),
             },
             _ = progress.tick() => match lock(&acks, ACKS) {
                 Ok(a) => tracing::info!(published = publisher.published, acked = %a.acked().position, "producer progress"),
@@ -276,6 +379,7 @@ async fn publish_installed(
         }
     };
 
+    watcher.abort();
     // Drain: wait (bounded) for outstanding delivery reports so the final
     // prune records as much as Kafka acknowledged, then stop capture.
     drop(pending_tx);
@@ -321,4 +425,11 @@ async fn install(config: &ProducerConfig) -> anyhow::Result<Capture> {
     })
     .await??;
     Ok(capture)
+}
+
+/// Milliseconds since the Unix epoch on this (the leader's) clock.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -65,6 +65,8 @@ pub(crate) enum AckerStop {
 pub(crate) struct Publisher<'a> {
     /// `source.db` and `Commit::db`.
     pub db_name: String,
+    /// The leader's epoch, stamped on every event and commit record.
+    pub epoch: i64,
     /// For a fresh producer after a rewind.
     pub kafka: &'a KafkaSettings,
     /// Key, envelope and commit encoding.
@@ -320,7 +322,7 @@ impl Publisher<'_> {
     }
 
     /// A record for the commits topic.
-    fn commit(
+    pub(crate) fn commit(
         &self,
         first: Position,
         last: Position,
@@ -336,11 +338,12 @@ impl Publisher<'_> {
             dropped: Vec::new(),
             checksums: Vec::new(),
             snapshots: Vec::new(),
+            epoch: self.epoch,
         }
     }
 
     /// Encodes and sends a record on the commits topic (one partition: one order).
-    async fn send_commit(
+    pub(crate) async fn send_commit(
         &mut self,
         commit: &Commit,
         headers: &[(&str, &str)],
@@ -414,6 +417,7 @@ impl Publisher<'_> {
                 prev_position: self.last_sent.get(&tp).copied(),
                 snapshot: row.op == Op::Read,
                 ts_ms,
+                epoch: self.epoch,
             },
             before: row.before,
             after: row.after,

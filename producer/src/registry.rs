@@ -142,6 +142,29 @@ impl Registry {
             })
     }
 
+    /// The schema text registered under `id` (`GET /schemas/ids/{id}`): the writer schema of
+    /// a record read back from Kafka.
+    pub async fn schema_by_id(&self, id: u32) -> Result<String, RegistryError> {
+        let endpoint = format!("{}/schemas/ids/{id}", self.url);
+        let body = self.call(self.http.get(&endpoint)).await?;
+        body["schema"].as_str().map(str::to_owned).ok_or_else(|| {
+            RegistryError::Unexpected(format!(
+                "no schema in the registry's answer for id {id}: {body}"
+            ))
+        })
+    }
+
+    /// The latest schema text of `subject` (`GET /subjects/{subject}/versions/latest`), or
+    /// `None` when the subject has none.
+    pub async fn latest(&self, subject: &str) -> Result<Option<String>, RegistryError> {
+        let endpoint = format!("{}/subjects/{subject}/versions/latest", self.url);
+        match self.call(self.http.get(&endpoint)).await {
+            Ok(body) => Ok(body["schema"].as_str().map(str::to_owned)),
+            Err(RegistryError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A POST of `{"schema": …}` in the registry's content type.
     fn post_schema(&self, endpoint: &str, schema: &str) -> reqwest::RequestBuilder {
         self.http

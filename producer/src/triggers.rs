@@ -41,6 +41,9 @@ pub const OP_SNAPSHOT_END: i64 = 8;
 /// and skips the marker; its snapshot progress, recorded only once Kafka has a chunk, makes
 /// it read the chunk again.
 pub const OP_SNAPSHOT_CHUNK: i64 = 9;
+/// Not a change: the position a follower's replica was at when `producer --promote` made it
+/// the leader; numbering continues after it (see `crate::takeover`).
+pub const OP_TAKEOVER: i64 = 10;
 
 /// An SQL identifier in double quotes.
 pub(crate) fn quote(ident: &str) -> String {

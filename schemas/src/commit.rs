@@ -75,12 +75,25 @@ pub struct Commit {
     /// (absent in records written before v4).
     #[serde(default)]
     pub snapshots: Vec<TableSnapshot>,
+    /// The epoch of the leader that wrote it (absent, so 0, before v5). A record of a higher
+    /// epoch than known with no changes is a takeover at `first_position`
+    /// ([`Commit::takeover`]).
+    #[serde(default)]
+    pub epoch: i64,
 }
 
 impl Commit {
     /// True when the record carries no changes.
     pub fn is_heartbeat(&self) -> bool {
         self.first_position > self.last_position
+    }
+
+    /// The position where this record's epoch starts, when it is an epoch-change record
+    /// (`producer --promote` writes one, with no changes, before anything else of its epoch).
+    /// Whether it is news is the reader's business: compare `epoch` with what it knows.
+    pub fn takeover(&self) -> Option<Position> {
+        (self.is_heartbeat() && self.epoch > 0 && self.partitions.is_empty())
+            .then_some(self.first_position)
     }
 
     /// The parsed commit schema.
@@ -145,6 +158,7 @@ mod tests {
                 position: Position(11),
                 done: true,
             }],
+            epoch: 0,
         };
         let bytes = apache_avro::to_avro_datum(&schema, c.to_avro().unwrap()).unwrap();
         let back = apache_avro::from_avro_datum(&schema, &mut bytes.as_slice(), None).unwrap();
@@ -164,6 +178,7 @@ mod tests {
             prev_position: None,
             snapshot: true,
             ts_ms: 7,
+            epoch: 0,
         };
         let v = apache_avro::to_value(&s).unwrap().resolve(&schema).unwrap();
         let bytes = apache_avro::to_avro_datum(&schema, v).unwrap();

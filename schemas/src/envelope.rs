@@ -67,6 +67,10 @@ pub struct Source {
     pub snapshot: bool,
     /// Leader clock when the producer read the change.
     pub ts_ms: i64,
+    /// The leader's epoch (0 before the first takeover; absent, so 0, in events written
+    /// before epochs existed).
+    #[serde(default)]
+    pub epoch: i64,
 }
 
 /// One change to one row, as the producer publishes it.
@@ -107,6 +111,7 @@ fn source_value(s: &Source) -> Avro {
         ),
         ("snapshot".into(), Avro::Boolean(s.snapshot)),
         ("ts_ms".into(), Avro::Long(s.ts_ms)),
+        ("epoch".into(), Avro::Long(s.epoch)),
     ])
 }
 
@@ -342,6 +347,11 @@ pub fn decode_source(v: &Avro) -> Result<Source, ContractError> {
             Ok(Avro::Boolean(true))
         ),
         ts_ms: long(field(f, "ts_ms")?, "ts_ms")?,
+        // Written before epochs existed: the first epoch.
+        epoch: match field(f, "epoch") {
+            Ok(v) => long(unwrap_union(v), "epoch")?,
+            Err(_) => 0,
+        },
     })
 }
 
@@ -429,7 +439,7 @@ pub(crate) mod tests {
                 before: Some(row.clone()),
                 after: Some(row),
                 source: Source { connector: "barista".into(), db: "leader".into(), table: "t".into(), position: Position(pos),
-                    txn: Position(pos), prev_position: Some(Position(pos - 1)), snapshot: false, ts_ms: 42 },
+                    txn: Position(pos), prev_position: Some(Position(pos - 1)), snapshot: false, ts_ms: 42, epoch: pos % 3 },
                 ts_ms: 43,
             };
             let bytes = to_avro_datum(&s.value, s.envelope_value(&ev).unwrap()).unwrap();

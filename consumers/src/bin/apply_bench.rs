@@ -143,6 +143,7 @@ fn make_stream(changes: usize, keys: usize) -> anyhow::Result<Stream> {
                 prev_position: (position > 1).then_some(Position(position - 1)),
                 snapshot: false,
                 ts_ms: 1_700_000_000_000 + position,
+                epoch: 0,
             },
             ts_ms: 1_700_000_000_000 + position,
         };

@@ -72,6 +72,7 @@ async fn every_message_encodes_as_the_converter_encoded_the_first() {
             position: Position(12),
             done: false,
         }],
+        epoch: 0,
     };
     let fake = serve(vec![(200, r#"{"id": 258}"#)]).await;
     let mut enc = encoder(&fake.url);
@@ -210,6 +211,7 @@ fn created(row: Vec<SqlValue>) -> ChangeEvent {
             prev_position: Some(Position(3)),
             snapshot: false,
             ts_ms: 1_700_000_000_000,
+            epoch: 0,
         },
         ts_ms: 1_700_000_000_001,
     }
@@ -239,5 +241,6 @@ fn heartbeat() -> Commit {
         dropped: vec![],
         checksums: vec![],
         snapshots: vec![],
+        epoch: 0,
     }
 }

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub published_position: Gauge,
     /// Every change up to here is acknowledged by Kafka.
     pub acked_position: Gauge,
+    /// The leader's epoch (0 until the first takeover).
+    pub epoch: Gauge,
     /// The newest position in the leader's changelog.
     pub leader_position: Gauge,
     /// Positions per commit group handed to Kafka (last - first + 1).
@@ -50,6 +52,7 @@ impl Metrics {
             oldest_unacked_seconds: Gauge::default(),
             published_position: Gauge::default(),
             acked_position: Gauge::default(),
+            epoch: Gauge::default(),
             leader_position: Gauge::default(),
             group_positions: Histogram::new(exponential_buckets(1.0, 4.0, 12)),
             resends: Counter::default(),
@@ -82,6 +85,11 @@ impl Metrics {
             "acked_position",
             "Every leader change up to this position is acknowledged by Kafka",
             m.acked_position.clone(),
+        );
+        registry.register(
+            "epoch",
+            "The leader's epoch: 0 until the first takeover, one more at each producer --promote",
+            m.epoch.clone(),
         );
         registry.register(
             "leader_position",

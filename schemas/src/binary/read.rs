@@ -164,6 +164,7 @@ enum SourceField {
     PrevPosition,
     Snapshot,
     TsMs,
+    Epoch,
     Other,
 }
 
@@ -257,6 +258,7 @@ impl EnvelopeReader {
                                 "prev_position" => SourceField::PrevPosition,
                                 "snapshot" => SourceField::Snapshot,
                                 "ts_ms" => SourceField::TsMs,
+                                "epoch" => SourceField::Epoch,
                                 _ => SourceField::Other,
                             };
                             Some((which, plan))
@@ -362,6 +364,7 @@ fn read_source(
         prev_position: None,
         snapshot: false,
         ts_ms: 0,
+        epoch: 0,
     };
     for (which, plan) in fields {
         let (prim, v) = plan.read_prim(r)?;
@@ -382,6 +385,7 @@ fn read_source(
                 s.snapshot = prim == Prim::Boolean && v == SqlValue::Integer(1)
             }
             SourceField::TsMs => s.ts_ms = integer(v, "ts_ms")?,
+            SourceField::Epoch => s.epoch = integer(v, "epoch")?,
             SourceField::Other => {}
         }
     }

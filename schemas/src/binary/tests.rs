@@ -72,6 +72,7 @@ fn event(
             prev_position: prev.map(Position),
             snapshot: op == Op::Read,
             ts_ms: pos / 2,
+            epoch: pos % 4,
         },
         ts_ms: pos / 3,
     }

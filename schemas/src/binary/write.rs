@@ -90,6 +90,7 @@ impl TableSchemas {
         }
         buf.push(u8::from(s.snapshot));
         put_long(buf, s.ts_ms);
+        put_long(buf, s.epoch);
         put_long(buf, ev.ts_ms);
         Ok(())
     }
