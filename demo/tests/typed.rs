@@ -20,6 +20,25 @@ use schema_registry_converter::schema_registry_common::{
 };
 use serde_json::Value;
 
+/// `value` (an envelope schema) with the leader epoch field in its `source` record, as
+/// customers-value v3 has it.
+fn with_epoch(mut value: Value) -> Value {
+    let v3 = contract("coffee.customers-value", 3);
+    let source_fields = |v: &Value| -> Vec<Value> {
+        let f = v["fields"].as_array().unwrap();
+        let source = f.iter().find(|f| f["name"] == "source").unwrap();
+        source["type"]["fields"].as_array().unwrap().clone()
+    };
+    let epoch = source_fields(&v3)
+        .into_iter()
+        .find(|f| f["name"] == "epoch")
+        .unwrap();
+    let fields = value["fields"].as_array_mut().unwrap();
+    let source = fields.iter_mut().find(|f| f["name"] == "source").unwrap();
+    source["type"]["fields"].as_array_mut().unwrap().push(epoch);
+    value
+}
+
 fn contract(subject: &str, version: u32) -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../schemas/contracts")
@@ -35,18 +54,22 @@ fn the_checked_in_contracts_are_what_the_demo_leader_derives() {
     let conn = rusqlite::Connection::open(&leader).unwrap();
     conn.execute_batch(LEADER_SQL).unwrap();
     let (v1, _) = derive_from_leader(&leader, TOPIC_PREFIX).unwrap();
-    // The commit record is barista's own contract, not the leader's: v2 added
-    // the tables dropped in a group, v3 the tables' checksums, v4 the snapshots.
-    let first = |subject: &str| {
-        if subject == "coffee.__commits-value" {
-            4
-        } else {
-            1
-        }
-    };
+    // The commit record is barista's own contract, not the leader's: v2 added the tables
+    // dropped in a group, v3 the tables' checksums, v4 the snapshots, v5 the leader epoch.
+    // The epoch (issue 17) is in every change event's source too: customers-value v3 is v2
+    // (the `stamps` migration) with it, orders-value v2 is v1 with it. A fresh leader derives
+    // customers-value v1 with the epoch, which no deployment registered before v3.
     let expected: BTreeMap<String, Value> = v1
         .keys()
-        .map(|subject| (subject.clone(), contract(subject, first(subject))))
+        .map(|subject| {
+            let schema = match subject.as_str() {
+                "coffee.__commits-value" => contract(subject, 5),
+                "coffee.orders-value" => contract(subject, 2),
+                "coffee.customers-value" => with_epoch(contract(subject, 1)),
+                _ => contract(subject, 1),
+            };
+            (subject.clone(), schema)
+        })
         .collect();
     assert_eq!(v1, expected);
     assert_eq!(v1.len(), 5);
@@ -54,13 +77,16 @@ fn the_checked_in_contracts_are_what_the_demo_leader_derives() {
     conn.execute_batch(MIGRATION_0002_SQL).unwrap();
     let (v2, _) = derive_from_leader(&leader, TOPIC_PREFIX).unwrap();
     for (subject, schema) in &v2 {
-        let version = if subject == "coffee.customers-value" {
-            2
-        } else {
-            first(subject)
+        let expected = match subject.as_str() {
+            "coffee.customers-value" => contract(subject, 3),
+            _ => expected[subject].clone(),
         };
-        assert_eq!(schema, &contract(subject, version), "{subject}");
+        assert_eq!(schema, &expected, "{subject}");
     }
+    assert_eq!(
+        with_epoch(contract("coffee.customers-value", 2)),
+        contract("coffee.customers-value", 3)
+    );
     assert_eq!(
         serde_json::from_str::<Value>(CUSTOMERS_VALUE_V2).unwrap(),
         contract("coffee.customers-value", 2)
