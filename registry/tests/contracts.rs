@@ -38,7 +38,10 @@ fn the_checked_in_contracts_pass() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.starts_with("ok: 5 subjects, 12 versions"), "{stdout}");
+    assert!(
+        stdout.starts_with("ok: 5 subjects, 12 versions"),
+        "{stdout}"
+    );
 }
 
 #[test]
