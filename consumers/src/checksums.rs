@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use barista_schemas::checksum::{self, RowHasher};
-use barista_schemas::envelope::{RowColumn, RowShape};
+use barista_schemas::envelope::RowShape;
 use barista_schemas::{Position, SqlValue};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,9 @@ use serde::{Deserialize, Serialize};
 #[path = "checksum_memo.rs"]
 mod memo;
 use memo::{KeyHash, Memo, MEMO_ROWS};
+#[path = "checksum_shape.rs"]
+mod shape;
+pub use shape::{shape_from_json, shape_json, stored_or_own_shape};
 
 /// A replica table that differs from the leader's at a commit record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -439,74 +442,6 @@ pub fn recorded_divergence(conn: &Connection) -> rusqlite::Result<Option<Diverge
         },
     )
     .optional()
-}
-
-/// A shape as stored with its table's sum.
-pub fn shape_json(shape: &RowShape) -> String {
-    let cols: Vec<serde_json::Value> = shape
-        .columns
-        .iter()
-        .map(|c| {
-            serde_json::json!({
-                "name": c.name, "decl_type": c.decl_type, "pk": c.pk,
-                "nullable": c.nullable, "default": c.default,
-            })
-        })
-        .collect();
-    serde_json::json!({ "table": shape.table, "columns": cols }).to_string()
-}
-
-/// A stored shape back, or None when it does not parse.
-pub fn shape_from_json(s: &str) -> Option<RowShape> {
-    let v: serde_json::Value = serde_json::from_str(s).ok()?;
-    let columns = v["columns"]
-        .as_array()?
-        .iter()
-        .map(|c| {
-            Some(RowColumn {
-                name: c["name"].as_str()?.to_owned(),
-                decl_type: c["decl_type"].as_str().unwrap_or_default().to_owned(),
-                pk: c["pk"].as_u64()? as u32,
-                nullable: c["nullable"].as_bool().unwrap_or(true),
-                default: c["default"].as_str().map(str::to_owned),
-            })
-        })
-        .collect::<Option<Vec<_>>>()?;
-    Some(RowShape {
-        table: v["table"].as_str()?.to_owned(),
-        columns,
-    })
-}
-
-/// The shape a table's sum is taken under: the stored one, else (a table
-/// never written since checksums) the replica table's own columns.
-pub fn stored_or_own_shape(conn: &Connection, table: &str) -> rusqlite::Result<Option<RowShape>> {
-    let stored: Option<String> = conn
-        .query_row(
-            "SELECT shape FROM _barista_checksums WHERE tbl = ?1",
-            [table],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if let Some(shape) = stored.as_deref().and_then(shape_from_json) {
-        return Ok(Some(shape));
-    }
-    let columns: Vec<RowColumn> = conn
-        .prepare("SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info(?1)")?
-        .query_map([table], |r| {
-            Ok(RowColumn {
-                name: r.get(0)?,
-                decl_type: r.get(1)?,
-                nullable: r.get::<_, i64>(2)? == 0,
-                default: r.get(3)?,
-                pk: r.get(4)?,
-            })
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok((!columns.is_empty()).then(|| RowShape {
-        table: table.to_owned(),
-        columns,
-    }))
 }
 
 #[cfg(test)]

@@ -295,12 +295,8 @@ mod tests {
             db: "d".into(),
             first_position: Position(first),
             last_position: Position(last),
-            ts_ms: 0,
-            partitions: Vec::new(),
-            dropped: Vec::new(),
-            checksums: Vec::new(),
-            snapshots: Vec::new(),
             epoch,
+            ..Commit::default()
         }
     }
 

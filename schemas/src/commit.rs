@@ -47,7 +47,7 @@ pub struct TableSnapshot {
 }
 
 /// A commit group, or a heartbeat when `first_position > last_position`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Commit {
     /// Logical leader database name.
     pub db: String,
