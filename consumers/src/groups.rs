@@ -129,6 +129,9 @@ pub struct CommitGroups {
     /// Changes streamed into the open replica transaction since the last
     /// commit (which closes it).
     streamed: u64,
+    /// The highest position streamed into the open replica transaction
+    /// (`ZERO`: none). Only a group that ends at or past it may close it.
+    streamed_through: Position,
 }
 
 impl CommitGroups {
@@ -141,6 +144,7 @@ impl CommitGroups {
             queue: VecDeque::new(),
             begun: BTreeMap::new(),
             streamed: 0,
+            streamed_through: Position::ZERO,
         }
     }
 
@@ -241,7 +245,7 @@ impl CommitGroups {
             let last = c.last_position;
             // Changes up to this group's end, earlier groups' included.
             let pending: usize = chains.values().map(|p| p.pending_through(last)).sum();
-            if count > 0 && pending > batch_max {
+            if count > 0 && pending > batch_max && current >= self.streamed_through {
                 break;
             }
             count = pending;
@@ -258,6 +262,14 @@ impl CommitGroups {
                 sum: t.sum,
                 since: c.first_position,
             }));
+        }
+        // A producer killed after a begin record may close the same changes in shorter
+        // groups when it restarts (it stored no progress inside the group). The open
+        // transaction holds what was streamed of the announced group: committing it at a
+        // position before its end would show readers a state the leader never had, so it
+        // commits only with a group that covers it (adjacent groups merge, as above).
+        if target.is_some_and(|(t, _)| t < self.streamed_through) {
+            target = None;
         }
         // Heartbeats only move the clock; drop the ones already covered, but
         // first let them tell how fresh the new position is: the newest leader
@@ -289,6 +301,7 @@ impl CommitGroups {
         self.begun.retain(|_, (_, last, _)| *last > target);
         // This transaction completes the open one, if any.
         self.streamed = 0;
+        self.streamed_through = Position::ZERO;
         offsets.push(((self.topic.clone(), 0), (self.next_offset(), target)));
         Planned {
             plan: Plan::Apply(ApplyPlan {
@@ -338,6 +351,9 @@ impl CommitGroups {
         }
         changes.sort_by_key(|c| c.source.position);
         self.streamed += changes.len() as u64;
+        if let Some(c) = changes.last() {
+            self.streamed_through = self.streamed_through.max(c.source.position);
+        }
         Plan::Stream(changes)
     }
 

@@ -278,6 +278,41 @@ fn a_begun_group_streams_in_chunks_then_its_commit_applies_the_rest() {
     assert_eq!(g.progress(P(6)), None, "applied: no group streams");
 }
 
+/// A producer killed after its begin record may close the same changes in shorter groups
+/// when it restarts (it had stored no progress inside the group). What was streamed of the
+/// announced group is in the open transaction: it must not commit at a position before it.
+#[test]
+fn a_group_closed_short_of_what_was_streamed_merges_with_the_next_one() {
+    let mut ch = chains(&[("p.a", 0), ("p.b", 0)]);
+    let mut g = CommitGroups::new(COMMITS.into(), 0, Scope::all());
+    // The first run announces 1..=6 and sends 1..=5.
+    g.record(0, group(1, 6, 10, &[]), true);
+    g.consumed(0);
+    feed(&mut ch, "p.a", 0, &[(1, None), (3, Some(1)), (5, Some(3))]);
+    feed(&mut ch, "p.b", 0, &[(2, None), (4, Some(2))]);
+    match g.plan(&mut ch, P(0), 0, 3).plan {
+        Plan::Stream(changes) => assert_eq!(positions(&changes), [1, 2, 3, 4, 5]),
+        other => panic!("expected a stream, got {other:?}"),
+    }
+    // The restarted producer closes 1..=3, then 4..=6.
+    g.record(1, group(1, 3, 11, &[("p.a", 0, 3), ("p.b", 0, 2)]), false);
+    g.consumed(1);
+    match g.plan(&mut ch, P(0), 0, 3).plan {
+        Plan::Wait => {}
+        other => panic!(
+            "4 and 5 are in the open transaction: committing it at position 3 shows readers \
+             a state the leader never had; got {other:?}"
+        ),
+    }
+    feed(&mut ch, "p.b", 0, &[(6, Some(4))]);
+    g.record(2, group(4, 6, 12, &[("p.a", 0, 5), ("p.b", 0, 6)]), false);
+    g.consumed(2);
+    let a = applied(g.plan(&mut ch, P(0), 0, 3));
+    assert_eq!((a.position, positions(&a.changes)), (P(6), vec![6]));
+    assert_eq!(g.next_offset(), 3);
+    assert_eq!(g.progress(P(6)), None);
+}
+
 #[test]
 fn the_drops_of_every_group_applied_come_with_the_plan_in_position_order() {
     let mut ch = chains(&[("p.a", 0)]);
