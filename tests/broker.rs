@@ -99,7 +99,7 @@ impl Broker {
     }
 
     /// Stops it (SIGTERM) and starts it again on the same port and storage.
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         let status = self.proc.terminate(Duration::from_secs(20));
         eprintln!("broker stopped ({status}); restarting");
         self.proc.restart();

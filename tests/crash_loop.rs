@@ -10,7 +10,9 @@
 //! The default backlog is sized for a debug build on a shared machine (100,000 changes in
 //! chunks of 1,000: each kill lands once the producer stored progress, well before the
 //! group's end; `BARISTA_CRASH_LOOP_CHANGES` overrides the size); the full-size variant
-//! (1,000,000 changes, the default chunks of 5,000) is `--ignored`.
+//! (1,000,000 changes, the default chunks of 5,000, release binaries) is `--ignored` in a
+//! plain `cargo test` and run by `.ci/run`. The whole scenario of the issue, with follower
+//! kills and broker restarts too, is `crash_scenario`.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -93,7 +95,7 @@ fn messages_in(brokers: &str, topic: &str) -> i64 {
         .sum()
 }
 
-async fn crash_loop(changes: i64, chunk: usize) {
+async fn crash_loop(changes: i64, chunk: usize, storage: &str) {
     let Some(bin) = nisshi() else { return };
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
@@ -109,7 +111,9 @@ async fn crash_loop(changes: i64, chunk: usize) {
     } else {
         dir
     };
-    let broker = Broker::start_on(bin, dir.path(), "sqlite://broker.db");
+    let storage = std::env::var("BARISTA_CRASH_LOOP_STORAGE").unwrap_or(storage.into());
+    eprintln!("nisshi storage: {storage}");
+    let broker = Broker::start_on(bin, dir.path(), &storage);
     let brokers = broker.addr.clone();
     let registry = start_registry(dir.path()).await;
     let leader = dir.path().join("leader.db");
@@ -216,33 +220,37 @@ async fn crash_loop(changes: i64, chunk: usize) {
         "the acknowledged position advanced between every two kills: {history:?}"
     );
 
-    // The last fault: from here the followers have two minutes to equal the leader.
+    // The last fault: from here both followers together have two minutes to equal the leader.
     let last_fault = Instant::now();
     producer.restart();
-    for (r, f) in replicas.iter().zip(followers.iter_mut()) {
-        wait_until(
-            Duration::from_secs(120).saturating_sub(last_fault.elapsed()),
-            || {
-                producer.assert_running();
+    wait_until(
+        Duration::from_secs(120).saturating_sub(last_fault.elapsed()),
+        || {
+            producer.assert_running();
+            let mut behind = Vec::new();
+            for (r, f) in replicas.iter().zip(followers.iter_mut()) {
                 f.assert_running();
                 let at = replica_position(r);
-                (at >= end).then_some(()).ok_or(format!(
-                    "both followers must equal the leader within 2 minutes of the last kill \
-                     (issue 18): {} is at position {at} of {end} {:.0?} after it, and the \
-                     producer has acknowledged {} of {end}",
-                    r.display(),
-                    last_fault.elapsed(),
-                    stored_acked(&leader)
-                ))
-            },
-        )
-        .await;
+                if at < end {
+                    behind.push(format!("{} at position {at}", r.display()));
+                }
+            }
+            behind.is_empty().then_some(()).ok_or(format!(
+                "both followers must reach the leader's position {end} within 2 minutes of the \
+                 last kill (issue 18); {:.0?} after it: {}; the producer has acknowledged {} \
+                 of {end}",
+                last_fault.elapsed(),
+                behind.join(", "),
+                stored_acked(&leader)
+            ))
+        },
+    )
+    .await;
+    let caught_up = last_fault.elapsed();
+    for r in &replicas {
         same_rows(&leader, r).unwrap();
     }
-    eprintln!(
-        "both replicas equal the leader {:.1?} after the last kill",
-        last_fault.elapsed()
-    );
+    eprintln!("both replicas equal the leader {caught_up:.1?} after the last kill");
 
     // Kafka holds the backlog about once: each kill resends at most what it sent after its
     // last acknowledged chunk.
@@ -282,30 +290,36 @@ fn default_changes() -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_producer_killed_ten_times_in_a_backlog_makes_progress_between_kills() {
-    crash_loop(default_changes(), DEFAULT_CHUNK).await;
+    crash_loop(default_changes(), DEFAULT_CHUNK, "sqlite://broker.db").await;
 }
 
 /// In a debug build the producer publishes about 4,000 changes/s on a shared machine: the
 /// rest of the backlog alone takes longer than the two minutes the followers get. It runs
 /// against release binaries only, named by `BARISTA_BIN_DIR`: `cargo build --release -p
 /// barista-producer -p barista-consumer --bins`, then `BARISTA_BIN_DIR=$CARGO_TARGET_DIR/release
-/// cargo test -p barista-tests --test main -- --ignored --exact crash_loop::<this test>`.
-/// Run it alone, so that nothing else competes for the two cores during its two minutes.
-/// Ignored in a plain `cargo test`, which builds no release binaries, and not in `.ci/run`
-/// yet: it misses the two minutes on this machine (README, Tests).
+/// cargo test -p barista-tests --test main -- --ignored --exact crash_loop::<this test>`
+/// (`.ci/run` does both, after the rest of the suite, so nothing competes for the cores).
+///
+/// On nisshi's memory storage: this test restarts no broker, and nisshi's SQLite storage,
+/// not barista, sets the pace there. It stores each record as a row, runs a header query
+/// per record and plans every query afresh, so on 2 cores it ingests about 13,000 changes/s
+/// and serves each of two followers 10,000 to 14,000/s once that is done: 120 s after the
+/// last kill the followers had applied 650,000 of the 1,000,000 changes, against equal
+/// replicas 19.5 s after it on memory storage (README, Tests).
+/// `BARISTA_CRASH_LOOP_STORAGE=sqlite://broker.db` runs it there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "1,000,000 changes, needs release binaries in BARISTA_BIN_DIR; run by hand (README, Tests): it misses its 2 minutes today"]
+#[ignore = "1,000,000 changes, needs release binaries in BARISTA_BIN_DIR; .ci/run runs it"]
 async fn a_producer_killed_ten_times_in_a_million_change_backlog_makes_progress() {
     if !release_binaries() {
         return;
     }
-    crash_loop(1_000_000, 5_000).await;
+    crash_loop(1_000_000, 5_000, "memory://nisshi/").await;
 }
 
 /// True when `BARISTA_BIN_DIR` names the binaries to run (release builds, as its caller
 /// promises: debug ones cannot meet the two minutes). Without it the test skips and says so,
 /// except in CI (`CI` set), where a missing build is a failure, not a silent pass.
-fn release_binaries() -> bool {
+pub(crate) fn release_binaries() -> bool {
     if std::env::var_os("BARISTA_BIN_DIR").is_some() {
         return true;
     }

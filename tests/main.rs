@@ -5,6 +5,7 @@ mod checksums;
 mod checksums_follower;
 mod crash;
 mod crash_loop;
+mod crash_scenario;
 mod dashboards;
 mod dead_letters;
 mod errors;
