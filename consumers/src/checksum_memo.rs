@@ -72,7 +72,28 @@ impl Hasher for KeyHasher {
 
 /// The memo's key of a row whose key values are `values`, in key order.
 /// Text that is not UTF-8 counts as a BLOB, as the row hash counts it.
-pub(super) fn key_hash<'a>(values: impl Iterator<Item = ValueRef<'a>>) -> KeyHash {
+///
+/// A key of one integer (every rowid table's `INTEGER PRIMARY KEY`, the
+/// common case) skips the hash: the integer, spread over the low 64 bits by
+/// an odd multiplier (a bijection, so distinct integers never share a key,
+/// and the map's bucket and tag bits vary), under a top bit that tells it
+/// from the xxh3 of other keys (those could meet it by chance only, one in
+/// 2^127 per pair, as two of them can meet each other).
+pub(super) fn key_hash<'a>(mut values: impl Iterator<Item = ValueRef<'a>>) -> KeyHash {
+    let first = values.next();
+    let second = values.next();
+    if let (Some(ValueRef::Integer(i)), None) = (first, second) {
+        return ONE_INTEGER | u128::from((i as u64).wrapping_mul(SPREAD));
+    }
+    hashed_key(first.into_iter().chain(second).chain(values))
+}
+
+/// The top bit of a [`key_hash`] of one integer.
+const ONE_INTEGER: u128 = 1 << 127;
+/// 2^64 divided by the golden ratio, odd.
+const SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
+
+fn hashed_key<'a>(values: impl Iterator<Item = ValueRef<'a>>) -> KeyHash {
     KEY.with(|buf| {
         let mut buf = buf.borrow_mut();
         buf.clear();

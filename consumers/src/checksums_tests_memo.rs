@@ -131,3 +131,30 @@ fn the_stored_sum_follows_the_rows_with_or_without_the_memo() {
         }
     }
 }
+
+/// The memo's keys: a key of one integer skips the hash but stays distinct from every
+/// other integer and from the hashed keys (an integer among other values, a text, a
+/// real with the same bits).
+#[test]
+fn one_integer_keys_are_distinct_from_each_other_and_from_hashed_keys() {
+    use rusqlite::types::ValueRef as V;
+    use std::collections::HashSet;
+    let key = |vs: &[V]| crate::checksums::memo::key_hash(vs.iter().copied());
+    let mut seen = HashSet::new();
+    for i in (-1000..1000).chain([i64::MIN, i64::MAX]) {
+        assert!(
+            seen.insert(key(&[V::Integer(i)])),
+            "integer {i} met another key"
+        );
+    }
+    assert_eq!(key(&[V::Integer(7)]), key(&[V::Integer(7)]));
+    for other in [
+        key(&[V::Integer(7), V::Integer(0)]),
+        key(&[V::Text(b"7")]),
+        key(&[V::Real(f64::from_bits(7))]),
+        key(&[V::Null]),
+        key(&[]),
+    ] {
+        assert!(seen.insert(other), "a hashed key met a one-integer key");
+    }
+}
