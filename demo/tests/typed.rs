@@ -40,7 +40,7 @@ fn with_epoch(mut value: Value) -> Value {
 }
 
 fn contract(subject: &str, version: u32) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = manifest_dir()
         .join("../schemas/contracts")
         .join(subject)
         .join(format!("v{version}.avsc"));
@@ -211,4 +211,13 @@ async fn a_v1_struct_reads_v2_events_and_a_v2_struct_reads_v1_events_with_the_de
     let err = format!("{:#}", wrong.decode(&written_v2).await.unwrap_err());
     assert!(err.contains("stamps"), "{err}");
     registry.shutdown().await.unwrap();
+}
+
+/// This crate's directory as cargo names it when it runs the test, not as it was when the
+/// test was compiled: a target dir shared by checkouts at other paths (CI's cache) keeps a
+/// test binary whose `env!("CARGO_MANIFEST_DIR")` names another checkout.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

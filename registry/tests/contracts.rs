@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    manifest_dir().join("..")
 }
 
 fn schemas_cmd(args: &[&str]) -> Output {
@@ -201,4 +201,13 @@ fn help_has_examples_and_env_vars_and_bad_usage_exits_2() {
             .code(),
         Some(2)
     );
+}
+
+/// This crate's directory as cargo names it when it runs the test, not as it was when the
+/// test was compiled: a target dir shared by checkouts at other paths (CI's cache) keeps a
+/// test binary whose `env!("CARGO_MANIFEST_DIR")` names another checkout.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
