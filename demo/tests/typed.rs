@@ -4,7 +4,6 @@
 //! `stamps` migration. Also checks that the checked-in contracts are what the demo derives.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use barista_demo::typed::{
     CustomerV1, CustomerV2, TypedDecoder, CUSTOMERS_VALUE_V1, CUSTOMERS_VALUE_V2,

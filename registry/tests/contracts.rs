@@ -1,7 +1,7 @@
 //! `barista-schemas` as CI runs it: the real binary on the checked-in contracts, on fixtures that
 //! must fail with a message naming the subject, versions, field and rule, and on a live leader.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn repo() -> PathBuf {
