@@ -150,26 +150,8 @@ async fn binaries_on_a_real_broker_survive_its_restart_without_loss() {
         })
         .await;
     }
-    let replicas: Vec<PathBuf> = (1..=2)
-        .map(|i| dir.path().join(format!("replica-{i}.db")))
-        .collect();
-    let mut consumers: Vec<Proc> = replicas
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            Proc::start(
-                "consumer",
-                consumer_args(
-                    r,
-                    &format!("follower-{i}"),
-                    &brokers,
-                    registry.url(),
-                    &prefix,
-                ),
-                &dir.path().join(format!("consumer-{i}.log")),
-            )
-        })
-        .collect();
+    let (replicas, mut consumers) =
+        crate::crash::start_followers(dir.path(), 2, &brokers, registry.url(), &prefix);
 
     // A workload of several seconds; the broker restarts early in it. (nisshi
     // on SQLite storage answers a fetch in tens of milliseconds: the workload

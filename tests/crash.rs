@@ -2,8 +2,8 @@
 //! works the leader, then restarted with the same flags.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use barista_schemas::{Op, SqlValue};
 use barista_tests::process::Proc;
@@ -54,6 +54,66 @@ pub fn consumer_args(
         "--gap-timeout-ms".into(),
         "30000".into(),
     ]
+}
+
+/// Starts `n` followers of `prefix` as `consumer` processes: `follower-0`, … on
+/// `replica-1.db`, … in `dir`, logging to `consumer-0.log`, …
+pub fn start_followers(
+    dir: &Path,
+    n: usize,
+    brokers: &str,
+    registry: &str,
+    prefix: &str,
+) -> (Vec<PathBuf>, Vec<Proc>) {
+    let replicas: Vec<PathBuf> = (1..=n)
+        .map(|i| dir.join(format!("replica-{i}.db")))
+        .collect();
+    let followers = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            Proc::start(
+                "consumer",
+                consumer_args(r, &format!("follower-{i}"), brokers, registry, prefix),
+                &dir.join(format!("consumer-{i}.log")),
+            )
+        })
+        .collect();
+    (replicas, followers)
+}
+
+/// Waits until every replica is at the leader's position `end`, at most `limit` after
+/// `since` (the last fault), with the producer and every follower running all along.
+/// Returns how long after `since` that was. `context` adds to the failure message.
+pub async fn wait_replicas_at(
+    replicas: &[PathBuf],
+    followers: &mut [Proc],
+    producer: &mut Proc,
+    end: i64,
+    since: Instant,
+    limit: Duration,
+    context: impl Fn() -> String,
+) -> Duration {
+    wait_until(limit.saturating_sub(since.elapsed()), || {
+        producer.assert_running();
+        let mut behind = Vec::new();
+        for (r, f) in replicas.iter().zip(followers.iter_mut()) {
+            f.assert_running();
+            let at = replica_position(r);
+            if at < end {
+                behind.push(format!("{} at position {at}", r.display()));
+            }
+        }
+        behind.is_empty().then_some(()).ok_or(format!(
+            "every follower must reach the leader's position {end} within {limit:?} of the \
+             last fault (issue 18); {:.0?} after it: {}; {}",
+            since.elapsed(),
+            behind.join(", "),
+            context()
+        ))
+    })
+    .await;
+    since.elapsed()
 }
 
 /// Runs the paced random workload (seed `seed`) on a blocking thread while

@@ -8,10 +8,10 @@
 //! fetch re-plans its queries), so a writer that fast builds a backlog no pipeline on this
 //! broker could drain in 2 minutes; the writer's rate is sized for the broker
 //! ([`DEFAULT_RATE`], `BARISTA_CRASH_SCENARIO_RATE` overrides it). The faults are the
-//! issue's: 50 kills of the producer, 50 of follower 1, 4 broker restarts, spread over the
+//! issue's: 50 kills of the producer, 50 of the first follower, 4 broker restarts, spread over the
 //! writer's minute. Release binaries only, like the million-change crash loop.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use rand::{Rng as _, SeedableRng as _};
 use rusqlite::Connection;
 
 use crate::broker::{nisshi, topic_exists, Broker};
-use crate::crash::{consumer_args, producer_args};
+use crate::crash::{producer_args, start_followers, wait_replicas_at};
 use crate::crash_loop::release_binaries;
 
 /// How long the writer writes; the faults land inside it.
@@ -135,26 +135,8 @@ async fn fifty_kills_of_each_and_four_broker_restarts_end_in_equal_replicas_with
         })
         .await;
     }
-    let replicas: Vec<PathBuf> = (1..=2)
-        .map(|i| dir.path().join(format!("replica-{i}.db")))
-        .collect();
-    let mut followers: Vec<Proc> = replicas
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            Proc::start(
-                "consumer",
-                consumer_args(
-                    r,
-                    &format!("follower-{}", i + 1),
-                    &brokers,
-                    registry.url(),
-                    &prefix,
-                ),
-                &dir.path().join(format!("consumer-{}.log", i + 1)),
-            )
-        })
-        .collect();
+    let (replicas, mut followers) =
+        start_followers(dir.path(), 2, &brokers, registry.url(), &prefix);
 
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicI64::new(0));
@@ -197,28 +179,16 @@ async fn fifty_kills_of_each_and_four_broker_restarts_end_in_equal_replicas_with
     );
 
     // Two minutes from the last fault for both replicas together.
-    wait_until(
-        Duration::from_secs(120).saturating_sub(last_fault.elapsed()),
-        || {
-            producer.assert_running();
-            let mut behind = Vec::new();
-            for (r, f) in replicas.iter().zip(followers.iter_mut()) {
-                f.assert_running();
-                let at = replica_position(r);
-                if at < end {
-                    behind.push(format!("{} at {at}", r.display()));
-                }
-            }
-            behind.is_empty().then_some(()).ok_or(format!(
-                "both followers must reach the leader's position {end} within 2 minutes of the \
-                 last fault (issue 18); {:.0?} after it: {}",
-                last_fault.elapsed(),
-                behind.join(", ")
-            ))
-        },
+    let caught_up = wait_replicas_at(
+        &replicas,
+        &mut followers,
+        &mut producer,
+        end,
+        last_fault,
+        Duration::from_secs(120),
+        String::new,
     )
     .await;
-    let caught_up = last_fault.elapsed();
     for r in &replicas {
         same_rows(&leader, r).unwrap();
     }
