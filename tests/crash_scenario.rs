@@ -8,8 +8,8 @@
 //! fetch re-plans its queries), so a writer that fast builds a backlog no pipeline on this
 //! broker could drain in 2 minutes; the writer's rate is sized for the broker
 //! ([`DEFAULT_RATE`], `BARISTA_CRASH_SCENARIO_RATE` overrides it). The faults are the
-//! issue's: 50 kills of the producer, 50 of the first follower, 4 broker restarts, spread over the
-//! writer's minute. Release binaries only, like the million-change crash loop.
+//! issue's: 50 kills of the producer, 50 of the first follower, 4 broker restarts, spread
+//! over the writer's minute. Release binaries only, like the million-change crash loop.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
