@@ -241,14 +241,7 @@ fn read(
     let Some(r) = read_chunk(conn, cursor, chunk_rows)? else {
         // Dropped or rebuilt: capture handles that as a drop; this snapshot has nothing left.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "DELETE FROM _barista_snapshots WHERE tbl = ?1",
-            [cursor.tbl],
-        )?;
-        tx.execute(
-            "DELETE FROM _barista_snapshot_keys WHERE tbl = ?1",
-            [cursor.tbl],
-        )?;
+        forget(&tx, cursor.tbl)?;
         tx.commit()?;
         tracing::warn!(table = %cursor.name, snapshot = cursor.id, "table gone during its snapshot: abandoned");
         return Ok(Step {
@@ -480,14 +473,7 @@ fn finish(conn: &mut Connection, pending: &Pending, cursor: &Cursor) -> Result<S
         "INSERT INTO _barista_changelog(tbl, op, a0) VALUES (?1, ?2, ?3)",
         params![cursor.tbl, OP_SNAPSHOT_END, cursor.id],
     )?;
-    tx.execute(
-        "DELETE FROM _barista_snapshots WHERE tbl = ?1",
-        [cursor.tbl],
-    )?;
-    tx.execute(
-        "DELETE FROM _barista_snapshot_keys WHERE tbl = ?1",
-        [cursor.tbl],
-    )?;
+    forget(&tx, cursor.tbl)?;
     tx.commit()?;
     let (rows, chunks) = (cursor.rows, cursor.chunks);
     tracing::info!(table = %cursor.name, snapshot = cursor.id, rows, chunks, "snapshot done");
@@ -497,4 +483,11 @@ fn finish(conn: &mut Connection, pending: &Pending, cursor: &Cursor) -> Result<S
         waiting: false,
         took: Duration::ZERO,
     })
+}
+
+/// In `tx`: the snapshot of table `tbl` is over (done or abandoned); its progress and keys go.
+fn forget(tx: &rusqlite::Transaction<'_>, tbl: i64) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM _barista_snapshots WHERE tbl = ?1", [tbl])?;
+    tx.execute("DELETE FROM _barista_snapshot_keys WHERE tbl = ?1", [tbl])?;
+    Ok(())
 }
