@@ -362,12 +362,20 @@ impl Capture {
         let mut stmt = conn.prepare_cached(
             "SELECT * FROM _barista_changelog WHERE position > ?1 AND position <= ?2 ORDER BY position LIMIT ?3",
         )?;
-        let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
-        let idx = |n: &str| names.iter().position(|c| c == n);
+        let mut names: Vec<String> = Vec::new();
         let mut out = Vec::new();
         let mut scanned = None;
         let mut rows = stmt.query(params![after.0, upto.0, limit as i64])?;
         while let Some(r) = rows.next()? {
+            if names.is_empty() {
+                // Taken from the statement as its first step left it: a migration since the
+                // cached statement was prepared widened the changelog, and SQLite re-prepares
+                // `SELECT *` at that step, with the new columns (the names read before the
+                // step would be the old ones, and the new columns would read as NULL).
+                let stmt: &rusqlite::Statement<'_> = r.as_ref();
+                names = stmt.column_names().map(|s| s.to_string()).collect();
+            }
+            let idx = |n: &str| names.iter().position(|c| c == n);
             let position = Position(r.get(0)?);
             scanned = Some(position);
             let table_id: i64 = r.get(1)?;

@@ -267,6 +267,29 @@ pub(crate) fn capture_installed(conn: &Connection) -> rusqlite::Result<bool> {
     )
 }
 
+/// What `producer migrate` does in its transaction: triggers down, DDL (which may change
+/// rows without capture seeing it), a schema-change marker, triggers up. For tests.
+#[cfg(test)]
+pub(crate) fn migrate_for_test(conn: &Connection, table: &str, ddl: &str) {
+    let id: i64 = conn
+        .query_row(
+            "SELECT id FROM _barista_tables WHERE name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let before = barista_schemas::TableShape::read(conn, table).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    conn.execute_batch(&drop_sql(id)).unwrap();
+    conn.execute_batch(ddl).unwrap();
+    let after = barista_schemas::TableShape::read(conn, table).unwrap();
+    widen_changelog(conn, after.columns.len()).unwrap();
+    record_columns(conn, id, &after.column_names()).unwrap();
+    record_schema_change(conn, id, &before, &after).unwrap();
+    replace(conn, id, table, &after.column_names()).unwrap();
+    conn.execute_batch("COMMIT").unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

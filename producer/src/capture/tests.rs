@@ -171,3 +171,47 @@ fn tables_left_out_of_the_list_are_skipped_with_that_reason() {
     assert_eq!(cap.skipped().len(), 2);
     assert_eq!(cap.tables().len(), 1);
 }
+
+/// A migration widens the changelog (`SELECT *` gains columns) between two reads. The read
+/// statement is cached, so SQLite re-prepares it at its first step: a read whose rows are
+/// the marker and the first changes in the new shape must still see the new columns, not
+/// NULL in their place (CI once saw "NULL in a NOT NULL column" for a column just added).
+#[test]
+fn a_read_that_meets_a_migration_sees_the_new_columns_of_the_rows_after_it() {
+    let (dir, conn) = leader();
+    conn.execute("INSERT INTO t VALUES (1, 'a')", []).unwrap();
+    let mut cap = Capture::install(conn, &[], false).unwrap();
+    let (rows, _) = cap.read(P(0), cap.head().unwrap(), 100).unwrap();
+    assert_eq!(rows.len(), 1, "the snapshot read, which prepares the read");
+    let seen = cap.head().unwrap();
+
+    let app = open_leader(&dir.path().join("leader.db")).unwrap();
+    crate::triggers::migrate_for_test(
+        &app,
+        "t",
+        "ALTER TABLE t ADD COLUMN stamps INTEGER NOT NULL DEFAULT 0; \
+         ALTER TABLE t ADD COLUMN note TEXT;",
+    );
+    app.execute_batch(
+        "UPDATE t SET stamps = 4, note = 'n' WHERE id = 1; INSERT INTO t VALUES (2, 'b', 9, 'm');",
+    )
+    .unwrap();
+
+    let (rows, _) = cap.read(seen, cap.head().unwrap(), 100).unwrap();
+    let images: Vec<_> = rows
+        .iter()
+        .map(|r| (r.op, r.before.clone(), r.after.clone()))
+        .collect();
+    let (i, t) = (SqlValue::Integer, |s: &str| SqlValue::Text(s.into()));
+    assert_eq!(
+        images,
+        [
+            (
+                Op::Update,
+                Some(vec![i(1), t("a"), i(0), SqlValue::Null]),
+                Some(vec![i(1), t("a"), i(4), t("n")])
+            ),
+            (Op::Create, None, Some(vec![i(2), t("b"), i(9), t("m")])),
+        ]
+    );
+}

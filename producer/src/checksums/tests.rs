@@ -244,28 +244,6 @@ fn without_stored_sums_they_are_recomputed_consistently_with_the_changelog() {
     assert_eq!(r.group(), r.expect(&["t"]));
 }
 
-/// What `producer migrate` does in its transaction: triggers down, DDL (which may change
-/// rows without capture seeing it), a schema-change marker, triggers up.
-fn migrate(conn: &Connection, table: &str, ddl: &str) {
-    let id: i64 = conn
-        .query_row(
-            "SELECT id FROM _barista_tables WHERE name = ?1",
-            [table],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let before = TableShape::read(conn, table).unwrap();
-    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-    conn.execute_batch(&triggers::drop_sql(id)).unwrap();
-    conn.execute_batch(ddl).unwrap();
-    let after = TableShape::read(conn, table).unwrap();
-    triggers::widen_changelog(conn, after.columns.len()).unwrap();
-    triggers::record_columns(conn, id, &after.column_names()).unwrap();
-    triggers::record_schema_change(conn, id, &before, &after).unwrap();
-    triggers::replace(conn, id, table, &after.column_names()).unwrap();
-    conn.execute_batch("COMMIT").unwrap();
-}
-
 #[test]
 fn a_shape_change_recomputes_the_sum_in_the_new_shape() {
     let dir = tempfile::tempdir().unwrap();
@@ -279,7 +257,7 @@ fn a_shape_change_recomputes_the_sum_in_the_new_shape() {
         .unwrap();
     // The migration drops a column and rewrites a row that capture does not see; more
     // changes follow in the same group.
-    migrate(
+    triggers::migrate_for_test(
         &r.app,
         "t",
         "ALTER TABLE t DROP COLUMN gone; UPDATE t SET v = 'hidden' WHERE id = 1;",
@@ -290,7 +268,7 @@ fn a_shape_change_recomputes_the_sum_in_the_new_shape() {
     assert_eq!(r.group(), r.expect(&["t"]));
     // A marker with no change after it: the sum is recomputed at once, and what is stored
     // is in the new shape.
-    migrate(
+    triggers::migrate_for_test(
         &r.app,
         "t",
         "ALTER TABLE t ADD COLUMN n INTEGER NOT NULL DEFAULT 5; UPDATE t SET v = 'e' WHERE id = 3;",
@@ -301,7 +279,7 @@ fn a_shape_change_recomputes_the_sum_in_the_new_shape() {
     r.app
         .execute_batch("UPDATE t SET v = 'f' WHERE id = 3")
         .unwrap();
-    migrate(&r.app, "t", "ALTER TABLE t ADD COLUMN m TEXT;");
+    triggers::migrate_for_test(&r.app, "t", "ALTER TABLE t ADD COLUMN m TEXT;");
     assert_eq!(r.group(), []);
     r.app
         .execute_batch("UPDATE t SET m = 'g' WHERE id = 3")

@@ -49,10 +49,12 @@ pub fn measure(conn: &Connection, acked: i64) -> rusqlite::Result<Measured> {
         let mut stmt = conn.prepare_cached(
             "SELECT * FROM _barista_changelog WHERE position > ?1 ORDER BY position DESC LIMIT ?2",
         )?;
-        let width = stmt.column_count();
         let mut q = stmt.query([acked, SIZE_SAMPLE])?;
         while let Some(r) = q.next()? {
             sampled += 1;
+            // After the step: SQLite re-prepares the cached `SELECT *` there when a migration
+            // widened the changelog since, and the count before it would be the old one.
+            let width = AsRef::<rusqlite::Statement<'_>>::as_ref(r).column_count();
             for i in 0..width {
                 size += match r.get_ref(i)? {
                     ValueRef::Null => 0,
