@@ -436,6 +436,7 @@ fn bench(a: &Args, setups: &[&str], dir: &Path) -> anyhow::Result<()> {
         }
     }
     // The table checksums' cost: the same path with them on and off.
+    let index = |s: &str| setups.iter().position(|x| *x == s).unwrap_or(usize::MAX);
     for (on, off) in [
         ("apply", "apply-nosums"),
         ("decode+apply", "decode+apply-nosums"),
@@ -450,8 +451,23 @@ fn bench(a: &Args, setups: &[&str], dir: &Path) -> anyhow::Result<()> {
                     (a / b - 1.0) * 100.0
                 )
             });
+            // The same ratio taken round by round (the two ran next to each other), then its
+            // median: steadier than the ratio of medians when the machine's speed drifts.
+            let (i_on, i_off) = (index(on), index(off));
+            let paired: Vec<f64> = samples[i_on]
+                .iter()
+                .zip(&samples[i_off])
+                .filter_map(|(a, b)| Some(a.cpu?.as_secs_f64() / b.cpu?.as_secs_f64()))
+                .collect();
+            let paired = if paired.is_empty() {
+                "n/a".to_owned()
+            } else {
+                let m = median(paired);
+                format!("{m:.3} (+{:.1} %)", (m - 1.0) * 100.0)
+            };
             println!(
-                "checksums on/off, {on}: CPU µs/change {cpu}; wall-clock rate {:.3} (goal: at most +5 % CPU)",
+                "checksums on/off, {on}: CPU µs/change {cpu}; median of the rounds' ratios {paired}; \
+                 wall-clock rate {:.3} (goal: at most +5 % CPU)",
                 r_on / r_off
             );
         }
