@@ -152,6 +152,11 @@ impl Proc {
         self.starts += 1;
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no drain, no cleanup, like a power cut of the process.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -165,15 +170,23 @@ impl Proc {
         self.spawn();
     }
 
-    /// SIGTERM, then waits up to `timeout` for it to exit.
+    /// SIGTERM, then waits up to `timeout` for it to exit. A process just started may not
+    /// have installed its SIGTERM handler yet (the signal would kill it undrained, as it
+    /// would any program): the signal is sent once the kernel shows the handler in place.
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
         let mut c = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        while !catches_sigterm(c.id()) && Instant::now() < deadline {
+            if c.try_wait().expect("wait").is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let status = Command::new("kill")
             .args(["-TERM", &c.id().to_string()])
             .status()
             .expect("kill -TERM");
         assert!(status.success(), "kill -TERM {} failed", c.id());
-        let deadline = Instant::now() + timeout;
         loop {
             if let Some(s) = c.try_wait().expect("wait") {
                 return s;
@@ -223,6 +236,17 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Whether process `pid` catches SIGTERM (`SigCgt` in `/proc/PID/status`, bit 15 - 1).
+fn catches_sigterm(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let mask = s.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        })
+        .is_some_and(|mask| mask & (1 << 14) != 0)
 }
 
 /// A free loopback TCP port (bound, then released).
