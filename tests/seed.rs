@@ -594,3 +594,77 @@ async fn a_follower_seeded_from_the_leader_ends_equal_to_it() {
     assert!(first.terminate(Duration::from_secs(30)).success());
     producer.stop().await.unwrap();
 }
+
+/// A follower holds its replica: the re-seed command run beside it (say, by an operator who
+/// did not stop the service first) is refused naming the holder's pid, and replaces
+/// nothing, so the holder keeps following its own file. Once the holder is SIGKILLed, the
+/// lock file it leaves behind keeps nobody out: the same command re-seeds the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reseed_beside_a_running_follower_is_refused_and_works_once_that_one_is_killed() {
+    let mut setup = Setup::new_with(1, "seedlock").await;
+    let producer = RunningProducer::start(setup.producer_config());
+    let (peer, peer_addr) = RunningFollower::serving(setup.follower_config("peer.db"));
+    wait_for_capture(&setup.leader).await;
+    setup.write(21, 300).await;
+    setup.caught_up(&peer).await;
+    let s = (
+        setup.brokers.as_str(),
+        setup.registry.url(),
+        setup.prefix.as_str(),
+    );
+    let dir = setup.dir.path().to_owned();
+    let replica = dir.join("held.db");
+    let mut holder = Proc::start(
+        "consumer",
+        follower_args(&replica, "held", s, free_port(), &[]),
+        &dir.join("holder.log"),
+    );
+    caught_up_proc(&mut holder, &setup.leader, &replica).await;
+    let holder_pid = holder.pid().unwrap();
+
+    let url = format!("http://{peer_addr}/snapshot");
+    let mut reseed = Proc::start(
+        "consumer",
+        follower_args(
+            &replica,
+            "held",
+            s,
+            free_port(),
+            &["--reseed", "--seed-from", &url],
+        ),
+        &dir.join("reseed.log"),
+    );
+    wait_until(Duration::from_secs(60), || match reseed.exited() {
+        Some(st) if !st.success() => Ok(()),
+        Some(st) => panic!("the re-seed beside a running follower exited with {st}"),
+        None => Err("still running".into()),
+    })
+    .await;
+    reseed.kill9(); // reaps it
+    let tail = reseed.log_tail(5);
+    assert!(
+        tail.contains("is in use by another consumer")
+            && tail.contains(&format!("pid {holder_pid}")),
+        "{tail}"
+    );
+    assert!(!tail.contains("replica seeded"), "{tail}");
+    // The holder's file was not replaced under it: it goes on following.
+    setup.write(22, 100).await;
+    caught_up_proc(&mut holder, &setup.leader, &replica).await;
+
+    holder.kill9();
+    let lock = barista_consumer::replica_lock::lock_path(&replica);
+    assert!(lock.exists(), "a SIGKILLed holder leaves its lock file");
+    setup.write(23, 100).await;
+    reseed.restart();
+    caught_up_proc(&mut reseed, &setup.leader, &replica).await;
+    let log = std::fs::read_to_string(dir.join("reseed.log")).unwrap();
+    assert!(log.contains("replica seeded"), "{}", reseed.log_tail(20));
+    assert!(reseed.terminate(Duration::from_secs(30)).success());
+    assert!(
+        !lock.exists(),
+        "a follower that stops removes its lock file"
+    );
+    peer.stop().await.unwrap();
+    producer.stop().await.unwrap();
+}

@@ -46,6 +46,8 @@ pub mod snapshot;
 pub mod table_snapshots;
 /// `--seed-from`: a new (or re-seeded) replica downloaded from a snapshot.
 pub mod seed;
+/// One follower per replica file: a lock the kernel releases however the holder exits.
+pub mod replica_lock;
 /// `consumer verify`: a replica's checksums recomputed, or compared with a peer.
 pub mod verify_cli;
 
@@ -93,6 +95,8 @@ pub async fn run_on(
     // Seeded before anything serves or reads the replica: until then the
     // file is absent (or the old one) and nothing is ready.
     let mut shutdown = std::pin::pin!(shutdown);
+    // Held until this returns: no second consumer writes, or re-seeds, this replica meanwhile.
+    let _lock = replica_lock::acquire(&config.replica, replica_lock::LOCK_WAIT).await?;
     if !seed::seed_if_asked(&config, &mut shutdown).await? {
         return Ok(());
     }
