@@ -462,6 +462,28 @@ fn same_rows_on_leader_columns(leader: &Path, replica: &Path) -> Result<(), Stri
     Ok(())
 }
 
+/// Before a divergence fails the test: whose stored sum disagrees with its own rows, the
+/// leader's or the replicas' (`producer verify`, `consumer verify` on each replica here).
+/// Both replicas agreeing with their rows while the leader's stored sum does not would put
+/// the fault in the producer's kept sums; a replica that disagrees, in the follower's.
+fn explain_divergence(leader: &Path) {
+    let out = Command::new(binary("producer"))
+        .args(["verify", "--leader"])
+        .arg(leader)
+        .output()
+        .unwrap();
+    eprintln!(
+        "producer verify --leader: {:?}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = leader.parent().unwrap();
+    for f in ["plain.db", "streamed.db"] {
+        verify(&["--replica", &dir.join(f).display().to_string()]);
+    }
+}
+
 /// One transaction of [`BIG`] rows while `follower` is caught up with the
 /// leader, so that it reads the group's first chunk before its commit record
 /// and streams it.
@@ -480,6 +502,7 @@ async fn big_group(w: &Writer, leader: &Path, follower: &RunningFollower) {
     wait_until(Duration::from_secs(600), || {
         let st = follower.status();
         if st.diverged.is_some() || st.halted.is_some() {
+            explain_divergence(leader);
             panic!("diverged or halted while catching up: {st:?}");
         }
         (st.applied_position.0 >= head)
@@ -633,6 +656,7 @@ async fn no_false_alarm_through_duplicates_a_producer_sigkill_a_broker_outage_mi
         let (l, r) = (s.leader.clone(), f.replica.clone());
         wait_until(Duration::from_secs(600), || {
             if let Some(d) = &f.status().diverged {
+                explain_divergence(&l);
                 panic!("false alarm: {d:?}");
             }
             let st = f.status();
@@ -645,6 +669,7 @@ async fn no_false_alarm_through_duplicates_a_producer_sigkill_a_broker_outage_mi
         .await;
     }
     if watch.is_finished() {
+        explain_divergence(&s.leader);
         panic!(
             "diverged or halted during the run: {:?}",
             watch.await.unwrap()
