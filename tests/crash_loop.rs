@@ -40,6 +40,16 @@ const DEFAULT_CHUNK: usize = 1_000;
 const ROWS_PER_TXN: i64 = 10_000;
 
 /// The acknowledged position the producer stored on the leader.
+/// A leader database in `dir` with the crash runs' one table, `items`, still empty.
+pub(crate) fn items_leader(dir: &Path) -> std::path::PathBuf {
+    let leader = dir.join("leader.db");
+    Connection::open(&leader)
+        .unwrap()
+        .execute_batch("CREATE TABLE items(id INTEGER PRIMARY KEY, v INTEGER, note TEXT)")
+        .unwrap();
+    leader
+}
+
 fn stored_acked(leader: &Path) -> i64 {
     let conn = Connection::open_with_flags(leader, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .expect("leader opens");
@@ -116,11 +126,7 @@ async fn crash_loop(changes: i64, chunk: usize, storage: &str) {
     let broker = Broker::start_on(bin, dir.path(), &storage);
     let brokers = broker.addr.clone();
     let registry = start_registry(dir.path()).await;
-    let leader = dir.path().join("leader.db");
-    Connection::open(&leader)
-        .unwrap()
-        .execute_batch("CREATE TABLE items(id INTEGER PRIMARY KEY, v INTEGER, note TEXT)")
-        .unwrap();
+    let leader = items_leader(dir.path());
     let prefix = unique("loop");
     let topic = table_topic(&prefix, "items");
 

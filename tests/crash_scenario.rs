@@ -25,7 +25,7 @@ use rusqlite::Connection;
 
 use crate::broker::{nisshi, topic_exists, Broker};
 use crate::crash::{producer_args, start_followers, wait_replicas_at};
-use crate::crash_loop::release_binaries;
+use crate::crash_loop::{items_leader, release_binaries};
 
 /// How long the writer writes; the faults land inside it.
 const WRITING: Duration = Duration::from_secs(60);
@@ -117,11 +117,7 @@ async fn fifty_kills_of_each_and_four_broker_restarts_end_in_equal_replicas_with
     let mut broker = Broker::start_on(bin, dir.path(), "sqlite://broker.db");
     let brokers = broker.addr.clone();
     let registry = start_registry(dir.path()).await;
-    let leader = dir.path().join("leader.db");
-    Connection::open(&leader)
-        .unwrap()
-        .execute_batch("CREATE TABLE items(id INTEGER PRIMARY KEY, v INTEGER, note TEXT)")
-        .unwrap();
+    let leader = items_leader(dir.path());
     let prefix = unique("scenario");
     let mut producer = Proc::start(
         "producer",
