@@ -146,7 +146,12 @@ impl Sums {
         }
         let i = self.table(conn, shape)?;
         let t = &mut self.open[i];
-        t.last = t.last.max(position);
+        if position >= t.last {
+            t.last = position;
+            if !Arc::ptr_eq(&t.last_plan, &t.plan) {
+                t.last_plan = t.plan.clone();
+            }
+        }
         let k = key_hash(key.iter().map(|v| value_ref(v)));
         let had = match t.memo.rows.get(&k) {
             Some(&h) => Some(h),

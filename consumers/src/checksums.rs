@@ -117,6 +117,9 @@ struct TableSum {
     memo: Memo,
     /// Position of the last change to the table in this transaction.
     last: Position,
+    /// The plan of that change: its shape is the one the leader's sum is
+    /// taken under (see [`Sums::settle`]).
+    last_plan: Arc<ShapePlan>,
 }
 
 /// The checksum side of a replica: plans per writer shape, and the sums of
@@ -289,12 +292,17 @@ impl Sums {
                 (sum, memo)
             }
         };
+        let (last, last_plan) = match at {
+            Some(i) => (self.open[i].last, self.open[i].last_plan.clone()),
+            None => (Position::ZERO, plan.clone()),
+        };
         let t = TableSum {
             table: shape.table.clone(),
             plan,
             sum,
             memo,
-            last: at.map_or(Position::ZERO, |i| self.open[i].last),
+            last,
+            last_plan,
         };
         Ok(match at {
             Some(i) => {
@@ -327,12 +335,27 @@ impl Sums {
     /// the leader's; the first mismatch is recorded in `_barista_diverged`
     /// and returned (the transaction still commits: its rows were applied
     /// as sent).
+    ///
+    /// A table's sum is first brought under the shape of its change with the
+    /// highest position, the one the leader's sum is taken under: a streamed
+    /// group applies each partition's changes as far as its chain goes, so
+    /// a change from before a migration may be applied after one from after
+    /// it, and leave the sum under the old shape.
     pub fn settle(
         &mut self,
         conn: &Connection,
         leader: &[LeaderSum],
         position: Position,
     ) -> rusqlite::Result<Option<Divergence>> {
+        let behind: Vec<Arc<RowShape>> = self
+            .open
+            .iter()
+            .filter(|t| t.plan.json != t.last_plan.json)
+            .map(|t| t.last_plan.shape.clone())
+            .collect();
+        for shape in &behind {
+            self.table(conn, shape)?;
+        }
         let mut store = conn.prepare_cached(
             "INSERT INTO _barista_checksums(tbl, sum, shape) VALUES (?1, ?2, ?3) \
              ON CONFLICT(tbl) DO UPDATE SET sum = excluded.sum, shape = excluded.shape",
