@@ -46,17 +46,14 @@ pub(crate) struct Broker {
 
 impl Broker {
     pub(crate) fn start(bin: PathBuf, dir: &Path) -> Broker {
-        Broker::start_with(bin, dir, "sqlite://broker.db", &[])
+        Broker::start_on(bin, dir, "sqlite://broker.db")
     }
 
     /// On the storage engine `storage` (`sqlite://broker.db` in `dir`, `memory://nisshi/`),
     /// logging warnings only: at `info` nisshi logs every field of every response (gigabytes
-    /// a minute under a backlog, and most of its CPU).
+    /// a minute under a backlog, and most of its CPU: a follower then reads a few changes a
+    /// second from it).
     pub(crate) fn start_on(bin: PathBuf, dir: &Path, storage: &str) -> Broker {
-        Broker::start_with(bin, dir, storage, &[("RUST_LOG", "warn")])
-    }
-
-    fn start_with(bin: PathBuf, dir: &Path, storage: &str, env: &[(&str, &str)]) -> Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let proc = Proc::start_program_with_env(
@@ -72,7 +69,7 @@ impl Broker {
                 "--group-initial-rebalance-delay",
                 "0s",
             ],
-            env,
+            &[("RUST_LOG", "warn")],
             &dir.join("broker.log"),
             Some(dir),
         );

@@ -69,6 +69,8 @@ impl Broker {
                     .args(["--advertised-listener-url", &url])
                     .args(["--group-initial-rebalance-delay", "0s"])
                     .args(["--storage-engine", storage])
+                    // At `info` nisshi logs every field of every response: most of its CPU.
+                    .env("RUST_LOG", "warn")
                     .current_dir(dir)
                     .stdin(Stdio::null())
                     .stdout(log.try_clone()?)
