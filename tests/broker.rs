@@ -30,7 +30,7 @@ pub(crate) fn nisshi() -> Option<PathBuf> {
         });
     assert!(
         path.exists(),
-        "the nisshi broker is not at {}: run `bash .ci/install-nisshi` (once; 12 to 25 minutes), \
+        "the nisshi broker is not at {}: run `bash .ci/install-nisshi` (once; 12 to 35 minutes), \
          point BARISTA_NISSHI at a nisshi binary, or set BARISTA_SKIP_REAL_BROKER=1 to skip",
         path.display()
     );
