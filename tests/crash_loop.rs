@@ -39,7 +39,6 @@ const DEFAULT_CHUNK: usize = 1_000;
 /// Rows inserted per leader transaction while the backlog is written.
 const ROWS_PER_TXN: i64 = 10_000;
 
-/// The acknowledged position the producer stored on the leader.
 /// A leader database in `dir` with the crash runs' one table, `items`, still empty.
 pub(crate) fn items_leader(dir: &Path) -> std::path::PathBuf {
     let leader = dir.join("leader.db");
@@ -50,6 +49,7 @@ pub(crate) fn items_leader(dir: &Path) -> std::path::PathBuf {
     leader
 }
 
+/// The acknowledged position the producer stored on the leader.
 fn stored_acked(leader: &Path) -> i64 {
     let conn = Connection::open_with_flags(leader, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .expect("leader opens");
