@@ -11,7 +11,7 @@
 //! complete memo has no row, otherwise the row is read.
 //!
 //! Here too: the per-change steps of [`Sums`] that use the memo
-//! ([`Sums::take_out`], [`Sums::put_in`], [`Sums::removed`]) and the full
+//! ([`Sums::replace`], [`Sums::delete`]: one memo probe each) and the full
 //! scan that recomputes a table's sum and fills its memo. Reads the replica
 //! (the scan; an indexed read when the memo cannot answer); writes nothing.
 
@@ -26,23 +26,62 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params_from_iter, Connection, OptionalExtension, ToSql};
 use xxhash_rust::xxh3::xxh3_128;
 
-use super::{quote, Reads, ShapePlan, Slot, Sums};
+use super::{quote, Reads, ShapePlan, Sums};
 
-/// At most this many rows' hashes are kept, over all tables (about 25 MB).
+/// At most this many rows' hashes are kept, over all tables (hash tables of
+/// about 18 MB for one-integer keys, 35 MB for others, at that count).
 /// A table's memo that would grow past it is dropped (and rebuilt by the
 /// next recompute); its changes read the rows until then.
 pub(super) const MEMO_ROWS: usize = 900_000;
 
-/// A row's key, as the memo knows it: xxh3-128 of the key's values (storage
-/// class and value, in key order). 128 bits: two keys of one table never
-/// share it in practice.
-pub(super) type KeyHash = u128;
+/// A row's key, as the memo knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum KeyHash {
+    /// A key of one integer (every rowid table's `INTEGER PRIMARY KEY`, the
+    /// common case), spread over 64 bits by an odd multiplier: a bijection,
+    /// so distinct integers never share it, and the map's bucket and tag
+    /// bits vary.
+    Integer(u64),
+    /// Any other key: xxh3-128 of its values (storage class and value, in
+    /// key order). 128 bits: two keys of one table never share it in
+    /// practice.
+    Hashed(u128),
+}
+
+/// Row hashes by key, the keys of one integer in a map of their own: 16
+/// bytes an entry instead of 32, so twice as many rows stay in the CPU's
+/// cache (the lookup's cache miss is most of what a memo costs per change).
+#[derive(Default)]
+pub(super) struct Rows {
+    integers: HashMap<u64, u64, BuildHasherDefault<KeyHasher>>,
+    hashed: HashMap<u128, u64, BuildHasherDefault<KeyHasher>>,
+}
+
+impl Rows {
+    pub(super) fn insert(&mut self, k: KeyHash, h: u64) -> Option<u64> {
+        match k {
+            KeyHash::Integer(k) => self.integers.insert(k, h),
+            KeyHash::Hashed(k) => self.hashed.insert(k, h),
+        }
+    }
+
+    pub(super) fn remove(&mut self, k: KeyHash) -> Option<u64> {
+        match k {
+            KeyHash::Integer(k) => self.integers.remove(&k),
+            KeyHash::Hashed(k) => self.hashed.remove(&k),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.integers.len() + self.hashed.len()
+    }
+}
 
 /// The memo of one table.
 #[derive(Default)]
 pub(super) struct Memo {
     /// Row hash by key.
-    pub(super) rows: HashMap<KeyHash, u64, BuildHasherDefault<KeyHasher>>,
+    pub(super) rows: Rows,
     /// Holds every row of the table.
     pub(super) complete: bool,
     /// The writer shape (as stored) the hashes were taken under.
@@ -65,35 +104,31 @@ impl Hasher for KeyHasher {
         }
     }
 
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+
     fn write_u128(&mut self, v: u128) {
         self.0 = v as u64;
     }
 }
 
 /// The memo's key of a row whose key values are `values`, in key order.
-/// Text that is not UTF-8 counts as a BLOB, as the row hash counts it.
-///
-/// A key of one integer (every rowid table's `INTEGER PRIMARY KEY`, the
-/// common case) skips the hash: the integer, spread over the low 64 bits by
-/// an odd multiplier (a bijection, so distinct integers never share a key,
-/// and the map's bucket and tag bits vary), under a top bit that tells it
-/// from the xxh3 of other keys (those could meet it by chance only, one in
-/// 2^127 per pair, as two of them can meet each other).
+/// Text that is not UTF-8 counts as a BLOB, as the row hash counts it. A
+/// key of one integer skips the hash (see [`KeyHash::Integer`]).
 pub(super) fn key_hash<'a>(mut values: impl Iterator<Item = ValueRef<'a>>) -> KeyHash {
     let first = values.next();
     let second = values.next();
     if let (Some(ValueRef::Integer(i)), None) = (first, second) {
-        return ONE_INTEGER | u128::from((i as u64).wrapping_mul(SPREAD));
+        return KeyHash::Integer((i as u64).wrapping_mul(SPREAD));
     }
-    hashed_key(first.into_iter().chain(second).chain(values))
+    KeyHash::Hashed(hashed_key(first.into_iter().chain(second).chain(values)))
 }
 
-/// The top bit of a [`key_hash`] of one integer.
-const ONE_INTEGER: u128 = 1 << 127;
 /// 2^64 divided by the golden ratio, odd.
 const SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
 
-fn hashed_key<'a>(values: impl Iterator<Item = ValueRef<'a>>) -> KeyHash {
+fn hashed_key<'a>(values: impl Iterator<Item = ValueRef<'a>>) -> u128 {
     KEY.with(|buf| {
         let mut buf = buf.borrow_mut();
         buf.clear();
@@ -126,24 +161,14 @@ thread_local! {
 }
 
 impl Sums {
-    /// Before a write to `key` (values in `shape`'s key order) by the change
-    /// at `position`: the replica's row there, if any, leaves the sum (its
-    /// hash from the memo, else from reading it). The [`Slot`] is handed to
-    /// [`Sums::put_in`] or [`Sums::removed`] after the write.
-    pub fn take_out<'c>(
+    /// The open table of a change at `position` under `shape`, with the
+    /// position and shape of its latest change kept.
+    fn changed(
         &mut self,
-        conn: &'c Connection,
-        reads: &mut Reads<'c>,
+        conn: &Connection,
         shape: &Arc<RowShape>,
-        key: &[&SqlValue],
         position: Position,
-    ) -> rusqlite::Result<Slot> {
-        if !self.enabled {
-            return Ok(Slot {
-                table: usize::MAX,
-                key: 0,
-            });
-        }
+    ) -> rusqlite::Result<usize> {
         let i = self.table(conn, shape)?;
         let t = &mut self.open[i];
         if position >= t.last {
@@ -152,55 +177,80 @@ impl Sums {
                 t.last_plan = t.plan.clone();
             }
         }
-        let k = key_hash(key.iter().map(|v| value_ref(v)));
-        let had = match t.memo.rows.get(&k) {
-            Some(&h) => Some(h),
-            None if t.memo.complete => None,
-            None => {
-                let hasher = &t.plan.hasher;
-                reads
-                    .statement(conn, &t.plan)?
-                    .query_row(params_from_iter(key), |r| {
-                        // A column index below the statement's column count cannot fail.
-                        Ok(hasher.hash_sorted(|c| r.get_ref(c).unwrap_or(ValueRef::Null)))
-                    })
-                    .optional()?
-            }
-        };
-        if let Some(h) = had {
-            t.sum = checksum::apply(t.sum, Some(h), None);
-        }
-        Ok(Slot { table: i, key: k })
+        Ok(i)
     }
 
-    /// After writing `row` (in `shape`'s order) where [`Sums::take_out`]
-    /// left `slot`: it enters the sum and the memo.
-    pub fn put_in(&mut self, slot: Slot, row: &[SqlValue]) {
-        let Some(t) = self.open.get_mut(slot.table) else {
-            return;
-        };
+    /// Before the change at `position` writes `row` (in `shape`'s order,
+    /// its key at `key`): the replica's row at that key, if any, leaves its
+    /// table's sum (its hash from the memo, else from reading it) and `row`
+    /// enters it, memo included. One memo probe. Called before the write,
+    /// inside the transaction: a write that then fails rolls the
+    /// transaction back, and [`Sums::end`] forgets the memos with it.
+    pub fn replace<'c>(
+        &mut self,
+        conn: &'c Connection,
+        reads: &mut Reads<'c>,
+        shape: &Arc<RowShape>,
+        key: &[&SqlValue],
+        position: Position,
+        row: &[SqlValue],
+    ) -> rusqlite::Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let i = self.changed(conn, shape, position)?;
+        let t = &mut self.open[i];
         let h = t.plan.hasher.hash(row);
-        t.sum = checksum::apply(t.sum, None, Some(h));
-        if t.memo.rows.insert(slot.key, h).is_none() {
-            self.memo_rows += 1;
-            if self.memo_rows > self.memo_cap {
-                // Over budget: this table's memo goes; its changes read rows until
-                // its next recompute.
-                self.memo_rows -= t.memo.rows.len();
-                t.memo.rows = Default::default();
-                t.memo.complete = false;
+        let k = key_hash(key.iter().map(|v| value_ref(v)));
+        let had = match t.memo.rows.insert(k, h) {
+            Some(old) => Some(old),
+            None => {
+                self.memo_rows += 1;
+                if t.memo.complete {
+                    None
+                } else {
+                    read_hash(conn, reads, &t.plan, key)?
+                }
             }
+        };
+        t.sum = checksum::apply(t.sum, had, Some(h));
+        if self.memo_rows > self.memo_cap {
+            // Over budget: this table's memo goes; its changes read rows until
+            // its next recompute.
+            self.memo_rows -= t.memo.rows.len();
+            t.memo.rows = Default::default();
+            t.memo.complete = false;
         }
+        Ok(())
     }
 
-    /// After deleting the row where [`Sums::take_out`] left `slot`: the table
-    /// has no row at that key.
-    pub fn removed(&mut self, slot: Slot) {
-        if let Some(t) = self.open.get_mut(slot.table) {
-            if t.memo.rows.remove(&slot.key).is_some() {
-                self.memo_rows -= 1;
-            }
+    /// Before the change at `position` deletes the row at `key` (values in
+    /// `shape`'s key order): that row, if any, leaves the sum and the memo.
+    /// One memo probe; called before the delete, as [`Sums::replace`] is.
+    pub fn delete<'c>(
+        &mut self,
+        conn: &'c Connection,
+        reads: &mut Reads<'c>,
+        shape: &Arc<RowShape>,
+        key: &[&SqlValue],
+        position: Position,
+    ) -> rusqlite::Result<()> {
+        if !self.enabled {
+            return Ok(());
         }
+        let i = self.changed(conn, shape, position)?;
+        let t = &mut self.open[i];
+        let k = key_hash(key.iter().map(|v| value_ref(v)));
+        let had = match t.memo.rows.remove(k) {
+            Some(old) => {
+                self.memo_rows -= 1;
+                Some(old)
+            }
+            None if t.memo.complete => None,
+            None => read_hash(conn, reads, &t.plan, key)?,
+        };
+        t.sum = checksum::apply(t.sum, had, None);
+        Ok(())
     }
 
     /// The sum of `plan`'s table recomputed from its rows, and their memo
@@ -261,6 +311,24 @@ pub(super) fn scan_hashes(
         each(r, h);
     }
     Ok((sum, n))
+}
+
+/// The hash of the replica's row at `key` under `plan`, read from the table
+/// (one indexed read), or None when there is no row.
+fn read_hash<'c>(
+    conn: &'c Connection,
+    reads: &mut Reads<'c>,
+    plan: &Arc<ShapePlan>,
+    key: &[&SqlValue],
+) -> rusqlite::Result<Option<u64>> {
+    let hasher = &plan.hasher;
+    reads
+        .statement(conn, plan)?
+        .query_row(params_from_iter(key), |r| {
+            // A column index below the statement's column count cannot fail.
+            Ok(hasher.hash_sorted(|c| r.get_ref(c).unwrap_or(ValueRef::Null)))
+        })
+        .optional()
 }
 
 /// A value as SQLite would hand it back.

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 #[path = "checksum_memo.rs"]
 mod memo;
-use memo::{KeyHash, Memo, MEMO_ROWS};
+use memo::{Memo, MEMO_ROWS};
 #[path = "checksum_shape.rs"]
 mod shape;
 pub use shape::{shape_from_json, shape_json, stored_or_own_shape};
@@ -143,14 +143,6 @@ pub struct Sums {
     memo_rows: usize,
     /// [`MEMO_ROWS`], or less in tests.
     memo_cap: usize,
-}
-
-/// Where [`Sums::take_out`] left a change: its table and key.
-#[derive(Debug, Clone, Copy)]
-#[must_use = "hand the slot to put_in or removed, or the memo keeps the row's old hash"]
-pub struct Slot {
-    table: usize,
-    key: KeyHash,
 }
 
 fn quote(ident: &str) -> String {

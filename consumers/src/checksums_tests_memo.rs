@@ -133,8 +133,8 @@ fn the_stored_sum_follows_the_rows_with_or_without_the_memo() {
 }
 
 /// The memo's keys: a key of one integer skips the hash but stays distinct from every
-/// other integer and from the hashed keys (an integer among other values, a text, a
-/// real with the same bits).
+/// other integer, and the hashed keys (an integer among other values, a text, a real
+/// with the same bits) are distinct from each other.
 #[test]
 fn one_integer_keys_are_distinct_from_each_other_and_from_hashed_keys() {
     use rusqlite::types::ValueRef as V;

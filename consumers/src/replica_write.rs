@@ -12,8 +12,8 @@ use super::{Batch, TableSql};
 use crate::checksums::Sums;
 
 /// Writes changes in order (inside the caller's transaction), keeping the
-/// checksums: the replica's row at each key written leaves its table's sum
-/// before the write, the row written enters it after.
+/// checksums: before each write, the replica's row at its key leaves its
+/// table's sum and the row written enters it.
 pub(super) fn write_changes(
     conn: &Connection,
     sums: &mut Sums,
@@ -23,8 +23,6 @@ pub(super) fn write_changes(
     let mut reads = crate::checksums::Reads::default();
     for (c, sql) in changes.iter().zip(sqls) {
         let at = c.source.position;
-        let mut take_out =
-            |sums: &mut Sums, key: &[&SqlValue]| sums.take_out(conn, &mut reads, &c.shape, key, at);
         match c.op {
             Op::Create | Op::Read | Op::Update => {
                 let Some(after) = &c.after else { continue };
@@ -32,25 +30,22 @@ pub(super) fn write_changes(
                     // The key itself changed: the old row goes.
                     if sql.pk.iter().any(|&i| before.get(i) != after.get(i)) {
                         let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &before[i]).collect();
-                        let slot = take_out(sums, &key)?;
+                        sums.delete(conn, &mut reads, &c.shape, &key, at)?;
                         conn.prepare_cached(&sql.delete)?
                             .execute(params_from_iter(key))?;
-                        sums.removed(slot);
                     }
                 }
                 let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &after[i]).collect();
-                let slot = take_out(sums, &key)?;
+                sums.replace(conn, &mut reads, &c.shape, &key, at, after)?;
                 conn.prepare_cached(&sql.upsert)?
                     .execute(params_from_iter(after.iter()))?;
-                sums.put_in(slot, after);
             }
             Op::Delete => {
                 let Some(before) = &c.before else { continue };
                 let key: Vec<&SqlValue> = sql.pk.iter().map(|&i| &before[i]).collect();
-                let slot = take_out(sums, &key)?;
+                sums.delete(conn, &mut reads, &c.shape, &key, at)?;
                 conn.prepare_cached(&sql.delete)?
                     .execute(params_from_iter(key))?;
-                sums.removed(slot);
             }
         }
     }

@@ -265,11 +265,9 @@ fn delete_untouched(
     let mut reads = Reads::default();
     for key in &untouched {
         let refs: Vec<&SqlValue> = key.iter().collect();
-        let slot = sums.take_out(conn, &mut reads, &shape, &refs, position)?;
+        sums.delete(conn, &mut reads, &shape, &refs, position)?;
         conn.prepare_cached(&delete)?
             .execute(params_from_iter(key.iter()))?;
-        // The row leaves the memo too: a key written again later must not find its old hash.
-        sums.removed(slot);
     }
     Ok(untouched.len())
 }
