@@ -539,7 +539,8 @@ async fn a_seed_whose_peer_dies_midway_leaves_no_replica_and_a_retry_works() {
 
 /// (d) No follower anywhere: the first one is seeded from the producer's
 /// snapshot of the leader, reads Kafka from the earliest offset, drops what
-/// the snapshot already holds, and ends equal to the leader.
+/// the snapshot already holds, and ends equal to the leader. A seed the
+/// machine lost before it was on disk is refused, then re-seeded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_seeded_from_the_leader_ends_equal_to_it() {
     let mut setup = Setup::new_with(1, "seedleader").await;
@@ -591,7 +592,51 @@ async fn a_follower_seeded_from_the_leader_ends_equal_to_it() {
         );
     }
     assert!(barista.contains(&"table _barista_position".to_owned()));
+    // The follower did not wait for the disk; the file was fsynced beside it.
+    let marker = barista_consumer::seed::unsynced_path(&replica);
+    wait_until(Duration::from_secs(60), || {
+        (!marker.exists())
+            .then_some(())
+            .ok_or("the seeded replica is not on disk yet".to_owned())
+    })
+    .await;
     assert!(first.terminate(Duration::from_secs(30)).success());
+    drop(c);
+
+    // The machine went down before a seed's bytes were on disk (a marker
+    // from another boot): the replica may be torn. Without --seed-from the
+    // follower stops with the re-seed command; with it, it re-seeds.
+    std::fs::write(&marker, "an-earlier-boot").unwrap();
+    let torn_log = setup.dir.path().join("torn.log");
+    let mut torn = Proc::start(
+        "consumer",
+        follower_args(&replica, "first", s, port, &[]),
+        &torn_log,
+    );
+    let t = Instant::now();
+    let code = loop {
+        if let Some(code) = torn.exited() {
+            break code;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "it kept running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code.code(), Some(1));
+    let log = std::fs::read_to_string(&torn_log).unwrap();
+    assert!(
+        log.contains("the machine went down before its bytes were on disk")
+            && log.contains("--reseed --seed-from"),
+        "{log}"
+    );
+    let mut reseeded = Proc::start(
+        "consumer",
+        follower_args(&replica, "first", s, port, &["--seed-from", &url]),
+        &setup.dir.path().join("reseeded.log"),
+    );
+    setup.write(23, 200).await;
+    caught_up_proc(&mut reseeded, &setup.leader, &replica).await;
+    assert!(reseeded.log_tail(400).contains("re-seeding it"));
+    assert!(reseeded.terminate(Duration::from_secs(30)).success());
     producer.stop().await.unwrap();
 }
 

@@ -5,12 +5,21 @@
 //! offsets stored in the file, under its own consumer group.
 //!
 //! Crash safety: the download goes to `<replica>.seed-partial` next to the
-//! replica (same file system, so the final rename is atomic), fsynced,
-//! checked against the length the server announced and the hash in the
-//! body's trailer, and only then renamed over the replica (and the directory
-//! fsynced). An interrupted
+//! replica (same file system, so the final rename is atomic), checked
+//! against the length the server announced, the hash in the body's trailer
+//! and the position, and only then renamed over the replica. An interrupted
 //! seed leaves at most the partial file, which the next attempt truncates;
 //! the replica itself is either absent, the old one, or the whole new one.
+//!
+//! The follower does not wait for the disk: the installed file is fsynced on
+//! a thread of its own while the follower already follows and serves (a
+//! gigabyte takes seconds to reach a slow disk). Until then the marker
+//! `<replica>.seed-unsynced` (fsynced before the rename, holding the
+//! kernel's boot id) says the replica's bytes may be only in the page cache.
+//! A start that finds the marker from the same boot fsyncs the file then (the
+//! page cache survived a killed process); from an earlier boot (the machine
+//! went down) the replica may be torn, so it is re-seeded (with
+//! `--seed-from`) or the follower stops with the re-seed command.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -52,17 +61,34 @@ pub async fn seed_if_asked(
     config: &FollowerConfig,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> anyhow::Result<bool> {
+    let replica = &config.replica;
+    let r = replica.clone();
+    let torn = tokio::task::spawn_blocking(move || settle_unsynced(&r))
+        .await?
+        .with_context(|| format!("finishing an earlier seed of {}", replica.display()))?;
     let Some(url) = &config.seed_from else {
         if config.reseed {
             bail!("--reseed needs --seed-from URL (a healthy peer's or the producer's /snapshot)");
         }
+        if let Some(why) = torn {
+            bail!(
+                "{} cannot be trusted: {why}. Re-seed it: `{}`",
+                replica.display(),
+                reseed_command(config)
+            );
+        }
         return Ok(true);
     };
-    let replica = &config.replica;
-    if replica.exists() && !config.reseed {
-        tracing::info!(replica = %replica.display(), %url,
-            "the replica exists: following it; --seed-from is only used for a missing replica (pass --reseed to replace it)");
-        return Ok(true);
+    match &torn {
+        Some(why) => {
+            tracing::warn!(replica = %replica.display(), %url, "{why}: re-seeding it")
+        }
+        None if replica.exists() && !config.reseed => {
+            tracing::info!(replica = %replica.display(), %url,
+                "the replica exists: following it; --seed-from is only used for a missing replica (pass --reseed to replace it)");
+            return Ok(true);
+        }
+        None => {}
     }
     let partial = partial_path(replica);
     let r = tokio::select! {
@@ -90,7 +116,11 @@ pub async fn seed_if_asked(
         .with_context(|| format!("installing the snapshot as {}", replica.display()))?;
     tracing::info!(replica = %replica.display(), %url, position = seeded.position, bytes = seeded.bytes,
         hash = %seeded.hash, seconds = seeded.seconds, received_s = seeded.received_s,
-        final_fsync_s = seeded.final_fsync_s, "replica seeded; following from its stored offsets");
+        "replica seeded; following from its stored offsets (its bytes reach the disk meanwhile)");
+    let r = replica.clone();
+    std::thread::Builder::new()
+        .name("seed-fsync".into())
+        .spawn(move || make_durable(&r))?;
     Ok(true)
 }
 
@@ -102,16 +132,12 @@ struct Seeded {
     seconds: f64,
     /// Until the last byte arrived.
     received_s: f64,
-    /// The final fsync, after the last byte was written.
-    final_fsync_s: f64,
 }
 
 /// Downloads `url` into `partial`: the body streams into the file on a
-/// writer thread (which starts the disk writing every [`WRITEBACK_EVERY`]
-/// bytes, so the final fsync has little left to do) while it is hashed here;
-/// logs progress; checks the length, the hash trailer and that the file is a
-/// replica at the announced position. The file is fsynced before it is
-/// checked.
+/// writer thread while it is hashed here; logs progress; checks the length,
+/// the hash trailer and that the file is a replica at the announced position.
+/// Not fsynced: see [`make_durable`].
 async fn download(url: &str, partial: &Path) -> anyhow::Result<Seeded> {
     // No read timeout on the client: the producer copies and reshapes the
     // leader before it answers (minutes for a large one). A stall once the
@@ -173,9 +199,7 @@ async fn download(url: &str, partial: &Path) -> anyhow::Result<Seeded> {
     // error: it never writes after this returns.
     let written = writer.await?;
     let trailer = received?;
-    let final_fsync_s = written
-        .with_context(|| format!("writing {}", partial.display()))?
-        .as_secs_f64();
+    written.with_context(|| format!("writing {}", partial.display()))?;
     let want_trailer = hash.trailer();
     if trailer != want_trailer.as_bytes() {
         if trailer.len() < TRAILER_LEN {
@@ -194,6 +218,10 @@ async fn download(url: &str, partial: &Path) -> anyhow::Result<Seeded> {
     if position != want_position {
         bail!("the snapshot is at position {position}, the server announced {want_position}");
     }
+    let p = partial.to_owned();
+    tokio::task::spawn_blocking(move || as_wal_file(&p))
+        .await?
+        .with_context(|| format!("marking {} as a WAL-mode database", partial.display()))?;
     let seconds = started.elapsed().as_secs_f64();
     log_progress(total, Some(total), started.elapsed());
     Ok(Seeded {
@@ -202,12 +230,11 @@ async fn download(url: &str, partial: &Path) -> anyhow::Result<Seeded> {
         hash: want_trailer.trim_end().to_owned(),
         seconds,
         received_s,
-        final_fsync_s,
     })
 }
 
 /// Chunks in flight to the writer thread.
-const IN_FLIGHT: usize = 64;
+const IN_FLIGHT: usize = 16;
 
 /// Reads the body: its first `total` bytes are hashed and handed to the
 /// writer, the rest is the trailer, returned.
@@ -253,46 +280,20 @@ async fn receive(
     Ok(trailer)
 }
 
-/// Starts the disk writing of the download every this many bytes.
-const WRITEBACK_EVERY: u64 = 32 << 20;
-
-/// Writes what arrives on `rx` to `file`, then fsyncs it (returns how long
-/// that final fsync took). Every
-/// [`WRITEBACK_EVERY`] bytes a flusher thread fsyncs what is written so far,
-/// so the disk writes while the download goes on (instead of all of it in the
-/// final fsync); the writer never waits for it.
+/// Writes what arrives on `rx` to `file`: into the page cache only. Starting
+/// the disk writing during the download (an fsync every few tens of MB, as
+/// an earlier version did) paces the download at the disk's speed; the
+/// follower would wait for that, and it does not need to (see
+/// [`make_durable`]).
 fn write_out(
     mut file: std::fs::File,
     mut rx: tokio::sync::mpsc::Receiver<Bytes>,
-) -> std::io::Result<Duration> {
+) -> std::io::Result<()> {
     use std::io::Write as _;
-    let flush_file = file.try_clone()?;
-    let (kick, kicked) = std::sync::mpsc::sync_channel::<()>(1);
-    let flusher = std::thread::spawn(move || {
-        while kicked.recv().is_ok() {
-            // Errors show again in the final fsync.
-            let _ = flush_file.sync_data();
-        }
-    });
-    let mut since_kick = 0u64;
-    let written = (|| -> std::io::Result<()> {
-        while let Some(chunk) = rx.blocking_recv() {
-            file.write_all(&chunk)?;
-            since_kick += chunk.len() as u64;
-            if since_kick >= WRITEBACK_EVERY {
-                since_kick = 0;
-                // Busy flushing already: the next one catches up.
-                let _ = kick.try_send(());
-            }
-        }
-        Ok(())
-    })();
-    drop(kick);
-    let _ = flusher.join();
-    written?;
-    let t = Instant::now();
-    file.sync_all()?;
-    Ok(t.elapsed())
+    while let Some(chunk) = rx.blocking_recv() {
+        file.write_all(&chunk)?;
+    }
+    Ok(())
 }
 
 fn log_progress(got: u64, total: Option<u64>, elapsed: Duration) {
@@ -321,18 +322,127 @@ fn stored_position(file: &Path) -> rusqlite::Result<i64> {
     )
 }
 
-/// Renames the checked download over the replica. The old replica's WAL and
-/// shared-memory files go first: SQLite would replay an old WAL into the new
-/// file. Then the directory is fsynced so the rename survives a power cut.
+/// Marks a checked download as a WAL-mode database (file header bytes 18
+/// and 19, the write and read format versions: 2 is WAL), as the follower
+/// opens it: otherwise its first `PRAGMA journal_mode = WAL` would rewrite
+/// page 1 and fsync the whole file before it applies anything. A WAL-mode
+/// file with no `-wal` beside it is what SQLite leaves after a clean close.
+fn as_wal_file(file: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)?;
+    let mut versions = [0u8; 2];
+    f.read_exact_at(&mut versions, 18)?;
+    if versions == [1, 1] {
+        f.write_all_at(&[2, 2], 18)?;
+    }
+    Ok(())
+}
+
+/// Beside a seeded replica until its bytes are known to be on disk: the boot
+/// id of the kernel whose page cache holds them. See [`settle_unsynced`].
+pub fn unsynced_path(replica: &Path) -> PathBuf {
+    with_suffix(replica, ".seed-unsynced")
+}
+
+/// The running kernel's boot id (Linux), or `None` where there is none to
+/// read: then a marker is never taken to be from this boot.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// Renames the checked download over the replica, without waiting for the
+/// disk: first the [`unsynced_path`] marker is written and fsynced (with the
+/// directory), so that a machine that goes down before [`make_durable`]
+/// finishes leaves a replica known to be suspect. The old replica's WAL and
+/// shared-memory files go before the rename: SQLite would replay an old WAL
+/// into the new file.
 fn install(partial: &Path, replica: &Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let marker = unsynced_path(replica);
+    let mut m = std::fs::File::create(&marker)?;
+    m.write_all(boot_id().unwrap_or_default().as_bytes())?;
+    m.sync_all()?;
+    sync_dir(replica)?;
     for suffix in ["-wal", "-shm", "-journal"] {
         match std::fs::remove_file(with_suffix(replica, suffix)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
     }
-    std::fs::rename(partial, replica)?;
-    let dir = match replica.parent() {
+    std::fs::rename(partial, replica)
+}
+
+/// Puts a seeded replica's bytes and its name on disk, then removes the
+/// [`unsynced_path`] marker. Runs on a thread of its own beside the
+/// follower; a failure leaves the marker for the next start.
+fn make_durable(replica: &Path) {
+    let t = Instant::now();
+    let synced = (|| -> std::io::Result<()> {
+        std::fs::File::open(replica)?.sync_all()?;
+        sync_dir(replica)?;
+        std::fs::remove_file(unsynced_path(replica))?;
+        sync_dir(replica)
+    })();
+    match synced {
+        Ok(()) => tracing::info!(replica = %replica.display(), fsync_s = t.elapsed().as_secs_f64(),
+            "seeded replica is on disk"),
+        Err(e) => tracing::warn!(replica = %replica.display(), error = %e,
+            "could not fsync the seeded replica; the next start tries again"),
+    }
+}
+
+/// Finishes what an earlier seed left: `Ok(None)` when the replica can be
+/// trusted (there was no marker, or it was from this boot and the file is
+/// now fsynced), `Some(why)` when it cannot (the machine went down before
+/// the seed's bytes were on disk, or the seed stopped between removing the
+/// old replica's WAL and the rename).
+fn settle_unsynced(replica: &Path) -> std::io::Result<Option<String>> {
+    let marker = unsynced_path(replica);
+    let recorded = match std::fs::read_to_string(&marker) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let partial = partial_path(replica);
+    if partial.exists() {
+        // Stopped inside `install`: the old replica may have lost its WAL.
+        std::fs::remove_file(&partial)?;
+        return Ok(Some(
+            "a seed stopped while it installed the snapshot over it".into(),
+        ));
+    }
+    if !replica.exists() {
+        std::fs::remove_file(&marker)?;
+        return Ok(None);
+    }
+    match boot_id() {
+        Some(now) if now == recorded.trim() => {
+            let t = Instant::now();
+            make_durable(replica);
+            if marker.exists() {
+                return Err(std::io::Error::other(
+                    "the seeded replica could not be fsynced",
+                ));
+            }
+            tracing::info!(replica = %replica.display(), fsync_s = t.elapsed().as_secs_f64(),
+                "an earlier seed's replica was not yet on disk; it is now");
+            Ok(None)
+        }
+        _ => Ok(Some(
+            "it was seeded, and the machine went down before its bytes were on disk, so it may be torn"
+                .into(),
+        )),
+    }
+}
+
+fn sync_dir(file: &Path) -> std::io::Result<()> {
+    let dir = match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
@@ -413,6 +523,79 @@ pub fn history_deleted(config: &FollowerConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A replica with a seed marker recording `boot`, and `partial` if given.
+    fn left_by_a_seed(boot: &str, partial: bool) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = dir.path().join("r.db");
+        std::fs::write(&replica, b"the seeded rows").unwrap();
+        std::fs::write(unsynced_path(&replica), boot).unwrap();
+        if partial {
+            std::fs::write(partial_path(&replica), b"half").unwrap();
+        }
+        (dir, replica)
+    }
+
+    #[test]
+    fn a_seed_whose_process_died_before_its_fsync_is_fsynced_on_the_next_start() {
+        let (_dir, replica) = left_by_a_seed(&boot_id().expect("a Linux boot id"), false);
+        assert_eq!(settle_unsynced(&replica).unwrap(), None);
+        assert!(!unsynced_path(&replica).exists());
+        assert_eq!(std::fs::read(&replica).unwrap(), b"the seeded rows");
+        // Nothing left to settle.
+        assert_eq!(settle_unsynced(&replica).unwrap(), None);
+    }
+
+    #[test]
+    fn a_seed_the_machine_lost_before_its_fsync_is_not_trusted() {
+        let (_dir, replica) = left_by_a_seed("an-earlier-boot", false);
+        let why = settle_unsynced(&replica).unwrap().expect("not trusted");
+        assert!(why.contains("went down"), "{why}");
+        // Still not trusted until it is re-seeded.
+        assert!(unsynced_path(&replica).exists());
+        assert!(settle_unsynced(&replica).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_seed_stopped_inside_its_install_is_not_trusted_and_its_partial_file_goes() {
+        let (_dir, replica) = left_by_a_seed(&boot_id().unwrap(), true);
+        let why = settle_unsynced(&replica).unwrap().expect("not trusted");
+        assert!(why.contains("installed"), "{why}");
+        assert!(!partial_path(&replica).exists());
+    }
+
+    #[test]
+    fn a_marker_without_a_replica_is_dropped() {
+        let (_dir, replica) = left_by_a_seed("an-earlier-boot", false);
+        std::fs::remove_file(&replica).unwrap();
+        assert_eq!(settle_unsynced(&replica).unwrap(), None);
+        assert!(!unsynced_path(&replica).exists());
+    }
+
+    #[test]
+    fn a_downloaded_file_is_marked_wal_mode_and_opens_without_a_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.db");
+        let c = rusqlite::Connection::open(&file).unwrap();
+        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        drop(c);
+        as_wal_file(&file).unwrap();
+        let bytes = std::fs::read(&file).unwrap();
+        // What the follower does on open: no change of mode, so no rewrite.
+        let c = rusqlite::Connection::open(&file).unwrap();
+        let mode: String = c
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let n: i64 = c.query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1);
+        drop(c);
+        assert!(
+            std::fs::read(&file).unwrap() == bytes,
+            "the file was rewritten"
+        );
+    }
 
     #[test]
     fn the_reseed_command_keeps_the_flags_and_replaces_any_seed_flags() {
