@@ -228,10 +228,14 @@ impl RunningFollower {
 }
 
 /// Every row of every user table, by table then primary key order, as exact
-/// SQLite values (storage class included).
+/// SQLite values (storage class included), read in ONE read transaction: a
+/// table the follower renames or drops meanwhile is listed and read from the
+/// same state.
 pub fn dump(path: &Path) -> BTreeMap<String, Vec<Vec<SqlValue>>> {
-    let conn =
+    let mut conn =
         Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let conn = conn.transaction().unwrap();
     let tables: Vec<String> = conn
         .prepare(
             "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '\\_barista\\_%' ESCAPE '\\'",
