@@ -363,12 +363,7 @@ fn boot_id() -> Option<String> {
 /// shared-memory files go before the rename: SQLite would replay an old WAL
 /// into the new file.
 fn install(partial: &Path, replica: &Path) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let marker = unsynced_path(replica);
-    let mut m = std::fs::File::create(&marker)?;
-    m.write_all(boot_id().unwrap_or_default().as_bytes())?;
-    m.sync_all()?;
-    sync_dir(replica)?;
+    write_marker(replica, &boot_id().unwrap_or_default())?;
     for suffix in ["-wal", "-shm", "-journal"] {
         match std::fs::remove_file(with_suffix(replica, suffix)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -376,6 +371,19 @@ fn install(partial: &Path, replica: &Path) -> std::io::Result<()> {
         }
     }
     std::fs::rename(partial, replica)
+}
+
+/// What the marker holds once a seed was found stopped inside its install:
+/// no boot id, so that no later start trusts that replica.
+const TORN_IN_INSTALL: &str = "stopped-inside-install";
+
+/// Writes the [`unsynced_path`] marker holding `content`, and puts it on disk.
+fn write_marker(replica: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut m = std::fs::File::create(unsynced_path(replica))?;
+    m.write_all(content.as_bytes())?;
+    m.sync_all()?;
+    sync_dir(replica)
 }
 
 /// Puts a seeded replica's bytes and its name on disk, then removes the
@@ -410,16 +418,21 @@ fn settle_unsynced(replica: &Path) -> std::io::Result<Option<String>> {
         Err(e) => return Err(e),
     };
     let partial = partial_path(replica);
-    if partial.exists() {
+    if !replica.exists() {
+        // Nothing to distrust; a partial file is truncated by the next seed.
+        std::fs::remove_file(&marker)?;
+        return Ok(None);
+    }
+    if partial.exists() || recorded.trim() == TORN_IN_INSTALL {
         // Stopped inside `install`: the old replica may have lost its WAL.
-        std::fs::remove_file(&partial)?;
+        // Said in the marker, since the partial file goes now.
+        write_marker(replica, TORN_IN_INSTALL)?;
+        if partial.exists() {
+            std::fs::remove_file(&partial)?;
+        }
         return Ok(Some(
             "a seed stopped while it installed the snapshot over it".into(),
         ));
-    }
-    if !replica.exists() {
-        std::fs::remove_file(&marker)?;
-        return Ok(None);
     }
     match boot_id() {
         Some(now) if now == recorded.trim() => {
@@ -562,6 +575,11 @@ mod tests {
         let why = settle_unsynced(&replica).unwrap().expect("not trusted");
         assert!(why.contains("installed"), "{why}");
         assert!(!partial_path(&replica).exists());
+        // Nor on any later start of the same boot, until it is re-seeded.
+        let why = settle_unsynced(&replica)
+            .unwrap()
+            .expect("still not trusted");
+        assert!(why.contains("installed"), "{why}");
     }
 
     #[test]
