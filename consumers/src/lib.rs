@@ -46,6 +46,7 @@ pub mod snapshot;
 pub mod table_snapshots;
 /// `--seed-from`: a new (or re-seeded) replica downloaded from a snapshot.
 pub mod seed;
+mod seed_install;
 /// One follower per replica file: a lock the kernel releases however the holder exits.
 pub mod replica_lock;
 /// `consumer verify`: a replica's checksums recomputed, or compared with a peer.
